@@ -1,0 +1,147 @@
+"""Which Hugging Face causal LMs the routed model supports, and how they are loaded.
+
+Loading is always the real Hugging Face path (``from_pretrained``), on a local directory
+or a hub id, so real checkpoints work unchanged. Supported families share the
+Llama-style decoder block: pre-norm RMSNorm, q/k/v/o projections (with or without
+bias), RoPE, gated MLP.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ftp_export.errors import FTPError, UnsupportedModelError
+
+#: model_type -> architecture class name, for the families the routed block covers.
+SUPPORTED_MODEL_TYPES: dict[str, str] = {
+    "llama": "LlamaForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "mistral": "MistralForCausalLM",
+}
+
+#: Short names users type (``--model llama2-7b``) -> Hugging Face hub ids.
+MODEL_ALIASES: dict[str, str] = {
+    "llama2-7b": "meta-llama/Llama-2-7b-hf",
+    "llama2-13b": "meta-llama/Llama-2-13b-hf",
+    "llama3-8b": "meta-llama/Meta-Llama-3-8B",
+    "qwen2-7b": "Qwen/Qwen2-7B",
+    "mistral-7b": "mistralai/Mistral-7B-v0.1",
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M",
+}
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+DEFAULT_MODEL_NAME = "ftp-tiny-llama"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved ``--model`` argument."""
+
+    name: str  # short name used in output folder names
+    source: str  # what from_pretrained receives (local dir or hub id)
+
+
+def resolve_model(arg: str | None) -> ModelRef:
+    """Turn a ``--model`` value (None, local dir, alias or hub id) into a :class:`ModelRef`."""
+    if arg is None or arg in ("default", DEFAULT_MODEL_NAME):
+        return ModelRef(DEFAULT_MODEL_NAME, str(DEFAULT_MODEL_DIR))
+    path = Path(arg).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FTPError(f"--model {arg}: directory has no config.json; point it at a Hugging Face model folder")
+        return ModelRef(path.resolve().name, str(path.resolve()))
+    if arg in MODEL_ALIASES:
+        return ModelRef(arg, MODEL_ALIASES[arg])
+    if "/" in arg and not arg.startswith((".", "/")):
+        return ModelRef(arg.split("/")[-1], arg)
+    known = ", ".join(sorted(MODEL_ALIASES))
+    raise FTPError(f"--model {arg}: no such directory, and not a known alias ({known}) or hub id (org/name)")
+
+
+def check_supported(config: Any) -> None:
+    """Raise :class:`UnsupportedModelError` naming the architecture if it is not covered."""
+    model_type = getattr(config, "model_type", None)
+    archs = getattr(config, "architectures", None) or [model_type]
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        supported = ", ".join(sorted(SUPPORTED_MODEL_TYPES.values()))
+        raise UnsupportedModelError(
+            f"architecture {archs[0]} (model_type {model_type!r}) is not supported; supported: {supported}"
+        )
+    if getattr(config, "pretraining_tp", 1) not in (1, None):
+        raise UnsupportedModelError("pretraining_tp > 1 is not supported; set it to 1 in config.json")
+
+
+def load_config(ref: ModelRef) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(ref.source)
+    except OSError as exc:
+        raise FTPError(f"cannot load model config from {ref.source}: {_first_line(exc)}") from None
+
+
+def load_model(ref: ModelRef, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Any:
+    """Load the Hugging Face causal LM for ``ref`` in eval mode, checking the architecture first."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(ref)
+    check_supported(config)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref.source, dtype=dtype, attn_implementation="eager")
+    except OSError as exc:
+        raise FTPError(f"cannot load model weights from {ref.source}: {_first_line(exc)}") from None
+    return model.to(device).eval()
+
+
+def load_tokenizer(ref: ModelRef) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(ref.source)
+    except (OSError, ValueError) as exc:
+        raise FTPError(f"cannot load tokenizer from {ref.source}: {_first_line(exc)}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def fingerprint(config: Any) -> dict[str, Any]:
+    """The config fields a schedule is tied to (DESIGN.md section 3)."""
+    return {
+        "model_type": config.model_type,
+        "num_hidden_layers": int(config.num_hidden_layers),
+        "hidden_size": int(config.hidden_size),
+        "num_attention_heads": int(config.num_attention_heads),
+        "num_key_value_heads": int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads),
+        "vocab_size": int(config.vocab_size),
+    }
+
+
+def sliding_windows(config: Any) -> list[int | None]:
+    """Per-layer sliding attention window (None = full causal attention)."""
+    n = int(config.num_hidden_layers)
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if config.model_type == "qwen2":
+        if not getattr(config, "use_sliding_window", False) or not window:
+            return [None] * n
+        if layer_types:
+            return [window if t == "sliding_attention" else None for t in layer_types]
+        return [window] * n
+    if window:
+        return [int(window)] * n
+    return [None] * n
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def offline_hint() -> str:
+    return "set HF_HUB_OFFLINE=1 and pass a local directory" if not os.environ.get("HF_HUB_OFFLINE") else ""

@@ -1,0 +1,74 @@
+"""Decode-threshold calibration: per block, the score threshold under which a decoded token
+skips, set so the skip rate on calibration text matches the block's sparsity.
+
+Teacher-forced decoding: each calibration sequence is prefilled for ``prompt_len`` tokens
+(top-k routing), then its remaining tokens are fed one per step in decode mode, as generation
+would. Pass 1 keeps every decode token (threshold -inf) and takes the s_b-quantile of each
+block's scores; later passes re-run with those thresholds in force (earlier blocks' skips change
+later blocks' attention signals) and re-take the quantiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ftp_export.routed.model import RoutedCausalLM
+
+
+@torch.no_grad()
+def collect_decode_scores(model: RoutedCausalLM, sequences: torch.Tensor, prompt_len: int) -> list[list[torch.Tensor]]:
+    """Scores of every decoded token per block (empty for dense blocks)."""
+    from transformers import DynamicCache
+
+    bsz, total = sequences.shape
+    if not 0 < prompt_len < total:
+        raise ValueError(f"prompt_len must be in (0, {total}), got {prompt_len}")
+    per_block: list[list[torch.Tensor]] = [[] for _ in model.layers]
+    cache = DynamicCache()
+    mask = torch.ones(bsz, prompt_len, dtype=torch.int64, device=sequences.device)
+    model(sequences[:, :prompt_len], mask, past_key_values=cache, mode="prefill")
+    for t in range(prompt_len, total):
+        mask = torch.cat([mask, torch.ones(bsz, 1, dtype=torch.int64, device=sequences.device)], dim=1)
+        pos = torch.full((bsz, 1), t, dtype=torch.int64, device=sequences.device)
+        out = model(sequences[:, t : t + 1], mask, pos, past_key_values=cache, mode="decode", keep_scores=True)
+        for b, r in enumerate(out.routing):
+            if r is not None and r.scores is not None:
+                per_block[b].append(r.scores.reshape(-1).float().cpu())
+    return per_block
+
+
+@torch.no_grad()
+def calibrate_decode_thresholds(
+    model: RoutedCausalLM,
+    sequences: torch.Tensor,
+    prompt_len: int,
+    passes: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[float | None], list[float | None]]:
+    """Set ``model.schedule.decode_thresholds`` in place. Returns (thresholds, measured skip rates)."""
+    schedule = model.schedule
+    if schedule is None:
+        raise ValueError("calibration needs a schedule")
+    n = schedule.num_blocks
+    thresholds: list[float | None] = [float("-inf") if schedule.is_routed(b) else None for b in range(n)]
+    rates: list[float | None] = [None] * n
+    for p in range(passes):
+        schedule.decode_thresholds = list(thresholds)
+        scores = collect_decode_scores(model, sequences, prompt_len)
+        new: list[float | None] = [None] * n
+        for b in range(n):
+            if not schedule.is_routed(b) or not scores[b]:
+                continue
+            s = torch.cat(scores[b]).double()
+            if p > 0:  # skip rate achieved with the thresholds in force this pass
+                rates[b] = float((s < thresholds[b]).double().mean())
+            new[b] = float(torch.quantile(s, schedule.block_sparsity[b]).float())
+        thresholds = new
+        if progress:
+            progress(p + 1, passes)
+    schedule.decode_thresholds = thresholds
+    if passes == 1:
+        rates = [None] * n
+    return thresholds, rates

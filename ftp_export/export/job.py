@@ -1,0 +1,152 @@
+"""The ``ftp-export`` main job: model + schedule in, exported/<name>/ out, parity checked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ftp_export.architectures import (
+    DEFAULT_MODEL_DIR,
+    DEFAULT_MODEL_NAME,
+    ModelRef,
+    check_supported,
+    fingerprint,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+)
+from ftp_export.errors import FTPError
+from ftp_export.export.atomic import atomic_dir, check_writable
+from ftp_export.export.manifest import write_manifest
+from ftp_export.parity import DEFAULT_ATOL, ParityCase, format_table, pad_batch, run_parity
+from ftp_export.routed.model import RoutedCausalLM
+from ftp_export.schedule import Schedule, load_schedule
+
+TARGETS = ("onnx", "trt", "compile")
+DEFAULT_SCHEDULE = DEFAULT_MODEL_DIR / "s40.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PARITY_PROMPTS = (
+    "The quick brown fox jumps over the lazy dog, and then",
+    "Once upon a time",
+    "the the the the the the the the the the",  # repeated tokens: tied router inputs
+)
+
+
+@dataclass
+class ExportRequest:
+    model: str | None = None
+    schedule: str | None = None
+    target: str = "onnx"
+    output: str | None = None
+    atol: float = DEFAULT_ATOL
+    parity_tokens: int = 16
+    dtype: str = "float32"
+    device: str = "cpu"
+
+
+@dataclass
+class TargetResult:
+    """What a target exporter produced: manifest entries and a runtime for parity (or None)."""
+
+    manifest: dict[str, Any]
+    generator: Any | None
+    note: str = ""
+
+
+def resolve_schedule(req: ExportRequest, ref: ModelRef) -> Path:
+    if req.schedule:
+        return Path(req.schedule)
+    if ref.name == DEFAULT_MODEL_NAME:
+        return DEFAULT_SCHEDULE
+    raise FTPError(
+        f"--schedule is required for --model {req.model}; make one with: "
+        f"ftp-export schedule --uniform 0.4 --model {req.model} -o s40.json"
+    )
+
+
+def parity_cases(tokenizer: Any, new_tokens: int) -> list[ParityCase]:
+    encoded = [tokenizer(p)["input_ids"] for p in PARITY_PROMPTS]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids3, mask3 = pad_batch(encoded, pad, side="left")
+    ids1, mask1 = pad_batch(encoded[:1], pad)
+    return [
+        ParityCase("batch3-left-padded", ids3, mask3, new_tokens),
+        ParityCase("batch1", ids1, mask1, new_tokens),
+    ]
+
+
+def _exporter(target: str) -> Callable[..., TargetResult]:
+    if target == "onnx":
+        from ftp_export.export.onnx_target import export_target
+    elif target == "trt":
+        from ftp_export.trt.target import export_target
+    else:
+        from ftp_export.compile.target import export_target
+    return export_target
+
+
+def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
+    """Run the export; returns the process exit status (0 ok, 1 parity failed)."""
+    if req.target not in TARGETS:
+        raise FTPError(f"unknown target {req.target!r}; choose one of: {', '.join(TARGETS)}")
+    if req.dtype not in DTYPES:
+        raise FTPError(f"unknown --dtype {req.dtype!r}; choose one of: {', '.join(DTYPES)}")
+    ref = resolve_model(req.model)
+    config = load_config(ref)
+    check_supported(config)
+    schedule_path = resolve_schedule(req, ref)
+    schedule = load_schedule(schedule_path)
+    schedule.check_model(fingerprint(config))
+    out = Path(req.output) if req.output else Path("exported") / f"{ref.name}-{schedule_path.stem}-{req.target}"
+    check_writable(out)
+    steps = 4
+    log(f"[1/{steps}] loading {ref.source} ({req.dtype}, {req.device})")
+    model = load_model(ref, DTYPES[req.dtype], req.device)
+    tokenizer = load_tokenizer(ref)
+    routed = RoutedCausalLM(model, schedule).eval()
+    with atomic_dir(out) as tmp:
+        log(f"[2/{steps}] exporting target {req.target} (overall sparsity {schedule.target_sparsity:.2f})")
+        result = _exporter(req.target)(routed, tmp, req=req, log=log)
+        _copy_schedule(schedule, tmp / "schedule")
+        parity: dict[str, Any] | None = None
+        if result.generator is not None:
+            log(f"[3/{steps}] parity against PyTorch ({req.parity_tokens} greedy tokens per case)")
+            cases = parity_cases(tokenizer, req.parity_tokens)
+            parity = run_parity(routed, result.generator, cases, atol=req.atol, progress=lambda n: log(f"      case {n}"))
+            parity["runtime"] = result.manifest.get("runtime", {})
+            (tmp / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
+        else:
+            log(f"[3/{steps}] parity skipped: {result.note}")
+        log(f"[4/{steps}] writing manifest")
+        model_info = {
+            "name": ref.name,
+            "source": ref.source,
+            "architecture": (config.architectures or [config.model_type])[0],
+            "fingerprint": fingerprint(config),
+            "dtype": req.dtype,
+        }
+        extra = dict(result.manifest)
+        extra["parity"] = None if parity is None else {"passed": parity["passed"], "atol": req.atol, "report": "parity.json"}
+        write_manifest(tmp, target=req.target, model=model_info, schedule=schedule, extra=extra)
+    if parity is not None:
+        log(format_table(parity))
+    if result.note:
+        log(result.note)
+    log(f"wrote {out}")
+    return 0 if parity is None or parity["passed"] else 1
+
+
+def _copy_schedule(schedule: Schedule, dest: Path) -> None:
+    if schedule.path is None:
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(schedule.path, dest / schedule.path.name)
+    weights = json.loads(schedule.path.read_text())["router"]["weights"]
+    shutil.copy2(schedule.path.parent / weights, dest / Path(weights).name)

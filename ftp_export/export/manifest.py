@@ -1,0 +1,55 @@
+"""manifest.json: what was exported, from what, with which versions, and the parity verdict."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ftp_export import __version__
+from ftp_export.schedule import Schedule, sha256_file
+
+MANIFEST = "manifest.json"
+PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "tensorrt")
+
+
+def versions() -> dict[str, str]:
+    found = {"ftp_export": __version__}
+    for pkg in PACKAGES:
+        try:
+            found[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def file_entries(folder: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        out.append({"path": str(path.relative_to(folder)), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+    return out
+
+
+def write_manifest(folder: Path, *, target: str, model: dict[str, Any], schedule: Schedule, extra: dict[str, Any]) -> Path:
+    doc = {
+        "format": "ftp-export-manifest",
+        "format_version": 1,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "target": target,
+        "model": model,
+        "schedule": {
+            "source": str(schedule.path) if schedule.path else None,
+            "sha256": schedule.sha256,
+            "target_sparsity": round(schedule.target_sparsity, 6),
+            "block_sparsity": schedule.block_sparsity,
+            "decode_thresholds": schedule.decode_thresholds,
+        },
+        "versions": versions(),
+        **extra,
+        "files": file_entries(folder),
+    }
+    path = folder / MANIFEST
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path

@@ -1,0 +1,90 @@
+"""One decoder block computed for a subset of query rows, on the HF layer's own weights.
+
+K and V are produced for *every* token of the call (skipped ones included: their incoming
+hidden state after the input norm, RoPE at their own position), so the cache stays dense and
+aligned with positions. Queries, attention output, o_proj and the MLP run only for the rows
+handed in. Attention is written out (not SDPA) because the router needs the probabilities.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x`` [G, heads, Q, Dh]; ``cos``/``sin`` [G, Q, Dh]."""
+    cos = cos.unsqueeze(1)
+    sin = sin.unsqueeze(1)
+    return (x * cos) + (rotate_half(x) * sin)
+
+
+def project_kv(layer: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """K (with RoPE) and V for all tokens: ``x`` [B, T, D] normed -> [B, Hkv, T, Dh] each."""
+    attn = layer.self_attn
+    bsz, seq, _ = x.shape
+    n_kv = attn.k_proj.out_features // head_dim
+    k = attn.k_proj(x).view(bsz, seq, n_kv, head_dim).transpose(1, 2)
+    v = attn.v_proj(x).view(bsz, seq, n_kv, head_dim).transpose(1, 2)
+    return apply_rope(k, cos, sin), v
+
+
+def attention_mask_for(
+    key_valid: torch.Tensor, q_index: torch.Tensor, window: int | None
+) -> torch.Tensor:
+    """Allowed keys [G, Q, S]: valid, at or before the query's cache index, inside the window."""
+    keys = torch.arange(key_valid.shape[-1], device=key_valid.device).view(1, 1, -1)
+    qi = q_index.unsqueeze(-1)
+    allowed = key_valid.unsqueeze(1) & (keys <= qi)
+    if window is not None:
+        allowed = allowed & (keys > qi - window)
+    return allowed
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention as Hugging Face computes it. Returns output [G, Q, H*Dh] and
+    head-averaged probabilities [G, Q, S] (float32)."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        g, hkv, s, dh = k.shape
+        k = k[:, :, None].expand(g, hkv, groups, s, dh).reshape(g, hkv * groups, s, dh)
+        v = v[:, :, None].expand(g, hkv, groups, s, dh).reshape(g, hkv * groups, s, dh)
+    scores = torch.matmul(q, k.transpose(2, 3)) * scaling
+    scores = scores.masked_fill(~allowed.unsqueeze(1), torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    out = torch.matmul(probs.to(q.dtype), v)
+    out = out.transpose(1, 2).reshape(q.shape[0], q.shape[2], q.shape[1] * q.shape[3])
+    return out, probs.mean(dim=1)
+
+
+def compute_rows(
+    layer: Any,
+    rows: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    allowed: torch.Tensor,
+    head_dim: int,
+    scaling: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the block (attention + MLP, residuals) for ``rows`` [G, Q, D] against ``keys``/``values``
+    [G, Hkv, S, Dh]. Returns new rows [G, Q, D] and head-averaged attention probabilities [G, Q, S]."""
+    attn = layer.self_attn
+    g, nq, _ = rows.shape
+    x = layer.input_layernorm(rows)
+    n_heads = attn.q_proj.out_features // head_dim
+    q = attn.q_proj(x).view(g, nq, n_heads, head_dim).transpose(1, 2)
+    q = apply_rope(q, cos, sin)
+    out, probs = attend(q, keys, values, allowed, scaling)
+    h = rows + attn.o_proj(out)
+    h = h + layer.mlp(layer.post_attention_layernorm(h))
+    return h, probs

@@ -1,0 +1,305 @@
+"""Schedule JSON + router weights (safetensors): format, validation, writing.
+
+Format (``format_version`` 1)::
+
+    {
+      "format": "ftp-schedule", "format_version": 1,
+      "base_model": {"name_or_path": ..., "architecture": ..., "fingerprint": {model_type,
+                     num_hidden_layers, hidden_size, num_attention_heads, num_key_value_heads,
+                     vocab_size}},
+      "target_sparsity": 0.4,            # mean of block_sparsity
+      "block_sparsity": [0.0, 0.48, ...],  # one per block, each in [0, 1)
+      "router": {"type": "mlp", "features": [...4...], "hidden": 64, "activation": "relu",
+                 "weights": "s40.routers.safetensors",   # relative to the JSON's folder
+                 "sha256": "<hex of the weights file>"},
+      "decode_thresholds": [null, 0.71, ...],  # per block; null = compute every token
+      "produced_by": {"tool": ..., "version": ..., "method": ..., "settings": {...},
+                      "calibration": {...}, "seed": 0, "created": "<iso time>"}
+    }
+
+Every check failure raises :class:`~ftp_export.errors.ScheduleError` with one line naming the
+field and the fix.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ftp_export.errors import ScheduleError
+from ftp_export.routing.router import ARCHITECTURE, RouterBank
+
+FORMAT = "ftp-schedule"
+FORMAT_VERSION = 1
+FINGERPRINT_KEYS = (
+    "model_type",
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+)
+
+
+@dataclass
+class Schedule:
+    """A validated schedule with its routers loaded."""
+
+    block_sparsity: list[float]
+    routers: RouterBank
+    decode_thresholds: list[float | None]
+    base_model: dict[str, Any]
+    produced_by: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    sha256: str = ""  # of the JSON file as loaded/written
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.block_sparsity)
+
+    @property
+    def target_sparsity(self) -> float:
+        return sum(self.block_sparsity) / len(self.block_sparsity)
+
+    def keep_ratio(self, block: int) -> float:
+        return 1.0 - self.block_sparsity[block]
+
+    def is_routed(self, block: int) -> bool:
+        return self.block_sparsity[block] > 0.0
+
+    def threshold(self, block: int) -> float:
+        t = self.decode_thresholds[block]
+        return float("-inf") if t is None else float(t)
+
+    def check_model(self, fp: dict[str, Any]) -> None:
+        """Fail unless this schedule was made for a model with fingerprint ``fp``."""
+        mine = self.base_model.get("fingerprint", {})
+        for key in FINGERPRINT_KEYS:
+            if key in mine and key in fp and mine[key] != fp[key]:
+                raise ScheduleError(
+                    f"schedule is for a model with {key}={mine[key]} but this model has {key}={fp[key]}; "
+                    "make a schedule for this model (ftp-export schedule --uniform S --model M -o S.json)"
+                )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fail(where: str, what: str) -> ScheduleError:
+    return ScheduleError(f"{where}: {what}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def load_schedule(path: str | os.PathLike[str]) -> Schedule:
+    """Load and validate a schedule JSON and its router weights."""
+    path = Path(path)
+    src = str(path)
+    if not path.is_file():
+        raise _fail(src, "file not found; pass --schedule with an existing schedule JSON")
+    raw = path.read_bytes()
+    try:
+        doc = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _fail(src, f"not valid JSON ({exc}); regenerate it with ftp-train or ftp-export schedule") from None
+    if not isinstance(doc, dict):
+        raise _fail(src, "top level must be a JSON object")
+    if doc.get("format") != FORMAT:
+        raise _fail(src, f"field 'format' must be {FORMAT!r}; this is not an ftp-export schedule")
+    version = doc.get("format_version")
+    if version != FORMAT_VERSION:
+        raise _fail(src, f"field 'format_version' is {version!r}; this ftp-export reads version {FORMAT_VERSION}")
+
+    base = doc.get("base_model")
+    if not isinstance(base, dict) or not isinstance(base.get("fingerprint"), dict):
+        raise _fail(src, "field 'base_model.fingerprint' is missing; it ties the schedule to a model")
+    fp = base["fingerprint"]
+    for key in FINGERPRINT_KEYS:
+        if key not in fp:
+            raise _fail(src, f"field 'base_model.fingerprint.{key}' is missing")
+    n_layers = fp["num_hidden_layers"]
+
+    sparsity = doc.get("block_sparsity")
+    if not isinstance(sparsity, list) or not sparsity:
+        raise _fail(src, "field 'block_sparsity' must be a non-empty list of numbers")
+    if len(sparsity) != n_layers:
+        raise _fail(
+            src,
+            f"field 'block_sparsity' has {len(sparsity)} entries but the model has {n_layers} blocks; "
+            "give one sparsity per block",
+        )
+    for i, s in enumerate(sparsity):
+        if not _number(s) or not (0.0 <= s < 1.0):
+            raise _fail(src, f"field 'block_sparsity[{i}]' is {s!r}; each block sparsity must be in [0, 1)")
+    target = doc.get("target_sparsity")
+    if target is not None:
+        if not _number(target) or not (0.0 <= target < 1.0):
+            raise _fail(src, f"field 'target_sparsity' is {target!r}; it must be in [0, 1)")
+        mean = sum(sparsity) / len(sparsity)
+        if abs(mean - target) > 1e-3:
+            raise _fail(src, f"field 'target_sparsity' is {target} but the mean of block_sparsity is {mean:.4f}")
+
+    thresholds = doc.get("decode_thresholds")
+    if not isinstance(thresholds, list) or len(thresholds) != n_layers:
+        raise _fail(src, f"field 'decode_thresholds' must be a list of {n_layers} numbers or nulls")
+    for i, t in enumerate(thresholds):
+        if t is not None and not _number(t):
+            raise _fail(src, f"field 'decode_thresholds[{i}]' is {t!r}; use a finite number or null")
+
+    router = doc.get("router")
+    if not isinstance(router, dict):
+        raise _fail(src, "field 'router' is missing")
+    for key in ("type", "features", "hidden", "activation"):
+        if router.get(key) != ARCHITECTURE[key]:
+            raise _fail(src, f"field 'router.{key}' is {router.get(key)!r}; this ftp-export runs {ARCHITECTURE[key]!r}")
+    weights_rel = router.get("weights")
+    if not isinstance(weights_rel, str) or not weights_rel:
+        raise _fail(src, "field 'router.weights' must name the router safetensors file")
+    weights = (path.parent / weights_rel).resolve()
+    if not weights.is_file():
+        raise _fail(src, f"router weights {weights} not found (field 'router.weights'); keep the .safetensors next to the JSON")
+    expected = router.get("sha256")
+    actual = sha256_file(weights)
+    if expected != actual:
+        raise _fail(
+            src,
+            f"router weights {weights.name} have sha256 {actual[:12]}... but field 'router.sha256' says "
+            f"{str(expected)[:12]}...; the weights were modified or belong to another schedule",
+        )
+    bank = _load_routers(weights, n_layers, int(router["hidden"]), src)
+
+    return Schedule(
+        block_sparsity=[float(s) for s in sparsity],
+        routers=bank,
+        decode_thresholds=[None if t is None else float(t) for t in thresholds],
+        base_model=base,
+        produced_by=doc.get("produced_by", {}),
+        path=path,
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def _load_routers(weights: Path, n_layers: int, hidden: int, src: str) -> RouterBank:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _fail(src, f"router weights {weights.name} unreadable ({exc})") from None
+    bank = RouterBank(n_layers, hidden)
+    expected = bank.state_dict()
+    for name, ref in expected.items():
+        if name not in tensors:
+            raise _fail(src, f"router weights {weights.name} lack tensor {name!r}; the file is for another model")
+        if tuple(tensors[name].shape) != tuple(ref.shape):
+            raise _fail(
+                src, f"router tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {tuple(ref.shape)}"
+            )
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise _fail(src, f"router weights {weights.name} have unexpected tensors (first: {extra[0]!r}); the file is for another model")
+    bank.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
+    return bank.eval()
+
+
+def save_schedule(schedule: Schedule, path: str | os.PathLike[str]) -> Path:
+    """Write ``path`` (JSON) and ``<stem>.routers.safetensors`` beside it, each atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = path.with_name(path.stem + ".routers.safetensors")
+    state = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in schedule.routers.state_dict().items()}
+    tmp_w = _tmp_beside(weights)
+    try:
+        save_file(state, str(tmp_w))
+        os.replace(tmp_w, weights)
+    finally:
+        tmp_w.unlink(missing_ok=True)
+    produced = dict(schedule.produced_by)
+    produced.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    doc = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "base_model": schedule.base_model,
+        "target_sparsity": round(schedule.target_sparsity, 6),
+        "block_sparsity": [round(float(s), 6) for s in schedule.block_sparsity],
+        "router": {**ARCHITECTURE, "weights": weights.name, "sha256": sha256_file(weights)},
+        "decode_thresholds": schedule.decode_thresholds,
+        "produced_by": produced,
+    }
+    text = json.dumps(doc, indent=2) + "\n"
+    tmp = _tmp_beside(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    schedule.path = path
+    schedule.sha256 = hashlib.sha256(text.encode()).hexdigest()
+    return path
+
+
+def _tmp_beside(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def uniform_sparsity(num_blocks: int, target: float, dense_first: bool = True) -> list[float]:
+    """Equal sparsity on every routed block, block 0 dense, mean equal to ``target``."""
+    if not (0.0 < target < 1.0):
+        raise ScheduleError(f"--uniform {target}: sparsity must be in (0, 1)")
+    routed = num_blocks - 1 if dense_first and num_blocks > 1 else num_blocks
+    per_block = target * num_blocks / routed
+    if per_block >= 1.0:
+        raise ScheduleError(
+            f"--uniform {target}: with block 0 dense the other {routed} blocks would need sparsity {per_block:.3f} >= 1"
+        )
+    first = [0.0] if dense_first and num_blocks > 1 else []
+    return first + [per_block] * routed
+
+
+def new_schedule(
+    config: Any,
+    block_sparsity: list[float],
+    routers: RouterBank | None = None,
+    decode_thresholds: list[float | None] | None = None,
+    name_or_path: str = "",
+    produced_by: dict[str, Any] | None = None,
+) -> Schedule:
+    """Build an in-memory schedule for a model config (static routers unless given)."""
+    from ftp_export.architectures import fingerprint
+    from ftp_export.routing.router import static_router_bank
+
+    n = int(config.num_hidden_layers)
+    if len(block_sparsity) != n:
+        raise ScheduleError(f"block_sparsity has {len(block_sparsity)} entries but the model has {n} blocks")
+    for i, s in enumerate(block_sparsity):
+        if not (0.0 <= s < 1.0):
+            raise ScheduleError(f"block_sparsity[{i}] is {s}; each block sparsity must be in [0, 1)")
+    arch = (getattr(config, "architectures", None) or [config.model_type])[0]
+    return Schedule(
+        block_sparsity=[float(s) for s in block_sparsity],
+        routers=routers if routers is not None else static_router_bank(n),
+        decode_thresholds=list(decode_thresholds) if decode_thresholds is not None else [None] * n,
+        base_model={"name_or_path": name_or_path, "architecture": arch, "fingerprint": fingerprint(config)},
+        produced_by=dict(produced_by or {}),
+    )
