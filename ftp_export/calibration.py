@@ -5,7 +5,8 @@ Teacher-forced decoding: each calibration sequence is prefilled for ``prompt_len
 (top-k routing), then its remaining tokens are fed one per step in decode mode, as generation
 would. Pass 1 keeps every decode token (threshold -inf) and takes the s_b-quantile of each
 block's scores; later passes re-run with those thresholds in force (earlier blocks' skips change
-later blocks' attention signals) and re-take the quantiles.
+later blocks' attention signals) and re-take the quantiles. Each threshold is set midway between
+two observed scores (see :func:`threshold_between`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ def collect_decode_scores(model: RoutedCausalLM, sequences: torch.Tensor, prompt
     return per_block
 
 
+def threshold_between(scores: torch.Tensor, skip_rate: float) -> float:
+    """Threshold that skips ``skip_rate`` of ``scores``, placed midway between two observed
+    score values so that no observed score sits on it: a score computed 1 ulp apart by another
+    runtime must not flip its keep/skip decision."""
+    s = torch.sort(scores.double()).values
+    j = min(int(round(skip_rate * s.numel())), s.numel() - 1)
+    q = s[j]
+    below = s[s < q]
+    if below.numel() == 0:
+        return float(q) - 1.0  # skip nothing below the smallest score
+    return float(((below[-1] + q) / 2).float())
+
+
 @torch.no_grad()
 def calibrate_decode_thresholds(
     model: RoutedCausalLM,
@@ -64,7 +78,7 @@ def calibrate_decode_thresholds(
             s = torch.cat(scores[b]).double()
             if p > 0:  # skip rate achieved with the thresholds in force this pass
                 rates[b] = float((s < thresholds[b]).double().mean())
-            new[b] = float(torch.quantile(s, schedule.block_sparsity[b]).float())
+            new[b] = threshold_between(s, schedule.block_sparsity[b])
         thresholds = new
         if progress:
             progress(p + 1, passes)

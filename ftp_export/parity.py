@@ -81,17 +81,17 @@ def ort_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-class OrtGenerator:
-    """Greedy generation over the exported prefill + decode graphs in onnxruntime."""
+class GraphGenerator:
+    """Greedy generation over a runtime's prefill + decode graphs. Subclasses implement
+    ``run(graph, feeds) -> {output name: array}`` with graph in {"prefill", "decode"}."""
 
-    def __init__(self, prefill: Path, decode: Path, num_layers: int, session_factory: SessionFactory = ort_session):
-        self.prefill = session_factory(prefill)
-        self.decode = session_factory(decode)
-        self.num_layers = num_layers
+    num_layers: int
 
-    def _run(self, sess: Any, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], dict[str, np.ndarray]]:
-        names = [o.name for o in sess.get_outputs()]
-        outs = dict(zip(names, sess.run(None, feeds)))
+    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _run(self, graph: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], dict[str, np.ndarray]]:
+        outs = self.run(graph, feeds)
         present = [outs[f"present.{i}.{kv}"] for i in range(self.num_layers) for kv in ("key", "value")]
         routing = {k: v for k, v in outs.items() if k.startswith("routing.")}
         return outs["logits"], present, routing
@@ -101,7 +101,7 @@ class OrtGenerator:
         mask = attention_mask.astype(np.int64)
         pos = np.clip(np.cumsum(mask, -1) - 1, 0, None).astype(np.int64)
         logits, present, routing = self._run(
-            self.prefill, {"input_ids": input_ids.astype(np.int64), "attention_mask": mask, "position_ids": pos}
+            "prefill", {"input_ids": input_ids.astype(np.int64), "attention_mask": mask, "position_ids": pos}
         )
         tokens = np.zeros((input_ids.shape[0], 0), dtype=np.int64)
         for step in range(new_tokens):
@@ -115,9 +115,22 @@ class OrtGenerator:
             mask = np.concatenate([mask, np.ones_like(nxt)], axis=1)
             feeds = {"input_ids": nxt, "attention_mask": mask, "position_ids": pos}
             feeds.update(dict(zip(past_names(self.num_layers), present)))
-            logits, present, routing = self._run(self.decode, feeds)
+            logits, present, routing = self._run("decode", feeds)
         trace.tokens = tokens
         return trace
+
+
+class OrtGenerator(GraphGenerator):
+    """The exported ONNX graphs in onnxruntime (CPU provider unless the factory says otherwise)."""
+
+    def __init__(self, prefill: Path, decode: Path, num_layers: int, session_factory: SessionFactory = ort_session):
+        self.sessions = {"prefill": session_factory(prefill), "decode": session_factory(decode)}
+        self.num_layers = num_layers
+
+    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sess = self.sessions[graph]
+        names = [o.name for o in sess.get_outputs()]
+        return dict(zip(names, sess.run(None, feeds)))
 
 
 def compare(case: ParityCase, ref: StepTrace, got: StepTrace, atol: float) -> CaseReport:
@@ -149,7 +162,7 @@ def compare(case: ParityCase, ref: StepTrace, got: StepTrace, atol: float) -> Ca
 
 def run_parity(
     model: RoutedCausalLM,
-    generator: OrtGenerator,
+    generator: GraphGenerator,
     cases: list[ParityCase],
     atol: float = DEFAULT_ATOL,
     progress: Callable[[str], None] | None = None,

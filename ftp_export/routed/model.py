@@ -16,10 +16,10 @@ from ftp_export.architectures import check_supported, fingerprint, sliding_windo
 from ftp_export.routed.block import attention_mask_for, compute_rows, project_kv
 from ftp_export.routed.lowering import Lowering, TorchLowering
 from ftp_export.routing.factors import received_attention, router_features, update_signal
-from ftp_export.routing.selection import keep_q16
+from ftp_export.routing.selection import keep_q16, soft_topk_gate
 from ftp_export.schedule import Schedule
 
-Mode = Literal["prefill", "decode"]
+Mode = Literal["prefill", "decode", "soft"]
 
 
 class TensorCache:
@@ -50,6 +50,7 @@ class BlockRouting:
     active: torch.Tensor | None = None
     rows: torch.Tensor | None = None
     scores: torch.Tensor | None = None
+    gate: torch.Tensor | None = None  # soft mode: [B, T] differentiable keep gate
 
 
 @dataclass
@@ -94,6 +95,8 @@ class RoutedCausalLM(nn.Module):
             return "dense"
         if mode == "prefill":
             return "topk"
+        if mode == "soft":
+            return "soft"
         return "threshold" if self.schedule.decode_thresholds[block] is not None else "dense"
 
     def forward(
@@ -104,8 +107,15 @@ class RoutedCausalLM(nn.Module):
         past_key_values: Any = None,
         mode: Mode | None = None,
         keep_scores: bool = False,
+        temperature: float = 0.1,
     ) -> RoutedOutput:
         """Routed forward. ``mode`` defaults to 'prefill' without past and 'decode' with past.
+
+        ``mode='soft'`` is the training relaxation of prefill: every token runs the block, and
+        its update is scaled by a straight-through gate whose forward value is exactly the hard
+        top-k decision (so the loss sees the real routed model, up to float rounding of the
+        un-gathered compute) and whose gradient is that of ``sigmoid((score - tau) / temperature)``,
+        tau midway between the k-th and (k+1)-th valid scores of the row.
 
         ``attention_mask`` [B, past + T] (1 = real token), ``position_ids`` [B, T]; as in
         Hugging Face, left or right padding is expressed through the mask.
@@ -145,6 +155,14 @@ class RoutedCausalLM(nn.Module):
                 h, probs = compute_rows(layer, h, cos, sin, keys, values, allowed, self.head_dim, self.scaling)
                 total, count = received_attention(probs[:, :, past:], tok.unsqueeze(0).expand(bsz, seq), valid)
                 routing.append(None)
+            elif kind == "soft":
+                q_index = (tok + past).unsqueeze(0).expand(bsz, seq)
+                allowed = attention_mask_for(key_valid, q_index, self.windows[b])
+                full, probs = compute_rows(layer, h, cos, sin, keys, values, allowed, self.head_dim, self.scaling)
+                gate = soft_topk_gate(scores, valid, self.q16[b], temperature)
+                h = h + gate.unsqueeze(-1).to(h.dtype) * (full - h)
+                total, count = received_attention(probs[:, :, past:], tok.unsqueeze(0).expand(bsz, seq), gate * valid)
+                routing.append(BlockRouting(scores=scores, gate=gate))
             elif kind == "topk":
                 rows, idx, active = self.lowering.topk_gather(h, scores, valid, self.q16[b])
                 pos = torch.gather(position_ids, 1, idx)

@@ -96,3 +96,20 @@ def threshold_select(scores: torch.Tensor, valid: torch.Tensor, threshold: float
     thr = torch.tensor(threshold, dtype=torch.float32, device=scores.device)
     keep = valid & (scores.float() >= thr)
     return torch.nonzero(keep.reshape(-1)).reshape(-1)
+
+
+def soft_topk_gate(scores: torch.Tensor, valid: torch.Tensor, q16: int, temperature: float) -> torch.Tensor:
+    """Straight-through top-k gate [B, T] for training: forward = the hard keep mask of
+    :func:`topk_select` (active tokens), gradient = d sigmoid((score - tau) / temperature)."""
+    indices, active = topk_select(scores.detach(), valid, q16)
+    hard = torch.zeros_like(scores, dtype=torch.float32).scatter(1, indices, active.to(torch.float32))
+    k_b = kept_count(valid.sum(-1), q16)
+    ranked = torch.sort(torch.where(valid, scores.detach().float(), torch.full_like(scores.float(), float("-inf"))), dim=-1, descending=True).values
+    last = torch.clamp(k_b - 1, min=0).unsqueeze(-1)
+    nxt = torch.clamp(k_b, max=scores.shape[-1] - 1).unsqueeze(-1)
+    kth = ranked.gather(1, last)
+    after = ranked.gather(1, nxt)
+    after = torch.where(torch.isfinite(after) & (k_b.unsqueeze(-1) < valid.sum(-1, keepdim=True)), after, kth - 1.0)
+    tau = 0.5 * (kth + after)
+    soft = torch.sigmoid((scores.float() - tau) / temperature) * valid
+    return hard + soft - soft.detach()

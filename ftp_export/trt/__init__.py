@@ -1,0 +1,1 @@
+"""TensorRT target: custom ftp nodes, their reference implementations, plugin build and engine."""

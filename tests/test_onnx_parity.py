@@ -1,0 +1,101 @@
+"""--target onnx: onnxruntime vs PyTorch at overall sparsity 0.4 (logits, routing, greedy tokens),
+including tied router scores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ftp_export.calibration import calibrate_decode_thresholds
+from ftp_export.export.onnx_export import export_onnx
+from ftp_export.parity import OrtGenerator, ParityCase, pad_batch, run_parity
+from ftp_export.routed.model import RoutedCausalLM
+from ftp_export.schedule import new_schedule, uniform_sparsity
+
+ATOL = 1e-4
+
+
+def _cases(new_tokens=32):
+    g = torch.Generator().manual_seed(11)
+    a = torch.randint(3, 259, (21,), generator=g).tolist()
+    b = torch.randint(3, 259, (9,), generator=g).tolist()
+    rep = [77] * 14  # repeated token: tied attention factors
+    ids3, mask3 = pad_batch([a, b, rep], 0, side="left")
+    ids1, mask1 = pad_batch([a], 0)
+    idsr, maskr = pad_batch([rep], 0)
+    return [
+        ParityCase("batch3-left-padded", ids3, mask3, new_tokens),
+        ParityCase("batch1", ids1, mask1, new_tokens),
+        ParityCase("batch1-repeated", idsr, maskr, new_tokens),
+    ]
+
+
+def _assert_report(report):
+    for c in report["cases"]:
+        assert c["prefill_max_abs_diff"] <= ATOL, c
+        assert c["decode_max_abs_diff"] <= ATOL, c
+        assert c["routing_identical"], c["routing_mismatches"]
+        assert c["tokens_identical"], c
+    assert report["passed"]
+
+
+@pytest.fixture(scope="module")
+def static_export(tiny_model, tmp_path_factory):
+    n = tiny_model.config.num_hidden_layers
+    routed = RoutedCausalLM(tiny_model, new_schedule(tiny_model.config, uniform_sparsity(n, 0.4))).eval()
+    seqs = torch.randint(3, 259, (4, 48), generator=torch.Generator().manual_seed(2))
+    calibrate_decode_thresholds(routed, seqs, prompt_len=24)
+    out = tmp_path_factory.mktemp("onnx-static")
+    graphs = export_onnx(routed, out)
+    return routed, graphs
+
+
+def test_onnx_matches_pytorch_at_sparsity_04(static_export):
+    routed, graphs = static_export
+    gen = OrtGenerator(graphs.prefill, graphs.decode, routed.config.num_hidden_layers)
+    report = run_parity(routed, gen, _cases(), atol=ATOL)
+    _assert_report(report)
+    # the decode graph really skips tokens on this data (calibrated thresholds)
+    ref = run_parity.__globals__["reference_trace"](routed, _cases()[0])
+    rows = [len(step[k]) for step in ref.routing[1:] for k in step if k.endswith(".rows")]
+    assert 0 < sum(rows) < 3 * len(rows)
+
+
+def test_onnx_graph_names_follow_optimum(static_export):
+    import onnx
+
+    routed, graphs = static_export
+    n = routed.config.num_hidden_layers
+    dec = onnx.load(str(graphs.decode), load_external_data=False)
+    inputs = [i.name for i in dec.graph.input]
+    outputs = [o.name for o in dec.graph.output]
+    assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert inputs[3:] == [f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
+    assert outputs[0] == "logits"
+    assert outputs[1 : 1 + 2 * n] == [f"present.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
+    ops = {node.op_type for node in onnx.load(str(graphs.prefill), load_external_data=False).graph.node}
+    assert "TopK" in ops and "NonZero" in {node.op_type for node in dec.graph.node}
+
+
+def test_tied_scores_break_the_same_way(tiny_model, tmp_path):
+    """Constant router: every score ties, so only the tie rule decides (lower position wins)."""
+    n = tiny_model.config.num_hidden_layers
+    sch = new_schedule(tiny_model.config, uniform_sparsity(n, 0.4))
+    with torch.no_grad():
+        for r in sch.routers.blocks:
+            for p in r.parameters():
+                p.zero_()
+            r.fc2.bias.fill_(0.5)
+    # decode: score == threshold keeps the token (>=) on block 1, skips it on the others
+    sch.decode_thresholds = [None, 0.5] + [0.75] * (n - 2)
+    routed = RoutedCausalLM(tiny_model, sch).eval()
+    graphs = export_onnx(routed, tmp_path)
+    gen = OrtGenerator(graphs.prefill, graphs.decode, n)
+    cases = _cases(new_tokens=6)
+    report = run_parity(routed, gen, cases, atol=ATOL)
+    _assert_report(report)
+    ref = run_parity.__globals__["reference_trace"](routed, cases[1])
+    k = ref.routing[0]["routing.1.indices"]
+    assert k[0].tolist() == list(range(k.shape[1]))  # the earliest positions win every tie
+    assert ref.routing[1]["routing.1.rows"].tolist() == [0]
+    assert ref.routing[1]["routing.2.rows"].tolist() == []
