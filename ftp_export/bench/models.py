@@ -1,0 +1,32 @@
+"""Benchmark models that need no download: real models' block shapes with random weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, num_hidden_layers=32),
+    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, num_hidden_layers=32, rope_theta=500000.0),
+    "tiny": dict(hidden_size=64, intermediate_size=160, num_attention_heads=4, num_key_value_heads=2, vocab_size=259, num_hidden_layers=4),
+}
+
+
+def random_llama(shape: str, layers: int | None, dtype: torch.dtype, device: str, attn: str = "sdpa") -> Any:
+    """A LlamaForCausalLM of ``shape`` with seeded random weights, built directly on ``device``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    spec = dict(SHAPES[shape])
+    if layers:
+        spec["num_hidden_layers"] = layers
+    config = LlamaConfig(**spec, max_position_embeddings=16384)
+    config._attn_implementation = attn
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.02)
+    return model.eval()

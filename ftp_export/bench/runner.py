@@ -1,0 +1,145 @@
+"""Timing of dense vs routed prefill and decode steps on one runtime, in one process."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ftp_export.flops import routed_linear_flop_ratio
+from ftp_export.routed.model import RoutedCausalLM
+from ftp_export.schedule import new_schedule, uniform_sparsity
+
+
+@dataclass
+class PrefillRow:
+    batch: int
+    seq_len: int
+    sparsity: float
+    dense_ms: float
+    routed_ms: float
+    speedup: float
+    ideal: float
+    of_ideal: float
+    dense_peak_mib: float | None
+    routed_peak_mib: float | None
+    memory_overhead: float | None
+
+
+@dataclass
+class DecodeRow:
+    batch: int
+    context: int
+    sparsity: float
+    dense_ms: float
+    routed_ms: float
+    speedup: float
+
+
+def time_ms(fn: Callable[[], Any], device: str, warmup: int, iters: int) -> float:
+    """Median milliseconds of ``fn`` after warm-up (CUDA events on GPU, perf_counter on CPU)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(iters):
+        if device.startswith("cuda"):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def _peak_mib(fn: Callable[[], Any], device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def _maybe_compile(fn: Callable[..., Any], runtime: str) -> Callable[..., Any]:
+    if runtime == "compile":
+        return torch.compile(fn, dynamic=False)
+    return fn
+
+
+@torch.no_grad()
+def bench_prefill(model: Any, batch: int, seq: int, sparsity: float, runtime: str, device: str, warmup: int, iters: int) -> PrefillRow:
+    cfg = model.config
+    schedule = new_schedule(cfg, uniform_sparsity(cfg.num_hidden_layers, sparsity))
+    routed = RoutedCausalLM(model, schedule).eval()
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
+    mask = torch.ones_like(ids)
+    dense_fn = _maybe_compile(lambda: model(input_ids=ids, attention_mask=mask, use_cache=False).logits, runtime)
+    routed_fn = _maybe_compile(lambda: routed(ids, mask, mode="prefill").logits, runtime)
+    dense = time_ms(dense_fn, device, warmup, iters)
+    rout = time_ms(routed_fn, device, warmup, iters)
+    dpeak, rpeak = _peak_mib(dense_fn, device), _peak_mib(routed_fn, device)
+    ideal = routed_linear_flop_ratio(cfg, schedule.block_sparsity)
+    speed = dense / rout
+    return PrefillRow(
+        batch, seq, sparsity, dense, rout, speed, ideal, speed / ideal, dpeak, rpeak,
+        None if dpeak is None else (rpeak - dpeak) / dpeak,
+    )
+
+
+@torch.no_grad()
+def bench_decode(model: Any, batch: int, context: int, sparsity: float, device: str, warmup: int, iters: int) -> DecodeRow:
+    """One decode step at a ``context``-token cache; routed thresholds skip ``sparsity`` of tokens
+    (set from the step's own scores, as calibration would)."""
+    from transformers import DynamicCache
+
+    cfg = model.config
+    schedule = new_schedule(cfg, uniform_sparsity(cfg.num_hidden_layers, sparsity))
+    routed = RoutedCausalLM(model, schedule).eval()
+    ids = torch.randint(0, cfg.vocab_size, (batch, context), device=device)
+    mask = torch.ones(batch, context + 1, dtype=torch.long, device=device)
+    nxt = ids[:, -1:]
+    pos = torch.full((batch, 1), context, device=device)
+    dense_cache = DynamicCache()
+    model(input_ids=ids, past_key_values=dense_cache, use_cache=True)
+    routed_cache = DynamicCache()
+    routed(ids, past_key_values=routed_cache, mode="prefill")
+    schedule.decode_thresholds = [None] + [float("-inf")] * (cfg.num_hidden_layers - 1)
+    probe = routed(nxt, mask, pos, past_key_values=_clone(routed_cache), mode="decode", keep_scores=True)
+    for b, r in enumerate(probe.routing):
+        if r is not None:
+            schedule.decode_thresholds[b] = float(torch.quantile(r.scores.float().flatten(), sparsity))
+
+    def dense_step():
+        c = _clone(dense_cache)
+        return model(input_ids=nxt, attention_mask=mask, position_ids=pos, past_key_values=c, use_cache=True).logits
+
+    def routed_step():
+        return routed(nxt, mask, pos, past_key_values=_clone(routed_cache), mode="decode").logits
+
+    clone_ms = time_ms(lambda: _clone(dense_cache), device, warmup, iters)
+    dense = time_ms(dense_step, device, warmup, iters) - clone_ms
+    rout = time_ms(routed_step, device, warmup, iters) - clone_ms
+    return DecodeRow(batch, context, sparsity, dense, rout, dense / rout)
+
+
+def _clone(cache: Any) -> Any:
+    from transformers import DynamicCache
+
+    new = DynamicCache()
+    for i, layer in enumerate(cache.layers):
+        new.update(layer.keys.clone(), layer.values.clone(), i)
+    return new
+
+
+def rows_to_json(rows: list[Any]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]
