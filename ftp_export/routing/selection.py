@@ -98,18 +98,22 @@ def threshold_select(scores: torch.Tensor, valid: torch.Tensor, threshold: float
     return torch.nonzero(keep.reshape(-1)).reshape(-1)
 
 
+def soft_topk_logit(scores: torch.Tensor, valid: torch.Tensor, q16: int, temperature: float) -> torch.Tensor:
+    """Relaxed keep logit [B, T] = (score - tau) / temperature, tau (detached) midway between the
+    k-th and (k+1)-th valid scores of the row: positive for tokens the hard top-k keeps."""
+    k_b = kept_count(valid.sum(-1), q16)
+    s = scores.float()
+    ranked = torch.sort(torch.where(valid, s.detach(), torch.full_like(s, float("-inf"))), dim=-1, descending=True).values
+    kth = ranked.gather(1, torch.clamp(k_b - 1, min=0).unsqueeze(-1))
+    after = ranked.gather(1, torch.clamp(k_b, max=s.shape[-1] - 1).unsqueeze(-1))
+    after = torch.where(torch.isfinite(after) & (k_b.unsqueeze(-1) < valid.sum(-1, keepdim=True)), after, kth - 1.0)
+    return (s - 0.5 * (kth + after)) / temperature
+
+
 def soft_topk_gate(scores: torch.Tensor, valid: torch.Tensor, q16: int, temperature: float) -> torch.Tensor:
     """Straight-through top-k gate [B, T] for training: forward = the hard keep mask of
-    :func:`topk_select` (active tokens), gradient = d sigmoid((score - tau) / temperature)."""
+    :func:`topk_select` (active tokens), gradient = that of sigmoid(:func:`soft_topk_logit`)."""
     indices, active = topk_select(scores.detach(), valid, q16)
     hard = torch.zeros_like(scores, dtype=torch.float32).scatter(1, indices, active.to(torch.float32))
-    k_b = kept_count(valid.sum(-1), q16)
-    ranked = torch.sort(torch.where(valid, scores.detach().float(), torch.full_like(scores.float(), float("-inf"))), dim=-1, descending=True).values
-    last = torch.clamp(k_b - 1, min=0).unsqueeze(-1)
-    nxt = torch.clamp(k_b, max=scores.shape[-1] - 1).unsqueeze(-1)
-    kth = ranked.gather(1, last)
-    after = ranked.gather(1, nxt)
-    after = torch.where(torch.isfinite(after) & (k_b.unsqueeze(-1) < valid.sum(-1, keepdim=True)), after, kth - 1.0)
-    tau = 0.5 * (kth + after)
-    soft = torch.sigmoid((scores.float() - tau) / temperature) * valid
+    soft = torch.sigmoid(soft_topk_logit(scores, valid, q16, temperature)) * valid
     return hard + soft - soft.detach()

@@ -60,7 +60,7 @@ def write_build_kit(out: Path, model: RoutedCausalLM) -> None:
             'cd "$(dirname "$0")"',
             f"KV_HEADS={kv_heads}",
             f"HEAD_DIM={model.head_dim}",
-            'cmake -S . -B build -DTensorRT_ROOT="${TensorRT_ROOT:-/usr}" && cmake --build build -j',
+            'cmake -S . -B build -DFTP_REQUIRE_TENSORRT=ON -DTensorRT_ROOT="${TensorRT_ROOT:-/usr}" && cmake --build build -j',
             trtexec_command(PREFILL_FILE, "decoder_model.engine", False, n),
             trtexec_command(DECODE_FILE, "decoder_with_past_model.engine", True, n),
             "",

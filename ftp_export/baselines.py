@@ -1,0 +1,107 @@
+"""Layer-dropping baseline (ShortGPT, arXiv 2403.03853) at equal linear FLOPs.
+
+Block influence (BI) of block b = 1 - mean cosine(input hidden, output hidden) over real tokens;
+the blocks with the lowest BI are removed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ftp_export.flops import block_linear_flops, routed_linear_flops
+
+
+def _layer_output(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def block_influence(
+    model: nn.Module, sequences: torch.Tensor, mask: torch.Tensor | None = None, batch_size: int = 8
+) -> list[float]:
+    """ShortGPT block influence per decoder block on ``sequences`` [B, T] (``mask`` 1 = real token)."""
+    layers = model.model.layers
+    n = len(layers)
+    sums = [0.0] * n
+    count = 0
+    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(idx: int):
+        def fn(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            h_in = args[0] if args else kwargs["hidden_states"]
+            captured[idx] = (h_in, _layer_output(out))
+
+        return fn
+
+    handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        for start in range(0, sequences.shape[0], batch_size):
+            ids = sequences[start : start + batch_size]
+            m = torch.ones_like(ids) if mask is None else mask[start : start + batch_size]
+            captured.clear()
+            model(input_ids=ids, attention_mask=m, use_cache=False)
+            valid = m.to(torch.bool)
+            for i in range(n):
+                h_in, h_out = captured[i]
+                cos = torch.nn.functional.cosine_similarity(h_in.float(), h_out.float(), dim=-1)
+                sums[i] += float(cos[valid].double().sum())
+            count += int(valid.sum())
+    finally:
+        for h in handles:
+            h.remove()
+    return [1.0 - s / max(count, 1) for s in sums]
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` sharing parameters, with its own child/parameter dicts."""
+    c = copy.copy(module)
+    c._modules = dict(module._modules)
+    c._parameters = dict(module._parameters)
+    c._buffers = dict(module._buffers)
+    return c
+
+
+def drop_blocks(model: nn.Module, blocks: list[int]) -> nn.Module:
+    """A forward-only view of the Hugging Face causal LM ``model`` without decoder ``blocks``.
+
+    Weights are shared with ``model`` (nothing is copied); call it with ``use_cache=False``.
+    """
+    drop = set(int(b) for b in blocks)
+    n = len(model.model.layers)
+    if any(b < 0 or b >= n for b in drop) or len(drop) >= n:
+        raise ValueError(f"cannot drop blocks {sorted(drop)} of a {n}-block model")
+    new = _shallow(model)
+    inner = _shallow(model.model)
+    inner.layers = nn.ModuleList(layer for i, layer in enumerate(model.model.layers) if i not in drop)
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = n - len(drop)
+    if getattr(config, "layer_types", None):
+        config.layer_types = [t for i, t in enumerate(config.layer_types) if i not in drop]
+    inner.config = config
+    new.model = inner
+    new.config = config
+    return new
+
+
+def equal_flops_dropped_blocks(config: Any, block_sparsity: list[float], rounding: str = "nearest") -> int:
+    """Blocks to drop so the pruned model's linear FLOPs are closest to the routed model's
+    (``rounding='ceil'``: the fewest drops that cost no more than the routed model).
+
+    Routed skipped tokens still pay the K/V projections (see :mod:`ftp_export.flops`).
+    """
+    n = int(config.num_hidden_layers)
+    per_block = block_linear_flops(config).total
+    drop = n - routed_linear_flops(config, block_sparsity) / per_block
+    count = math.ceil(drop - 1e-9) if rounding == "ceil" else math.floor(drop + 0.5)
+    return max(0, min(n - 1, int(count)))
+
+
+def shortgpt_blocks(influence: list[float], count: int) -> list[int]:
+    """The ``count`` blocks with the lowest influence (ties: lower index first), ascending."""
+    order = sorted(range(len(influence)), key=lambda i: (influence[i], i))
+    return sorted(order[:count])

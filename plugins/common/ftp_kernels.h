@@ -1,0 +1,122 @@
+/*
+ * ftp-export token-routing kernels: C API.
+ *
+ * One set of launch functions, called by the TensorRT glue (plugins/ftp*Plugin/ftp*Plugin.cpp) and by the
+ * PyTorch extension (plugins/torch_ext/ftp_torch_ext.cpp), so both run exactly the same code.
+ *
+ * Conventions
+ *   - All pointers are device pointers; all tensors are dense row-major (TensorRT kLINEAR).
+ *   - Hidden rows are copied as raw bits: the dtype only sets the element size (bit-exact for
+ *     float32 / float16 / bfloat16, NaN payloads included).
+ *   - `valid` / `active` are one byte per element (C++ bool / TensorRT kBOOL / torch.bool):
+ *     0 = false, anything else = true.
+ *   - Every launch is asynchronous on `stream`: no host synchronisation, no device-to-host copy,
+ *     no allocation. Scratch memory comes from `workspace` (at least *_workspace_size() bytes,
+ *     256-byte aligned; may be NULL when the size query returns 0).
+ *   - Return value: cudaSuccess, cudaErrorInvalidValue for bad arguments (nothing is launched),
+ *     or the launch error reported by cudaGetLastError().
+ *
+ * Semantics (plugins/README.md has the full spec; ftp_export/routing/selection.py is the
+ * Python definition the default rank mode reproduces bit for bit):
+ *   FtpTopKGather      per-row top-K by a unique rank key, indices ascending, active flags
+ *   FtpTopKScatter     out = residual; out[b, indices[b,j]] = rows[b,j] where active[b,j]
+ *   FtpThresholdGather keep iff valid && score >= threshold (float32); rows = flat b*T+t ascending
+ *   FtpRowScatter      out = residual; out.view(B*T, D)[rows[n]] = rows_data[n]
+ */
+#ifndef FTP_KERNELS_H
+#define FTP_KERNELS_H
+
+#include <cuda_runtime_api.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Element type of the hidden-state tensors (hidden, gathered, residual, rows, rows_data, out). */
+typedef enum ftp_dtype
+{
+    FTP_DTYPE_FLOAT32 = 0,
+    FTP_DTYPE_FLOAT16 = 1,
+    FTP_DTYPE_BFLOAT16 = 2
+} ftp_dtype_t;
+
+/*
+ * How FtpTopKGather ranks tokens and counts slots.
+ *
+ * FTP_RANK_ORDER_KEY (0, default; what the exported graphs and ftp_export/routing/selection.py use):
+ *   q   = valid ? floor(clamp(score, -256, 256) * 2^24) : -2^33          (float32 arithmetic)
+ *   key = q * 2^17 + (2^17 - 1 - t)                                       (unique per row)
+ *   count(n) = ceil(n * (2*keep_q16 - 1) / 131072)                        (integer arithmetic)
+ *
+ * FTP_RANK_FLOAT_EXACT (1): valid tokens first, then higher score first (exact float32 comparison,
+ *   -0.0 == +0.0; padding tokens are ordered among themselves by score too), then lower position
+ *   first; count(n) = ceil(n * keep_q16 / 65536).
+ *
+ * In both modes: K = T == 0 ? 0 : min(T, max(1, count(T)));
+ *               k_b = n_b == 0 ? 0 : min(n_b, max(1, count(n_b))), n_b = valid tokens of row b.
+ */
+typedef enum ftp_rank_mode
+{
+    FTP_RANK_ORDER_KEY = 0,
+    FTP_RANK_FLOAT_EXACT = 1
+} ftp_rank_mode_t;
+
+/* Largest sequence length the rank key can tell apart (17 position bits). */
+#define FTP_MAX_TOKENS 131072
+
+/* Bytes per element of `dtype`, 0 if unknown. */
+size_t ftp_dtype_size(ftp_dtype_t dtype);
+
+/* Slot count K for padded length T (0 for T == 0), -1 for invalid arguments. */
+int64_t ftp_topk_slot_count(int64_t T, int32_t keep_q16, int32_t rank_mode);
+
+/* Kept count k_b for n valid tokens (0 for n == 0), -1 for invalid arguments. */
+int64_t ftp_topk_kept_count(int64_t n, int32_t keep_q16, int32_t rank_mode);
+
+/* ---- FtpTopKGather ------------------------------------------------------------------------
+ * hidden [B,T,D] dtype, scores [B,T] float32, valid [B,T] bool
+ *   -> gathered [B,K,D] dtype, indices [B,K] int64 ascending, active [B,K] bool,
+ *      K = ftp_topk_slot_count(T, keep_q16, rank_mode). Requires T <= FTP_MAX_TOKENS.
+ */
+size_t ftp_topk_gather_workspace_size(int64_t B, int64_t T);
+cudaError_t ftp_topk_gather_launch(void const* hidden, float const* scores, uint8_t const* valid, void* gathered,
+    int64_t* indices, uint8_t* active, ftp_dtype_t dtype, int64_t B, int64_t T, int64_t D, int32_t keep_q16,
+    int32_t rank_mode, void* workspace, size_t workspace_size, cudaStream_t stream);
+
+/* ---- FtpTopKScatter -----------------------------------------------------------------------
+ * residual [B,T,D], rows [B,K,D], indices [B,K] int64, active [B,K] bool -> out [B,T,D].
+ * Active indices must be distinct within a row (as FtpTopKGather makes them); an index outside
+ * [0, T) is ignored. `out` must not alias `residual` or `rows`.
+ */
+size_t ftp_topk_scatter_workspace_size(int64_t B, int64_t T);
+cudaError_t ftp_topk_scatter_launch(void const* residual, void const* rows, int64_t const* indices,
+    uint8_t const* active, void* out, ftp_dtype_t dtype, int64_t B, int64_t T, int64_t K, int64_t D, void* workspace,
+    size_t workspace_size, cudaStream_t stream);
+
+/* ---- FtpThresholdGather -------------------------------------------------------------------
+ * hidden [B,T,D], scores [B,T] float32, valid [B,T] bool, threshold
+ *   -> gathered [N,D], rows [N] int64 (flat b*T+t, ascending), count [] int64 = N.
+ * `gathered` and `rows` must have room for the upper bound B*T rows; only the first N are
+ * written. N stays on the device (count); the row copy reads it there.
+ */
+size_t ftp_threshold_gather_workspace_size(int64_t B, int64_t T);
+cudaError_t ftp_threshold_gather_launch(void const* hidden, float const* scores, uint8_t const* valid,
+    float threshold, void* gathered, int64_t* rows, int64_t* count, ftp_dtype_t dtype, int64_t B, int64_t T,
+    int64_t D, void* workspace, size_t workspace_size, cudaStream_t stream);
+
+/* ---- FtpRowScatter ------------------------------------------------------------------------
+ * residual [B,T,D], rows_data [N,D], rows [N] int64 -> out [B,T,D].
+ * Rows must be distinct; a row outside [0, B*T) is ignored. `out` must not alias the inputs.
+ */
+size_t ftp_row_scatter_workspace_size(int64_t B, int64_t T);
+cudaError_t ftp_row_scatter_launch(void const* residual, void const* rows_data, int64_t const* rows, void* out,
+    ftp_dtype_t dtype, int64_t B, int64_t T, int64_t N, int64_t D, void* workspace, size_t workspace_size,
+    cudaStream_t stream);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* FTP_KERNELS_H */

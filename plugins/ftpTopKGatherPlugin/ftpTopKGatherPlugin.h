@@ -1,0 +1,60 @@
+/*
+ * FtpTopKGather (prefill): per-row top-K of the router scores, gathered rows in ascending token order.
+ * Spec: plugins/README.md. Kernel: ftpTopKGatherKernel.cu (ftp_topk_gather_launch).
+ */
+#ifndef FTP_TOPK_GATHER_PLUGIN_H
+#define FTP_TOPK_GATHER_PLUGIN_H
+
+#include "../common/ftpPluginCommon.h"
+
+namespace ftp
+{
+namespace plugin
+{
+
+class FtpTopKGatherPlugin : public PluginBase<FtpTopKGatherPlugin>
+{
+public:
+    static constexpr char const* kNAME = "FtpTopKGather";
+
+    FtpTopKGatherPlugin(int32_t keepQ16, int32_t rankMode);
+    FtpTopKGatherPlugin(FtpTopKGatherPlugin const&) = default;
+
+    void appendFields(std::vector<nvinfer1::PluginField>& fields);
+
+    // IPluginV3OneBuild
+    int32_t getNbOutputs() const noexcept override;
+    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
+        int32_t nbInputs) const noexcept override;
+    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
+        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
+        nvinfer1::IExprBuilder& exprBuilder) noexcept override;
+    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
+        int32_t nbOutputs) noexcept override;
+    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
+        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
+
+    // IPluginV3OneRuntime
+    int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
+        int32_t nbOutputs) noexcept override;
+    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
+        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
+
+private:
+    int32_t mKeepQ16;
+    int32_t mRankMode;
+};
+
+class FtpTopKGatherPluginCreator : public CreatorBase
+{
+public:
+    FtpTopKGatherPluginCreator();
+    char const* getPluginName() const noexcept override;
+    nvinfer1::IPluginV3* createPlugin(
+        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
+};
+
+} // namespace plugin
+} // namespace ftp
+
+#endif // FTP_TOPK_GATHER_PLUGIN_H

@@ -1,0 +1,128 @@
+"""ftp-train end to end on a tiny random Llama: output validity, determinism + resume, user errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import build_tiny
+
+from ftp_export.schedule import load_schedule
+from ftp_export_trainer.cli import main
+from ftp_export_trainer.pipeline import INTERRUPT_ENV
+
+TINY_ARGS = ["--sparsity", "0.4", "--samples", "6", "--seq-len", "32", "--generations", "2", "--population", "4",
+             "--router-steps", "3", "--router-batch", "2", "--held-out-samples", "3", "--calib-samples", "2",
+             "--no-progress", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory) -> Path:
+    import random
+
+    rng = random.Random(0)
+    words = "the of and to in a is that for it as was with be by on not he this are or from at which".split()
+    path = tmp_path_factory.mktemp("data") / "text.txt"
+    path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(8, 25))) for _ in range(120)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_dir, text_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "s40.json"
+    assert main(["--model", str(tiny_dir), "--data", str(text_file), "-o", str(out), *TINY_ARGS]) == 0
+    return out
+
+
+def _doc(path: Path) -> dict:
+    doc = json.loads(path.read_text())
+    doc["produced_by"].pop("created")
+    doc["produced_by"]["settings"].pop("output")
+    doc["produced_by"]["settings"].pop("evaluate", None)
+    return doc
+
+
+def test_output_schedule_is_valid(first_run):
+    sched = load_schedule(first_run)
+    assert abs(sched.target_sparsity - 0.4) < 1e-6
+    assert sched.block_sparsity[0] == 0.0
+    assert all(0 <= s < 0.9 + 1e-9 for s in sched.block_sparsity)
+    assert all(t is not None for t in sched.decode_thresholds[1:])
+    pb = sched.produced_by
+    assert pb["tool"] == "ftp-train" and pb["seed"] == 3 and pb["data"]["kind"] == "file"
+    report = json.loads(first_run.with_name("s40.report.json").read_text())
+    methods = [r["method"] for r in report["comparison"]]
+    assert methods[0] == "dense" and any("ShortGPT" in m for m in methods) and len(methods) >= 6
+    assert report["comparison"][0]["kl_to_dense"] == pytest.approx(0.0, abs=1e-6)
+    for png in ("s40.sparsity.png", "s40.losses.png"):
+        assert first_run.with_name(png).stat().st_size > 1000
+    assert (first_run.parent / "s40.json.ckpt" / "ga3.json").is_file()
+
+
+@pytest.mark.parametrize("stop", ["ga1:1", "step1", "step2", "ga3:1"])
+def test_interrupt_then_resume_matches(first_run, tiny_dir, text_file, tmp_path, monkeypatch, stop):
+    out = tmp_path / "s40.json"
+    args = ["--model", str(tiny_dir), "--data", str(text_file), "-o", str(out), *TINY_ARGS, "--no-eval"]
+    monkeypatch.setenv(INTERRUPT_ENV, stop)
+    assert main(args) == 130
+    assert not out.exists()
+    monkeypatch.delenv(INTERRUPT_ENV)
+    assert main([*args, "--resume"]) == 0
+    assert _doc(out) == _doc(first_run)
+    assert out.with_name("s40.routers.safetensors").read_bytes() == first_run.with_name("s40.routers.safetensors").read_bytes()
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+def test_bad_inputs(tiny_dir, text_file, tmp_path, capsys):
+    base = ["--model", str(tiny_dir), "-o", str(tmp_path / "x.json"), "--no-progress"]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    assert "empty" in _error(capsys, [*base, "--data", str(empty), "--sparsity", "0.4"])
+    for bad in ("0", "1", "1.5", "-0.2"):
+        assert "(0, 1)" in _error(capsys, [*base, "--data", str(text_file), "--sparsity", bad])
+    assert "not found" in _error(capsys, [*base, "--data", str(tmp_path / "missing.txt"), "--sparsity", "0.4"])
+    one = build_tiny(tmp_path / "one-block", num_hidden_layers=1)
+    msg = _error(capsys, ["--model", str(one), "-o", str(tmp_path / "y.json"), "--data", str(text_file), "--sparsity", "0.4"])
+    assert "blocks" in msg
+    two = build_tiny(tmp_path / "two-block", num_hidden_layers=2)
+    assert "blocks" in _error(capsys, ["--model", str(two), "-o", str(tmp_path / "y.json"), "--data", str(text_file), "--sparsity", "0.6"])
+
+
+def test_corrupt_checkpoint_on_resume(tiny_dir, text_file, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "s.json"
+    args = ["--model", str(tiny_dir), "--data", str(text_file), "-o", str(out), *TINY_ARGS, "--no-eval"]
+    monkeypatch.setenv(INTERRUPT_ENV, "ga1:0")
+    assert main(args) == 130
+    monkeypatch.delenv(INTERRUPT_ENV)
+    capsys.readouterr()
+    (tmp_path / "s.json.ckpt" / "ga1.json").write_text("{not json")
+    assert "corrupt" in _error(capsys, [*args, "--resume"])
+    (tmp_path / "s.json.ckpt" / "meta.json").write_text("garbage")
+    assert "corrupt" in _error(capsys, [*args, "--resume"])
+
+
+def test_jsonl_data_and_text_field(tiny_dir, tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text("\n".join(json.dumps({"body": "some words here " * 20}) for _ in range(6)) + "\n")
+    base = ["--model", str(tiny_dir), "-o", str(tmp_path / "j.json"), "--data", str(data), *TINY_ARGS, "--no-eval",
+            "--generations", "0", "--router-steps", "1"]
+    assert "text-field" in _error(capsys, base)
+    assert main([*base, "--text-field", "body"]) == 0
+    assert load_schedule(tmp_path / "j.json").produced_by["data"]["format"] == "jsonl"
+
+
+def test_console_script_error_exit_code(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("ftp-train")
+    cmd = [exe] if exe else [sys.executable, "-m", "ftp_export_trainer.cli"]
+    proc = subprocess.run([*cmd, "--sparsity", "1.2", "-o", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("error: --sparsity 1.2")

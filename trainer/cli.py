@@ -1,0 +1,84 @@
+"""``ftp-train``: learn an FTP schedule. User errors print one ``error: ...`` line and exit 2;
+an interrupted run exits 130 (continue it with ``--resume``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ftp_export.errors import FTPError
+from ftp_export_trainer.pipeline import Interrupted, Settings
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise FTPError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = Settings()
+    p = _Parser(prog="ftp-train", description="Train an FTP token-routing schedule for a Hugging Face LLM.",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", help="local HF folder, alias or hub id (default: the embedded tiny model)")
+    p.add_argument("--sparsity", type=float, required=True, help="target mean block sparsity in (0, 1)")
+    p.add_argument("--data", help=".txt or .jsonl calibration text (default: packaged sample text)")
+    p.add_argument("--text-field", default=d.text_field, help="JSONL field holding the text")
+    p.add_argument("--txt-mode", choices=("lines", "file"), default=d.txt_mode, help=".txt: one sample per line, or the whole file")
+    p.add_argument("-o", "--output", required=True, help="schedule JSON to write (+ .routers.safetensors, report, plots)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--samples", type=int, default=d.samples, help="calibration windows")
+    p.add_argument("--held-out-samples", type=int, default=d.held_out_samples)
+    p.add_argument("--seq-len", type=int, default=d.seq_len)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="forward batch for fitness/evaluation")
+    p.add_argument("--generations", type=int, default=d.generations)
+    p.add_argument("--population", type=int, default=d.population)
+    p.add_argument("--elite", type=int, default=d.elite)
+    p.add_argument("--max-block-sparsity", type=float, default=d.max_block_sparsity)
+    p.add_argument("--router-steps", type=int, default=d.router_steps)
+    p.add_argument("--router-batch", type=int, default=d.router_batch)
+    p.add_argument("--router-lr", type=float, default=d.router_lr)
+    p.add_argument("--temperature", type=float, default=d.temperature, help="soft-gate temperature")
+    p.add_argument("--distill-weight", type=float, default=d.distill_weight, help="router loss: KL to dense")
+    p.add_argument("--guide-weight", type=float, default=d.guide_weight, help="router loss: BCE toward the static router")
+    p.add_argument("--sparsity-weight", type=float, default=d.sparsity_weight, help="router loss: keep-rate constraint")
+    p.add_argument("--calib-samples", type=int, default=d.calib_samples, help="sequences for decode thresholds")
+    p.add_argument("--route-first-block", action="store_true", help="also route block 0 (dense by default)")
+    p.add_argument("--resume", action="store_true", help="continue from <output>.ckpt/")
+    p.add_argument("--no-eval", dest="evaluate", action="store_false", help="skip the held-out comparison")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--device", default=d.device, help="cpu or cuda[:i] (cuda untested in CI)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per process (default: half the cores / ranks)")
+    p.add_argument("--dtype", default=d.dtype, help="float32 (default), bfloat16 or float16 (model weights)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ftp_export_trainer import distributed as dist
+
+    try:
+        args = build_parser().parse_args(argv)
+        settings = Settings(**vars(args))
+        from ftp_export_trainer.pipeline import run
+
+        report = run(settings, log=lambda m: print(m, file=sys.stderr) if dist.is_main() else None)
+        if dist.is_main():
+            from ftp_export_trainer.report import markdown_table
+
+            sp = report["block_sparsity"]["final"]
+            print(f"wrote {report['schedule']} (block sparsity {[round(x, 3) for x in sp]}, mean {sum(sp) / len(sp):.4f})")
+            if "comparison" in report:
+                print(markdown_table(report["comparison"]))
+            print(f"total {report['timings']['total_s']:.1f}s")
+        return 0
+    except FTPError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Interrupted) as exc:
+        print(f"error: interrupted ({exc}); checkpoints kept, continue with --resume", file=sys.stderr)
+        return 130
+    finally:
+        dist.teardown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

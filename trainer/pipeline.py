@@ -1,0 +1,429 @@
+"""The three FTP training steps with checkpoints after each step and each GA generation.
+
+Checkpoint folder ``<output>.ckpt/``: ``meta.json`` (settings that determine the result),
+``ga1.json`` / ``ga3.json`` (GA state), ``step2.json`` + ``step2.routers.safetensors``
+(trained routers, losses, decode thresholds). ``--resume`` continues from them; a run with
+different settings or unreadable files is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ftp_export.architectures import ModelRef, check_supported, load_config, load_model
+from ftp_export.baselines import block_influence, drop_blocks, equal_flops_dropped_blocks, shortgpt_blocks
+from ftp_export.calibration import calibrate_decode_thresholds
+from ftp_export.errors import FTPError
+from ftp_export.flops import routed_linear_flop_ratio
+from ftp_export.routing.router import RouterBank, static_router_bank
+from ftp_export.schedule import new_schedule, save_schedule
+from ftp_export_trainer import __version__
+from ftp_export_trainer import distributed as dist
+from ftp_export_trainer.data import CalibrationData, load_data, read_documents
+from ftp_export_trainer.evaluate import dense_logits, held_out_metrics, routed_kl, routed_model
+from ftp_export_trainer.ga import GAConfig, GAState, init_state, run_ga
+from ftp_export_trainer.losses import DEFAULT_WEIGHTS
+from ftp_export_trainer.router_training import RouterTrainConfig, train_routers
+
+INTERRUPT_ENV = "FTP_TRAIN_INTERRUPT"  # test hook: "ga1:<gen>", "step1", "step2", "ga3:<gen>"
+
+
+class Interrupted(Exception):
+    """Raised by the :data:`INTERRUPT_ENV` test hook to simulate a killed run."""
+
+
+@dataclass
+class Settings:
+    model: str | None = None
+    sparsity: float = 0.4
+    data: str | None = None
+    text_field: str = "text"
+    txt_mode: str = "lines"
+    output: str = "schedule.json"
+    seed: int = 0
+    samples: int = 32
+    held_out_samples: int = 16
+    seq_len: int = 128
+    batch_size: int = 8
+    generations: int = 5
+    population: int = 8
+    elite: int = 2
+    max_block_sparsity: float = 0.9
+    router_steps: int = 150
+    router_batch: int = 8
+    router_lr: float = 1e-2
+    temperature: float = 0.1
+    distill_weight: float = DEFAULT_WEIGHTS["distill"]
+    guide_weight: float = DEFAULT_WEIGHTS["guide"]
+    sparsity_weight: float = DEFAULT_WEIGHTS["sparsity"]
+    calib_samples: int = 4
+    route_first_block: bool = False
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 0
+    resume: bool = False
+    evaluate: bool = True
+    progress: bool = True
+
+    def result_keys(self) -> dict[str, Any]:
+        """Settings that change the result (a resumed run must match them)."""
+        skip = {"output", "resume", "evaluate", "progress", "device", "threads"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def validate(s: Settings) -> None:
+    if not (0.0 < s.sparsity < 1.0):
+        raise FTPError(f"--sparsity {s.sparsity}: must be in (0, 1)")
+    if s.dtype not in DTYPES:
+        raise FTPError(f"--dtype {s.dtype}: choose one of {', '.join(DTYPES)}")
+    if s.device.startswith("cuda") and not torch.cuda.is_available():
+        raise FTPError(f"--device {s.device}: CUDA is not available on this machine")
+    for name in ("samples", "seq_len", "population", "held_out_samples", "batch_size", "router_batch", "calib_samples"):
+        if getattr(s, name) < 1:
+            raise FTPError(f"--{name.replace('_', '-')} must be >= 1")
+    if s.seq_len < 4:
+        raise FTPError("--seq-len must be >= 4")
+    if s.generations < 0 or s.router_steps < 0:
+        raise FTPError("--generations and --router-steps must be >= 0")
+    if not (0.0 < s.max_block_sparsity < 1.0):
+        raise FTPError("--max-block-sparsity must be in (0, 1)")
+
+
+def default_threads() -> int:
+    """Half the cores per process (at least 1): on a shared or oversubscribed CPU, spinning
+    OpenMP threads can make small matmuls ~50x slower than one thread."""
+    return max(1, (os.cpu_count() or 1) // (2 * dist.world()))
+
+
+def free_blocks(n: int, sparsity: float, route_first: bool, upper: float) -> list[int]:
+    free = list(range(n)) if route_first else list(range(1, n))
+    if not free or sparsity * n > upper * len(free) + 1e-9:
+        need = 1 + int(sparsity * n / upper) + (0 if route_first else 1)
+        raise FTPError(
+            f"model has {n} blocks: mean sparsity {sparsity} with {len(free)} routed block(s) capped at "
+            f"{upper} is impossible; the schedule needs at least {need} blocks (lower --sparsity, or --route-first-block)"
+        )
+    return free
+
+
+class Checkpoints:
+    """Atomic JSON / safetensors files in ``<output>.ckpt/`` (written by rank 0 only)."""
+
+    def __init__(self, output: Path) -> None:
+        self.dir = output.with_name(output.name + ".ckpt")
+
+    FILES = ("meta.json", "ga1.json", "step2.json", "step2.routers.safetensors", "ga3.json")
+
+    def reset(self) -> None:
+        """Forget an earlier run's checkpoints (a fresh run must not resume from them later)."""
+        if dist.is_main():
+            for name in self.FILES:
+                self.path(name).unlink(missing_ok=True)
+        dist.barrier()
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def write_json(self, name: str, doc: Any) -> None:
+        if not dist.is_main():
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.path(name + ".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.path(name))
+
+    def read_json(self, name: str) -> Any | None:
+        p = self.path(name)
+        if not p.exists():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise FTPError(f"checkpoint {p} is corrupt ({type(exc).__name__}); delete {self.dir} or run without --resume") from None
+
+    def write_routers(self, name: str, bank: RouterBank) -> None:
+        if not dist.is_main():
+            return
+        from safetensors.torch import save_file
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.path(name + ".tmp")
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in bank.state_dict().items()}, str(tmp))
+        os.replace(tmp, self.path(name))
+
+    def read_routers(self, name: str, n: int) -> RouterBank:
+        from safetensors.torch import load_file
+
+        try:
+            bank = RouterBank(n)
+            bank.load_state_dict(load_file(str(self.path(name))))
+        except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
+            raise FTPError(f"checkpoint {self.path(name)} is corrupt ({type(exc).__name__}); delete {self.dir} or run without --resume") from None
+        return bank.eval()
+
+
+def _maybe_interrupt(tag: str) -> None:
+    if os.environ.get(INTERRUPT_ENV) == tag:
+        raise Interrupted(f"simulated interrupt at {tag} ({INTERRUPT_ENV})")
+
+
+def _bar(total: int, desc: str, enabled: bool) -> tqdm:
+    return tqdm(total=total, desc=desc, disable=not (enabled and dist.is_main()), leave=False, dynamic_ncols=True)
+
+
+@dataclass
+class Context:
+    settings: Settings
+    hf: Any
+    data: CalibrationData
+    reference: torch.Tensor
+    free: list[int]
+    n: int
+    ckpt: Checkpoints
+    log: Callable[[str], None]
+
+
+def fitness_fn(ctx: Context, routers: RouterBank | None, bar: tqdm) -> Callable[[list[list[float]]], list[float]]:
+    """GA fitness: KL of the hard-routed model to dense, sharded over ranks."""
+    s = ctx.settings
+
+    def evaluate(genomes: list[list[float]]) -> list[float]:
+        mine = {}
+        for i in dist.shard(len(genomes)):
+            model = routed_model(ctx.hf, genomes[i], routers if routers is not None else static_router_bank(ctx.n).to(s.device))
+            mine[i] = torch.tensor(routed_kl(model, ctx.data.train, ctx.reference, s.batch_size), dtype=torch.float64)
+        out = [float(v) for v in dist.gather_items(len(genomes), mine, torch.zeros((), dtype=torch.float64))]
+        bar.update(len(genomes))
+        return out
+
+    return evaluate
+
+
+def run_search(ctx: Context, name: str, routers: RouterBank | None, seed: int, init: list[float]) -> GAState:
+    """Step 1 (``routers`` None: static) or step 3 (trained routers) genetic search."""
+    s = ctx.settings
+    cfg = GAConfig(population=s.population, generations=s.generations, elite=min(s.elite, s.population), upper=s.max_block_sparsity)
+    total = s.sparsity * ctx.n
+    doc = ctx.ckpt.read_json(f"{name}.json") if s.resume else None
+    if doc is not None:
+        try:
+            state, pending = GAState.from_json(doc["state"]), doc.get("pending")
+        except (KeyError, TypeError) as exc:
+            raise FTPError(f"checkpoint {ctx.ckpt.path(name + '.json')} is corrupt ({exc}); delete {ctx.ckpt.dir} or run without --resume") from None
+        ctx.log(f"{name}: resuming after generation {state.generation}")
+    else:
+        state, pending = init_state(init, ctx.free, total, cfg, seed)
+        ctx.ckpt.write_json(f"{name}.json", {"state": state.to_json(), "pending": pending})
+    if state.done:
+        return state
+    remaining = (cfg.generations - state.generation) * (cfg.population - cfg.elite) + (cfg.population if state.generation < 0 else 0)
+    with _bar(remaining, f"{name} fitness", s.progress) as bar:
+
+        def checkpoint(st: GAState) -> None:
+            ctx.ckpt.write_json(f"{name}.json", {"state": st.to_json(), "pending": None})
+            _maybe_interrupt(f"{name}:{st.generation}")
+
+        state = run_ga(state, pending, ctx.free, total, cfg, fitness_fn(ctx, routers, bar), on_generation=checkpoint)
+    ctx.ckpt.write_json(f"{name}.json", {"state": state.to_json(), "pending": None})
+    return state
+
+
+def run_router_training(ctx: Context, sparsity: list[float]) -> tuple[RouterBank, list[dict[str, float]], list[float | None]]:
+    """Step 2: router training, then decode-threshold calibration."""
+    s = ctx.settings
+    doc = ctx.ckpt.read_json("step2.json") if s.resume else None
+    if doc is not None and doc.get("done"):
+        ctx.log("step 2: resuming with the trained routers")
+        bank = ctx.ckpt.read_routers("step2.routers.safetensors", ctx.n)
+        try:
+            return bank.to(ctx.data.train.device), doc["history"], doc["decode_thresholds"]
+        except KeyError as exc:
+            raise FTPError(f"checkpoint {ctx.ckpt.path('step2.json')} is corrupt (missing {exc}); delete {ctx.ckpt.dir} or run without --resume") from None
+    weights = {"distill": s.distill_weight, "guide": s.guide_weight, "sparsity": s.sparsity_weight}
+    cfg = RouterTrainConfig(steps=s.router_steps, batch_size=s.router_batch, lr=s.router_lr, temperature=s.temperature, weights=weights)
+    with _bar(cfg.steps, "step 2 routers", s.progress) as bar:
+
+        def tick(rec: dict[str, float]) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}")
+
+        bank, history = train_routers(ctx.hf, sparsity, static_router_bank(ctx.n), ctx.data.train, ctx.reference, cfg, s.seed + 2, tick)
+    thresholds = calibrate(ctx, sparsity, bank)
+    ctx.ckpt.write_routers("step2.routers.safetensors", bank)
+    ctx.ckpt.write_json("step2.json", {"done": True, "history": history, "decode_thresholds": thresholds})
+    _maybe_interrupt("step2")
+    return bank, history, thresholds
+
+
+def calibrate(ctx: Context, sparsity: list[float], bank: RouterBank) -> list[float | None]:
+    s = ctx.settings
+    seqs = ctx.data.train[: s.calib_samples]
+    model = routed_model(ctx.hf, sparsity, bank)
+    with _bar(2, "decode thresholds", s.progress) as bar:
+        thresholds, _ = calibrate_decode_thresholds(model, seqs, max(1, seqs.shape[1] // 2), progress=lambda p, n: bar.update(1))
+    return thresholds
+
+
+def run(s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The whole pipeline; returns the report dict (rank 0 writes schedule, report, plots)."""
+    validate(s)
+    dist.setup(s.device)
+    torch.set_num_threads(s.threads or default_threads())
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    torch.manual_seed(s.seed)
+    ref = _resolve(s.model)
+    config = load_config(ref)
+    check_supported(config)
+    n = int(config.num_hidden_layers)
+    free = free_blocks(n, s.sparsity, s.route_first_block, s.max_block_sparsity)
+    if s.data is not None:  # fail on bad data before the (possibly large) model loads
+        read_documents(Path(s.data), s.text_field, s.txt_mode)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf = load_model(ref, dtype=DTYPES[s.dtype], device=s.device)
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    data = load_data(s.data, ref.source, int(hf.config.vocab_size), s.samples, s.seq_len, s.held_out_samples, s.text_field, s.txt_mode)
+    data.train, data.held_out = data.train.to(s.device), data.held_out.to(s.device)
+    output = Path(s.output)
+    ckpt = Checkpoints(output)
+    meta = {"settings": s.result_keys(), "model_source": ref.source, "version": __version__}
+    if s.resume:
+        old = ckpt.read_json("meta.json")
+        if old is None:
+            log(f"--resume: no checkpoint in {ckpt.dir}; starting from the beginning")
+        elif not isinstance(old, dict) or old.get("settings") != meta["settings"]:
+            raise FTPError(f"--resume: checkpoint {ckpt.dir} was made with other settings (or is corrupt); use the same flags or delete it")
+    else:
+        ckpt.reset()
+    ckpt.write_json("meta.json", meta)
+    reference = dense_logits(hf, data.train, s.batch_size)
+    ctx = Context(s, hf, data, reference, free, n, ckpt, log)
+    timings["setup_s"] = time.perf_counter() - t0
+
+    uniform = [0.0] * n
+    for b in free:
+        uniform[b] = s.sparsity * n / len(free)
+    t = time.perf_counter()
+    ga1 = run_search(ctx, "ga1", None, s.seed, uniform)
+    step1, _ = ga1.best()
+    timings["step1_s"] = time.perf_counter() - t
+    _maybe_interrupt("step1")
+    t = time.perf_counter()
+    bank, router_hist, thresholds = run_router_training(ctx, step1)
+    timings["step2_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ga3 = run_search(ctx, "ga3", bank, s.seed + 3, step1)
+    final, _ = ga3.best()
+    if final != step1:  # thresholds belong to the final sparsities
+        thresholds = calibrate(ctx, final, bank)
+    timings["step3_s"] = time.perf_counter() - t
+
+    settings_doc = {k: v for k, v in asdict(s).items() if k not in ("resume", "progress")}
+    schedule = new_schedule(
+        hf.config,
+        final,
+        routers=bank.cpu(),
+        decode_thresholds=thresholds,
+        name_or_path=ref.source if ref.name != "ftp-tiny-llama" else ref.name,
+        produced_by={
+            "tool": "ftp-train",
+            "version": __version__,
+            "method": "FTP (arXiv 2412.11494): GA sparsity search with static routers, router training, GA fine-tuning",
+            "settings": settings_doc,
+            "data": data.source,
+            "calibration": {"decode_thresholds": {"samples": s.calib_samples, "prompt_len": s.seq_len // 2, "passes": 2}},
+            "seed": s.seed,
+            "world_size": dist.world(),
+        },
+    )
+    digest = json.dumps({"s": final, "t": thresholds, "r": {k: v.tolist() for k, v in bank.state_dict().items()}})
+    digests = dist.all_gather_object(digest)
+    if any(d != digests[0] for d in digests):
+        raise RuntimeError("ranks disagree on the final schedule")
+    report: dict[str, Any] = {
+        "tool": "ftp-train",
+        "settings": settings_doc,
+        "data": data.source,
+        "world_size": dist.world(),
+        "ranks_agree": True,
+        "block_sparsity": {"uniform": uniform, "step1_ga_static": step1, "final": final},
+        "flop_ratio_dense_over_routed": routed_linear_flop_ratio(hf.config, final),
+        "ga1_history": ga1.history,
+        "router_history": router_hist,
+        "ga3_history": ga3.history,
+        "decode_thresholds": thresholds,
+    }
+    if s.evaluate:
+        t = time.perf_counter()
+        report["comparison"] = compare(ctx, uniform, step1, final, bank)
+        timings["evaluation_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+    report["timings"] = timings
+    if dist.is_main():
+        from ftp_export_trainer.report import write_report
+
+        save_schedule(schedule, output)
+        report["schedule"] = str(output)
+        write_report(report, output)
+    dist.barrier()
+    return report
+
+
+def _resolve(model: str | None) -> ModelRef:
+    from ftp_export.architectures import resolve_model
+
+    return resolve_model(model)
+
+
+@torch.no_grad()
+def compare(ctx: Context, uniform: list[float], step1: list[float], final: list[float], bank: RouterBank) -> list[dict[str, Any]]:
+    """Held-out perplexity and KL to dense of the dense model, the routed variants and ShortGPT."""
+    s, hf, held = ctx.settings, ctx.hf, ctx.data.held_out
+    ref = dense_logits(hf, held, s.batch_size)
+    static = static_router_bank(ctx.n).to(s.device)
+
+    def routed(sp: list[float], routers: RouterBank) -> Callable[[torch.Tensor], torch.Tensor]:
+        model = routed_model(hf, sp, routers)
+        return lambda ids: model(ids, mode="prefill").logits.float()
+
+    influence = block_influence(hf, ctx.data.train, batch_size=s.batch_size)
+    n_drop = equal_flops_dropped_blocks(hf.config, final)
+    dropped = shortgpt_blocks(influence, n_drop)
+    short = drop_blocks(hf, dropped)
+    n_ceil = equal_flops_dropped_blocks(hf.config, final, rounding="ceil")
+    extra = []
+    if n_ceil != n_drop:  # the nearest count costs more than the routed model: also show the cheaper one
+        ceil_blocks = shortgpt_blocks(influence, n_ceil)
+        shorter = drop_blocks(hf, ceil_blocks)
+        extra.append((f"ShortGPT drop {n_ceil} blocks {ceil_blocks} (<= routed FLOPs)",
+                      lambda ids: shorter(input_ids=ids, use_cache=False).logits.float(), n_ceil))
+    rows = [
+        ("dense", lambda ids: hf(input_ids=ids, use_cache=False).logits.float(), [0.0] * ctx.n),
+        ("uniform + static router", routed(uniform, static), uniform),
+        ("GA + static router (step 1)", routed(step1, static), step1),
+        ("GA + dynamic router (step 2)", routed(step1, bank), step1),
+        ("GA fine-tuned + dynamic router (FTP, step 3)", routed(final, bank), final),
+        (f"ShortGPT drop {n_drop} blocks {dropped} (equal FLOPs)", lambda ids: short(input_ids=ids, use_cache=False).logits.float(), n_drop),
+        *extra,
+    ]
+    out = []
+    for name, fwd, sp in tqdm(rows, desc="held-out eval", disable=not (s.progress and dist.is_main()), leave=False):
+        m = held_out_metrics(fwd, held, ref, s.batch_size)
+        ratio = routed_linear_flop_ratio(hf.config, sp) if isinstance(sp, list) else ctx.n / (ctx.n - sp)
+        out.append({"method": name, **m, "flop_ratio": ratio})
+    return out
