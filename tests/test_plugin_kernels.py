@@ -63,42 +63,34 @@ CASES = [
 # ---- PyTorch reference of the four nodes (CPU selection, GPU copies) ------------------------------
 
 
-def ref_count(n: int, q16: int, mode: int) -> int:
+def ref_count(n: int, q16: int) -> int:
     """K for n = T, k_b for n = valid tokens of a row."""
     if n <= 0:
         return 0
-    if mode == kernels_ext.RANK_FLOAT_EXACT:
-        c = (n * q16 + Q16 - 1) // Q16
-    else:
-        c = (n * (2 * q16 - 1) + 2 * Q16 - 1) // (2 * Q16)
+    c = (n * (2 * q16 - 1) + 2 * Q16 - 1) // (2 * Q16)
     return min(n, max(1, c))
 
 
-def ref_rank_order(scores: torch.Tensor, valid: torch.Tensor, mode: int) -> torch.Tensor:
+def ref_rank_order(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Token indices [B, T] in rank order: valid first, higher score first, lower position first."""
     s, v = scores.detach().float().cpu(), valid.cpu()
-    if mode == kernels_ext.RANK_FLOAT_EXACT:
-        by_score = torch.sort(s, dim=1, descending=True, stable=True).indices
-        valid_in_order = torch.gather(v, 1, by_score).to(torch.int8)
-        by_valid = torch.sort(valid_in_order, dim=1, descending=True, stable=True).indices
-        return torch.gather(by_score, 1, by_valid)
     # order key: score quantised to 2^-24 in [-256, 256], padding below every valid token
     q = torch.floor(torch.clamp(s, -256.0, 256.0) * 2.0**24).to(torch.int64)
     key = torch.where(v, q, torch.full_like(q, -(2**33)))
     return torch.sort(key, dim=1, descending=True, stable=True).indices
 
 
-def ref_topk_select(scores, valid, q16, mode):
-    k = ref_count(scores.shape[1], q16, mode)
-    chosen = ref_rank_order(scores, valid, mode)[:, :k]
-    kept = torch.tensor([ref_count(int(n), q16, mode) for n in valid.cpu().sum(1)], dtype=torch.int64)
+def ref_topk_select(scores, valid, q16):
+    k = ref_count(scores.shape[1], q16)
+    chosen = ref_rank_order(scores, valid)[:, :k]
+    kept = torch.tensor([ref_count(int(n), q16) for n in valid.cpu().sum(1)], dtype=torch.int64)
     active_by_rank = torch.arange(k)[None, :] < kept[:, None]
     indices, perm = torch.sort(chosen, dim=1)
     return indices, torch.gather(active_by_rank, 1, perm)
 
 
-def ref_topk_gather(hidden, scores, valid, q16, mode):
-    indices, active = ref_topk_select(scores, valid, q16, mode)
+def ref_topk_gather(hidden, scores, valid, q16):
+    indices, active = ref_topk_select(scores, valid, q16)
     indices, active = indices.to(hidden.device), active.to(hidden.device)
     gathered = torch.gather(hidden, 1, indices[..., None].expand(-1, -1, hidden.shape[2]))
     return gathered, indices, active
@@ -195,10 +187,9 @@ def ext():
 def test_slot_counts_match_reference_and_selection(ext):
     for q16 in (1, 2, 13107, 26214, 39322, 45875, 65535, 65536):
         for t in [*range(0, 300), 513, 1000, 4096, 9000, 32768, 131072]:
-            for mode in (kernels_ext.RANK_ORDER_KEY, kernels_ext.RANK_FLOAT_EXACT):
-                assert ext.slot_count(t, q16, mode) == ref_count(t, q16, mode), (t, q16, mode)
-            assert ref_count(t, q16, kernels_ext.RANK_ORDER_KEY) == selection.slot_count(t, q16)
-    for bad in ((131073, 39322, 0), (10, 0, 0), (10, 65537, 0), (10, 39322, 2)):
+            assert ext.slot_count(t, q16) == ref_count(t, q16), (t, q16)
+            assert ref_count(t, q16) == selection.slot_count(t, q16)
+    for bad in ((131073, 39322), (-1, 39322), (10, 0), (10, 65537), (10, 2**32 + 1)):
         with pytest.raises(RuntimeError):
             ext.slot_count(*bad)
 
@@ -213,22 +204,21 @@ def test_topk_gather_and_scatter(ext, case, dtype):
     hidden = make_hidden((b, t, d), dtype, seed=t * 31 + d)
 
     # the reference is the project's routing definition
-    ref_idx, ref_act = ref_topk_select(scores_cpu, valid_cpu, q16, kernels_ext.RANK_ORDER_KEY)
+    ref_idx, ref_act = ref_topk_select(scores_cpu, valid_cpu, q16)
     sel_idx, sel_act = selection.topk_select(scores_cpu, valid_cpu, q16)
     assert torch.equal(ref_idx, sel_idx) and torch.equal(ref_act, sel_act)
 
-    for mode in (kernels_ext.RANK_ORDER_KEY, kernels_ext.RANK_FLOAT_EXACT):
-        exp_g, exp_i, exp_a = ref_topk_gather(hidden, scores, valid, q16, mode)
-        k = exp_i.shape[1]
-        gathered, indices, active = (
-            poisoned((b, k, d), dtype),
-            torch.full((b, k), -7, dtype=torch.int64, device=DEV),
-            ~exp_a,
-        )
-        ext.topk_gather_out(hidden, scores, valid, q16, mode, gathered, indices, active)
-        assert_bits_equal(indices, exp_i, f"indices (mode {mode})")
-        assert_bits_equal(active, exp_a, f"active (mode {mode})")
-        assert_bits_equal(gathered, exp_g, f"gathered (mode {mode})")
+    exp_g, exp_i, exp_a = ref_topk_gather(hidden, scores, valid, q16)
+    k = exp_i.shape[1]
+    gathered, indices, active = (
+        poisoned((b, k, d), dtype),
+        torch.full((b, k), -7, dtype=torch.int64, device=DEV),
+        ~exp_a,
+    )
+    ext.topk_gather_out(hidden, scores, valid, q16, gathered, indices, active)
+    assert_bits_equal(indices, exp_i, "indices")
+    assert_bits_equal(active, exp_a, "active")
+    assert_bits_equal(gathered, exp_g, "gathered")
 
     # scatter distinct rows back (active only) over a residual
     residual = make_hidden((b, t, d), dtype, seed=t * 17 + d + 1)
@@ -249,12 +239,11 @@ def test_topk_ties_and_padding_edge_cases(ext, dtype):
                 scores, valid = scores_cpu.to(DEV), valid_cpu.to(DEV)
                 hidden = make_hidden((3, t, d), dtype, seed=t)
                 for q16 in (1, 39322, 65536):
-                    for mode in (kernels_ext.RANK_ORDER_KEY, kernels_ext.RANK_FLOAT_EXACT):
-                        exp_g, exp_i, exp_a = ref_topk_gather(hidden, scores, valid, q16, mode)
-                        g, i, a = kernels_ext.topk_gather(hidden, scores, valid, q16, mode)
-                        assert_bits_equal(i, exp_i, f"indices t={t} {padding} q={q16} mode={mode}")
-                        assert_bits_equal(a, exp_a, f"active t={t} {padding} q={q16} mode={mode}")
-                        assert_bits_equal(g, exp_g, f"gathered t={t} {padding} q={q16} mode={mode}")
+                    exp_g, exp_i, exp_a = ref_topk_gather(hidden, scores, valid, q16)
+                    g, i, a = kernels_ext.topk_gather(hidden, scores, valid, q16)
+                    assert_bits_equal(i, exp_i, f"indices t={t} {padding} q={q16}")
+                    assert_bits_equal(a, exp_a, f"active t={t} {padding} q={q16}")
+                    assert_bits_equal(g, exp_g, f"gathered t={t} {padding} q={q16}")
 
 
 THRESHOLD_SHAPES = [
@@ -314,7 +303,7 @@ def test_wrappers_and_misaligned_views(ext):
             base = make_hidden((3 * 100 * d + 1,), dtype, seed=d)
             hidden = base[1:].view(3, 100, d)  # storage offset of one element: misaligned base pointer
             g, i, a = kernels_ext.topk_gather(hidden, scores, valid, 39322)
-            exp_g, exp_i, exp_a = ref_topk_gather(hidden, scores, valid, 39322, kernels_ext.RANK_ORDER_KEY)
+            exp_g, exp_i, exp_a = ref_topk_gather(hidden, scores, valid, 39322)
             assert_bits_equal(g, exp_g, "gathered (misaligned)")
             out = kernels_ext.topk_scatter(hidden, g * 2, i, a)
             assert_bits_equal(out, ref_topk_scatter(hidden, g * 2, i, a), "scatter (misaligned)")

@@ -35,9 +35,6 @@ from ftp_export.errors import FTPError
 EXT_NAME = "ftp_kernels_ext"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-RANK_ORDER_KEY = 0  # ftp_export.routing.selection semantics (what the exported graphs use)
-RANK_FLOAT_EXACT = 1  # exact float32 comparison, ceil(keep_q16 * n / 65536)
-
 KERNEL_SOURCES = (
     "common/ftpKernelCommon.cu",
     "ftpTopKGatherPlugin/ftpTopKGatherKernel.cu",
@@ -118,16 +115,16 @@ def load(verbose: bool = False) -> Any:
         return _module
 
 
-def slot_count(seq_len: int, keep_q16: int, rank_mode: int = RANK_ORDER_KEY) -> int:
-    return int(load().slot_count(seq_len, keep_q16, rank_mode))
+def slot_count(seq_len: int, keep_q16: int) -> int:
+    return int(load().slot_count(seq_len, keep_q16))
 
 
 def topk_gather(
-    hidden: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, keep_q16: int, rank_mode: int = RANK_ORDER_KEY
+    hidden: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, keep_q16: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     ext = load()
     b, t, d = hidden.shape
-    k = int(ext.slot_count(t, keep_q16, rank_mode))
+    k = int(ext.slot_count(t, keep_q16))
     gathered = hidden.new_empty(b, k, d)
     indices = torch.empty(b, k, dtype=torch.int64, device=hidden.device)
     active = torch.empty(b, k, dtype=torch.bool, device=hidden.device)
@@ -136,7 +133,6 @@ def topk_gather(
         scores.float().contiguous(),
         valid.contiguous(),
         keep_q16,
-        rank_mode,
         gathered,
         indices,
         active,

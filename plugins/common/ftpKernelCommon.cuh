@@ -37,41 +37,30 @@ FTP_HD size_t dtypeSize(int32_t dtype)
     return dtype == FTP_DTYPE_FLOAT32 ? 4 : (dtype == FTP_DTYPE_FLOAT16 || dtype == FTP_DTYPE_BFLOAT16) ? 2 : 0;
 }
 
-//! ceil(n * r) for the keep ratio quantised as keep_q16 / 65536 (see ftp_rank_mode_t).
-FTP_HD int64_t keepCount(int64_t n, int32_t keepQ16, int32_t rankMode)
+//! count(n) = ceil(n * (2*keep_q16 - 1) / 131072) (ftp_export/routing/selection.py).
+FTP_HD int64_t keepCount(int64_t n, int32_t keepQ16)
 {
-    if (rankMode == FTP_RANK_FLOAT_EXACT)
-    {
-        return (n * keepQ16 + 65535) / 65536;
-    }
     return (n * (2 * static_cast<int64_t>(keepQ16) - 1) + 131071) / 131072;
 }
 
 //! K (for n = T) or k_b (for n = valid tokens of a row): 0 if n == 0, else min(n, max(1, count(n))).
-FTP_HD int64_t clampedCount(int64_t n, int32_t keepQ16, int32_t rankMode)
+FTP_HD int64_t clampedCount(int64_t n, int32_t keepQ16)
 {
     if (n <= 0)
     {
         return 0;
     }
-    int64_t const c = keepCount(n, keepQ16, rankMode);
+    int64_t const c = keepCount(n, keepQ16);
     return c < 1 ? 1 : (c > n ? n : c);
 }
 
 #if defined(__CUDACC__)
 
-//! Unique, unsigned rank key of token t: larger = ranked first. See ftp_rank_mode_t.
-__device__ __forceinline__ uint64_t rankKey(float score, bool valid, int32_t t, int32_t rankMode)
+//! Unique, unsigned rank key of token t: larger = ranked first. selection.order_key + 2^50 (makes it
+//! non-negative, same order); see ftp_kernels.h.
+__device__ __forceinline__ uint64_t rankKey(float score, bool valid, int32_t t)
 {
     uint64_t const tie = static_cast<uint64_t>((1 << kTieBits) - 1 - t);
-    if (rankMode == FTP_RANK_FLOAT_EXACT)
-    {
-        // bit 49: valid; bits 17..48: the score's order-preserving bit pattern; bits 0..16: position
-        uint32_t const u = __float_as_uint(score == 0.0f ? 0.0f : score); // -0.0 ties with +0.0
-        uint32_t const q = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-        return (static_cast<uint64_t>(valid ? 1 : 0) << (32 + kTieBits)) | (static_cast<uint64_t>(q) << kTieBits) | tie;
-    }
-    // FTP_RANK_ORDER_KEY: selection.order_key + 2^50 (makes it non-negative, same order)
     int64_t q = -(int64_t(1) << 33);
     if (valid)
     {

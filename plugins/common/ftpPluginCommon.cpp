@@ -49,6 +49,21 @@ void log(nvinfer1::ILogger::Severity severity, std::string const& msg) noexcept
     }
 }
 
+namespace
+{
+
+//! Reads one T from f.data into out (memcpy: the field data need not be aligned).
+template <typename T, typename Out>
+bool readAs(nvinfer1::PluginField const& f, Out& out) noexcept
+{
+    T v;
+    std::memcpy(&v, f.data, sizeof(v));
+    out = static_cast<Out>(v);
+    return true;
+}
+
+} // namespace
+
 bool readIntField(nvinfer1::PluginField const& f, int64_t& out) noexcept
 {
     if (f.data == nullptr || f.length < 1)
@@ -57,34 +72,10 @@ bool readIntField(nvinfer1::PluginField const& f, int64_t& out) noexcept
     }
     switch (f.type)
     {
-    case nvinfer1::PluginFieldType::kINT32:
-    {
-        int32_t v;
-        std::memcpy(&v, f.data, sizeof(v));
-        out = v;
-        return true;
-    }
-    case nvinfer1::PluginFieldType::kINT64:
-    {
-        int64_t v;
-        std::memcpy(&v, f.data, sizeof(v));
-        out = v;
-        return true;
-    }
-    case nvinfer1::PluginFieldType::kINT16:
-    {
-        int16_t v;
-        std::memcpy(&v, f.data, sizeof(v));
-        out = v;
-        return true;
-    }
-    case nvinfer1::PluginFieldType::kINT8:
-    {
-        int8_t v;
-        std::memcpy(&v, f.data, sizeof(v));
-        out = v;
-        return true;
-    }
+    case nvinfer1::PluginFieldType::kINT32: return readAs<int32_t>(f, out);
+    case nvinfer1::PluginFieldType::kINT64: return readAs<int64_t>(f, out);
+    case nvinfer1::PluginFieldType::kINT16: return readAs<int16_t>(f, out);
+    case nvinfer1::PluginFieldType::kINT8: return readAs<int8_t>(f, out);
     default: return false;
     }
 }
@@ -95,19 +86,25 @@ bool readFloatField(nvinfer1::PluginField const& f, float& out) noexcept
     {
         return false;
     }
-    if (f.type == nvinfer1::PluginFieldType::kFLOAT32)
+    switch (f.type)
     {
-        std::memcpy(&out, f.data, sizeof(out));
-        return true;
+    case nvinfer1::PluginFieldType::kFLOAT32: return readAs<float>(f, out);
+    case nvinfer1::PluginFieldType::kFLOAT64: return readAs<double>(f, out);
+    default: return false;
     }
-    if (f.type == nvinfer1::PluginFieldType::kFLOAT64)
+}
+
+nvinfer1::PluginField const* findField(nvinfer1::PluginFieldCollection const* fc, char const* name) noexcept
+{
+    nvinfer1::PluginField const* found = nullptr;
+    for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i)
     {
-        double v;
-        std::memcpy(&v, f.data, sizeof(v));
-        out = static_cast<float>(v);
-        return true;
+        if (fc->fields[i].name != nullptr && std::strcmp(fc->fields[i].name, name) == 0)
+        {
+            found = &fc->fields[i];
+        }
     }
-    return false;
+    return found;
 }
 
 bool checkLaunch(cudaError_t err, char const* plugin) noexcept

@@ -12,6 +12,7 @@
 #include <NvInferRuntime.h>
 
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <string>
 #include <vector>
@@ -63,14 +64,50 @@ bool readIntField(nvinfer1::PluginField const& f, int64_t& out) noexcept;
 //! Float field (the ONNX parser passes FLOAT attributes as kFLOAT32).
 bool readFloatField(nvinfer1::PluginField const& f, float& out) noexcept;
 
+//! The last field of `fc` called `name`, nullptr if there is none.
+nvinfer1::PluginField const* findField(nvinfer1::PluginFieldCollection const* fc, char const* name) noexcept;
+
 //! Logs and returns false if cudaError_t != cudaSuccess.
 bool checkLaunch(cudaError_t err, char const* plugin) noexcept;
 
+//! Type of one plugin input/output: kHIDDEN is input 0's type (float32, float16 or bfloat16).
+enum class IoType : int32_t
+{
+    kHIDDEN,
+    kFLOAT,
+    kINT64,
+    kBOOL
+};
+
+inline nvinfer1::DataType resolveIoType(IoType io, nvinfer1::DataType hidden) noexcept
+{
+    switch (io)
+    {
+    case IoType::kFLOAT: return nvinfer1::DataType::kFLOAT;
+    case IoType::kINT64: return nvinfer1::DataType::kINT64;
+    case IoType::kBOOL: return nvinfer1::DataType::kBOOL;
+    case IoType::kHIDDEN: break;
+    }
+    return hidden;
+}
+
 /*!
- * The parts of an IPluginV3 that are the same for every ftp plugin. Derived provides:
- *   static constexpr char const* kNAME;
- *   void appendFields(std::vector<nvinfer1::PluginField>& fields);   // attributes to serialize
- * and the per-plugin IPluginV3OneBuild / IPluginV3OneRuntime methods.
+ * IPluginV3 / IPluginV3OneCore / IPluginV3OneBuild / IPluginV3OneRuntime for an ftp plugin, driven by
+ * a description in Derived:
+ *   static constexpr char const* kNAME;                         // plugin (and ONNX op) name
+ *   static constexpr int32_t kNB_INPUTS, kNB_OUTPUTS;
+ *   static constexpr IoType kIO[kNB_INPUTS + kNB_OUTPUTS];     // input 0 must be kHIDDEN
+ *   static constexpr int32_t kINPUT_RANKS[kNB_INPUTS];
+ *   static constexpr char const* kEXPECTS;                      // input shapes, for the error message
+ *   static constexpr size_t (*kWORKSPACE_SIZE)(int64_t B, int64_t T);  // of input 0 [B,T,...]
+ *   cudaError_t launch(PluginTensorDesc const* inputDesc, void const* const* inputs, void* const* outputs,
+ *       ftp_dtype_t dtype, void* workspace, size_t workspaceSize, cudaStream_t stream) const;
+ * and optionally (defaults below):
+ *   int32_t outputShapes(DimsExprs const* inputs, DimsExprs* outputs, IExprBuilder&);  // out 0 = in 0
+ *   void appendFields(std::vector<PluginField>&);   // serialized attributes (none)
+ *   static void appendFieldNames(std::vector<PluginField>&);  // creator's field list (none)
+ *   static IPluginV3* create(PluginFieldCollection const*);   // creator's factory (Derived())
+ * IPluginV3OneRuntime::onShapeChange may be overridden as usual.
  */
 template <typename Derived>
 class PluginBase : public nvinfer1::IPluginV3,
@@ -84,7 +121,21 @@ public:
     PluginBase& operator=(PluginBase const&) = delete;
     ~PluginBase() override = default;
 
-    // IPluginV3
+    // ---- defaults of the optional hooks (Derived hides them with its own) --------------------
+    int32_t outputShapes(
+        nvinfer1::DimsExprs const* inputs, nvinfer1::DimsExprs* outputs, nvinfer1::IExprBuilder& /*eb*/) noexcept
+    {
+        outputs[0] = inputs[0];
+        return 0;
+    }
+    void appendFields(std::vector<nvinfer1::PluginField>& /*fields*/) {}
+    static void appendFieldNames(std::vector<nvinfer1::PluginField>& /*fields*/) {}
+    static nvinfer1::IPluginV3* create(nvinfer1::PluginFieldCollection const* /*fc*/)
+    {
+        return new Derived();
+    }
+
+    // ---- IPluginV3 ------------------------------------------------------------------------------
     nvinfer1::IPluginCapability* getCapabilityInterface(nvinfer1::PluginCapabilityType type) noexcept override
     {
         switch (type)
@@ -100,7 +151,7 @@ public:
     {
         try
         {
-            return new Derived(static_cast<Derived const&>(*this));
+            return new Derived(derived());
         }
         catch (std::exception const& e)
         {
@@ -109,7 +160,7 @@ public:
         return nullptr;
     }
 
-    // IPluginV3OneCore
+    // ---- IPluginV3OneCore -----------------------------------------------------------------------
     char const* getPluginName() const noexcept override
     {
         return Derived::kNAME;
@@ -123,18 +174,86 @@ public:
         return kPLUGIN_NAMESPACE;
     }
 
-    // IPluginV3OneBuild
+    // ---- IPluginV3OneBuild ----------------------------------------------------------------------
+    int32_t getNbOutputs() const noexcept override
+    {
+        return Derived::kNB_OUTPUTS;
+    }
+
+    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
+        int32_t nbInputs) const noexcept override
+    {
+        if (!hasIoCounts(nbInputs, nbOutputs) || !isHiddenType(inputTypes[0]))
+        {
+            return -1;
+        }
+        for (int32_t i = 0; i < Derived::kNB_OUTPUTS; ++i)
+        {
+            outputTypes[i] = resolveIoType(Derived::kIO[Derived::kNB_INPUTS + i], inputTypes[0]);
+        }
+        return 0;
+    }
+
+    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* /*shapeInputs*/,
+        int32_t /*nbShapeInputs*/, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
+        nvinfer1::IExprBuilder& exprBuilder) noexcept override
+    {
+        bool ok = hasIoCounts(nbInputs, nbOutputs);
+        for (int32_t i = 0; ok && i < Derived::kNB_INPUTS; ++i)
+        {
+            ok = inputs[i].nbDims == Derived::kINPUT_RANKS[i];
+        }
+        if (!ok)
+        {
+            logError(std::string(Derived::kNAME) + ": expects " + Derived::kEXPECTS);
+            return -1;
+        }
+        return derived().outputShapes(inputs, outputs, exprBuilder);
+    }
+
+    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
+        int32_t nbOutputs) noexcept override
+    {
+        if (!hasIoCounts(nbInputs, nbOutputs) || pos < 0 || pos >= nbInputs + nbOutputs || !isLinear(inOut[pos]))
+        {
+            return false;
+        }
+        nvinfer1::DataType const t = inOut[pos].desc.type;
+        return pos == 0 ? isHiddenType(t) : t == resolveIoType(Derived::kIO[pos], inOut[0].desc.type);
+    }
+
     int32_t configurePlugin(nvinfer1::DynamicPluginTensorDesc const*, int32_t, nvinfer1::DynamicPluginTensorDesc const*,
         int32_t) noexcept override
     {
         return 0;
     }
 
-    // IPluginV3OneRuntime
+    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t /*nbInputs*/,
+        nvinfer1::DynamicPluginTensorDesc const* /*outputs*/, int32_t /*nbOutputs*/) const noexcept override
+    {
+        return Derived::kWORKSPACE_SIZE(inputs[0].max.d[0], inputs[0].max.d[1]);
+    }
+
+    // ---- IPluginV3OneRuntime --------------------------------------------------------------------
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const*, int32_t, nvinfer1::PluginTensorDesc const*,
         int32_t) noexcept override
     {
         return 0;
+    }
+
+    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* /*outputDesc*/,
+        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override
+    {
+        ftp_dtype_t dtype;
+        if (!toFtpDtype(inputDesc[0].type, dtype))
+        {
+            logError(std::string(Derived::kNAME) + ": unsupported hidden dtype");
+            return -1;
+        }
+        nvinfer1::Dims const& d = inputDesc[0].dims;
+        size_t const wsSize = Derived::kWORKSPACE_SIZE(d.d[0], d.d[1]);
+        cudaError_t const err = derived().launch(inputDesc, inputs, outputs, dtype, workspace, wsSize, stream);
+        return checkLaunch(err, Derived::kNAME) ? 0 : -1;
     }
 
     nvinfer1::IPluginV3* attachToContext(nvinfer1::IPluginResourceContext*) noexcept override
@@ -145,29 +264,48 @@ public:
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override
     {
         mFields.clear();
-        static_cast<Derived*>(this)->appendFields(mFields);
+        derived().appendFields(mFields);
         mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
         mFieldCollection.fields = mFields.data();
         return &mFieldCollection;
     }
 
+protected:
+    static bool hasIoCounts(int32_t nbInputs, int32_t nbOutputs) noexcept
+    {
+        return nbInputs == Derived::kNB_INPUTS && nbOutputs == Derived::kNB_OUTPUTS;
+    }
+
 private:
+    Derived& derived() noexcept
+    {
+        return static_cast<Derived&>(*this);
+    }
+    Derived const& derived() const noexcept
+    {
+        return static_cast<Derived const&>(*this);
+    }
+
     std::vector<nvinfer1::PluginField> mFields;
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };
 
 /*!
- * Creator base. Derived provides kNAME, the field list in its constructor (addField) and
- * createPlugin().
+ * IPluginCreatorV3One for Plugin (a PluginBase<Plugin>): name and field list from Plugin, version
+ * "1", namespace "", createPlugin() through Plugin::create() (exceptions are logged, not thrown).
  */
-class CreatorBase : public nvinfer1::IPluginCreatorV3One
+template <typename Plugin>
+class PluginCreator : public nvinfer1::IPluginCreatorV3One
 {
 public:
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override
+    PluginCreator()
     {
-        mFieldCollection.nbFields = static_cast<int32_t>(mFieldNames.size());
-        mFieldCollection.fields = mFieldNames.empty() ? nullptr : mFieldNames.data();
-        return &mFieldCollection;
+        Plugin::appendFieldNames(mFieldNames);
+    }
+
+    char const* getPluginName() const noexcept override
+    {
+        return Plugin::kNAME;
     }
     char const* getPluginVersion() const noexcept override
     {
@@ -178,10 +316,25 @@ public:
         return kPLUGIN_NAMESPACE;
     }
 
-protected:
-    void addField(char const* name, nvinfer1::PluginFieldType type)
+    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override
     {
-        mFieldNames.emplace_back(name, nullptr, type, 1);
+        mFieldCollection.nbFields = static_cast<int32_t>(mFieldNames.size());
+        mFieldCollection.fields = mFieldNames.empty() ? nullptr : mFieldNames.data();
+        return &mFieldCollection;
+    }
+
+    nvinfer1::IPluginV3* createPlugin(char const* /*name*/, nvinfer1::PluginFieldCollection const* fc,
+        nvinfer1::TensorRTPhase /*phase*/) noexcept override
+    {
+        try
+        {
+            return Plugin::create(fc);
+        }
+        catch (std::exception const& e)
+        {
+            logError(std::string(Plugin::kNAME) + ": " + e.what());
+        }
+        return nullptr;
     }
 
 private:

@@ -17,7 +17,7 @@
  *     or the launch error reported by cudaGetLastError().
  *
  * Semantics (plugins/README.md has the full spec; ftp_export/routing/selection.py is the
- * Python definition the default rank mode reproduces bit for bit):
+ * Python definition the kernels reproduce bit for bit):
  *   FtpTopKGather      per-row top-K by a unique rank key, indices ascending, active flags
  *   FtpTopKScatter     out = residual; out[b, indices[b,j]] = rows[b,j] where active[b,j]
  *   FtpThresholdGather keep iff valid && score >= threshold (float32); rows = flat b*T+t ascending
@@ -43,25 +43,13 @@ typedef enum ftp_dtype
 } ftp_dtype_t;
 
 /*
- * How FtpTopKGather ranks tokens and counts slots.
- *
- * FTP_RANK_ORDER_KEY (0, default; what the exported graphs and ftp_export/routing/selection.py use):
+ * How FtpTopKGather ranks tokens and counts slots (ftp_export/routing/selection.py, bit for bit):
  *   q   = valid ? floor(clamp(score, -256, 256) * 2^24) : -2^33          (float32 arithmetic)
  *   key = q * 2^17 + (2^17 - 1 - t)                                       (unique per row)
  *   count(n) = ceil(n * (2*keep_q16 - 1) / 131072)                        (integer arithmetic)
- *
- * FTP_RANK_FLOAT_EXACT (1): valid tokens first, then higher score first (exact float32 comparison,
- *   -0.0 == +0.0; padding tokens are ordered among themselves by score too), then lower position
- *   first; count(n) = ceil(n * keep_q16 / 65536).
- *
- * In both modes: K = T == 0 ? 0 : min(T, max(1, count(T)));
- *               k_b = n_b == 0 ? 0 : min(n_b, max(1, count(n_b))), n_b = valid tokens of row b.
+ *   K = T == 0 ? 0 : min(T, max(1, count(T)));
+ *   k_b = n_b == 0 ? 0 : min(n_b, max(1, count(n_b))), n_b = valid tokens of row b.
  */
-typedef enum ftp_rank_mode
-{
-    FTP_RANK_ORDER_KEY = 0,
-    FTP_RANK_FLOAT_EXACT = 1
-} ftp_rank_mode_t;
 
 /* Largest sequence length the rank key can tell apart (17 position bits). */
 #define FTP_MAX_TOKENS 131072
@@ -70,20 +58,20 @@ typedef enum ftp_rank_mode
 size_t ftp_dtype_size(ftp_dtype_t dtype);
 
 /* Slot count K for padded length T (0 for T == 0), -1 for invalid arguments. */
-int64_t ftp_topk_slot_count(int64_t T, int32_t keep_q16, int32_t rank_mode);
+int64_t ftp_topk_slot_count(int64_t T, int32_t keep_q16);
 
 /* Kept count k_b for n valid tokens (0 for n == 0), -1 for invalid arguments. */
-int64_t ftp_topk_kept_count(int64_t n, int32_t keep_q16, int32_t rank_mode);
+int64_t ftp_topk_kept_count(int64_t n, int32_t keep_q16);
 
 /* ---- FtpTopKGather ------------------------------------------------------------------------
  * hidden [B,T,D] dtype, scores [B,T] float32, valid [B,T] bool
  *   -> gathered [B,K,D] dtype, indices [B,K] int64 ascending, active [B,K] bool,
- *      K = ftp_topk_slot_count(T, keep_q16, rank_mode). Requires T <= FTP_MAX_TOKENS.
+ *      K = ftp_topk_slot_count(T, keep_q16). Requires T <= FTP_MAX_TOKENS.
  */
 size_t ftp_topk_gather_workspace_size(int64_t B, int64_t T);
 cudaError_t ftp_topk_gather_launch(void const* hidden, float const* scores, uint8_t const* valid, void* gathered,
     int64_t* indices, uint8_t* active, ftp_dtype_t dtype, int64_t B, int64_t T, int64_t D, int32_t keep_q16,
-    int32_t rank_mode, void* workspace, size_t workspace_size, cudaStream_t stream);
+    void* workspace, size_t workspace_size, cudaStream_t stream);
 
 /* ---- FtpTopKScatter -----------------------------------------------------------------------
  * residual [B,T,D], rows [B,K,D], indices [B,K] int64, active [B,K] bool -> out [B,T,D].

@@ -17,40 +17,30 @@ class FtpThresholdGatherPlugin : public PluginBase<FtpThresholdGatherPlugin>
 {
 public:
     static constexpr char const* kNAME = "FtpThresholdGather";
+    static constexpr int32_t kNB_INPUTS = 3;
+    static constexpr int32_t kNB_OUTPUTS = 3;
+    //! hidden, scores, valid -> gathered, rows, count (size tensor)
+    static constexpr IoType kIO[] = {IoType::kHIDDEN, IoType::kFLOAT, IoType::kBOOL, IoType::kHIDDEN, IoType::kINT64,
+        IoType::kINT64};
+    static constexpr int32_t kINPUT_RANKS[] = {3, 2, 2};
+    static constexpr char const* kEXPECTS = "hidden [B,T,D], scores [B,T], valid [B,T]";
+    static constexpr size_t (*kWORKSPACE_SIZE)(int64_t, int64_t) = &ftp_threshold_gather_workspace_size;
 
     explicit FtpThresholdGatherPlugin(float threshold);
-    FtpThresholdGatherPlugin(FtpThresholdGatherPlugin const&) = default;
 
+    static nvinfer1::IPluginV3* create(nvinfer1::PluginFieldCollection const* fc);
+    static void appendFieldNames(std::vector<nvinfer1::PluginField>& fields);
     void appendFields(std::vector<nvinfer1::PluginField>& fields);
-
-    // IPluginV3OneBuild
-    int32_t getNbOutputs() const noexcept override;
-    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
-        int32_t nbInputs) const noexcept override;
-    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
-        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
-        nvinfer1::IExprBuilder& exprBuilder) noexcept override;
-    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
-        int32_t nbOutputs) noexcept override;
-    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
-
-    // IPluginV3OneRuntime
-    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
-        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
+    int32_t outputShapes(
+        nvinfer1::DimsExprs const* inputs, nvinfer1::DimsExprs* outputs, nvinfer1::IExprBuilder& eb) noexcept;
+    cudaError_t launch(nvinfer1::PluginTensorDesc const* inputDesc, void const* const* inputs, void* const* outputs,
+        ftp_dtype_t dtype, void* workspace, size_t workspaceSize, cudaStream_t stream) const;
 
 private:
     float mThreshold;
 };
 
-class FtpThresholdGatherPluginCreator : public CreatorBase
-{
-public:
-    FtpThresholdGatherPluginCreator();
-    char const* getPluginName() const noexcept override;
-    nvinfer1::IPluginV3* createPlugin(
-        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-};
+using FtpThresholdGatherPluginCreator = PluginCreator<FtpThresholdGatherPlugin>;
 
 } // namespace plugin
 } // namespace ftp

@@ -42,7 +42,7 @@ __device__ __forceinline__ void warpHistAdd(unsigned int* hist, unsigned int dig
 
 template <int THREADS, int ITEMS, bool IN_REGS>
 __global__ void __launch_bounds__(THREADS) topkSelectKernel(float const* __restrict__ scores,
-    uint8_t const* __restrict__ valid, int32_t T, int32_t K, int32_t keepQ16, int32_t rankMode,
+    uint8_t const* __restrict__ valid, int32_t T, int32_t K, int32_t keepQ16,
     int64_t* __restrict__ indices, uint8_t* __restrict__ active)
 {
     static_assert(kBins % THREADS == 0, "bins must split evenly over the threads");
@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(THREADS) topkSelectKernel(float const* __restr
     indices += row * K;
     active += row * K;
 
-    auto keyAt = [&](int32_t t) -> uint64_t { return rankKey(scores[t], valid[t] != 0, t, rankMode); };
+    auto keyAt = [&](int32_t t) -> uint64_t { return rankKey(scores[t], valid[t] != 0, t); };
 
     // 1. keys (in registers when they fit) and the row's valid-token count n_b
     uint64_t keys[IN_REGS ? ITEMS : 1];
@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(THREADS) topkSelectKernel(float const* __restr
             if (t < T)
             {
                 bool const v = valid[t] != 0;
-                keys[i] = rankKey(scores[t], v, t, rankMode);
+                keys[i] = rankKey(scores[t], v, t);
                 nValid += v ? 1 : 0;
             }
         }
@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(THREADS) topkSelectKernel(float const* __restr
         atomicAdd(&sValid, nValid);
     }
     __syncthreads();
-    int32_t const kb = static_cast<int32_t>(clampedCount(sValid, keepQ16, rankMode));
+    int32_t const kb = static_cast<int32_t>(clampedCount(sValid, keepQ16));
 
     // 2. radix select of the keys ranked K-1 (target 0) and kb-1 (target 1), descending
     int rem0 = K - 1;
@@ -273,10 +273,10 @@ extern "C" size_t ftp_topk_gather_workspace_size(int64_t, int64_t)
 
 extern "C" cudaError_t ftp_topk_gather_launch(void const* hidden, float const* scores, uint8_t const* valid,
     void* gathered, int64_t* indices, uint8_t* active, ftp_dtype_t dtype, int64_t B, int64_t T, int64_t D,
-    int32_t keep_q16, int32_t rank_mode, void* /*workspace*/, size_t /*workspace_size*/, cudaStream_t stream)
+    int32_t keep_q16, void* /*workspace*/, size_t /*workspace_size*/, cudaStream_t stream)
 {
     using namespace ftp;
-    int64_t const K = ftp_topk_slot_count(T, keep_q16, rank_mode);
+    int64_t const K = ftp_topk_slot_count(T, keep_q16);
     if (!validDtype(dtype) || B < 0 || D < 0 || K < 0 || B > 0x7fffffff)
     {
         return cudaErrorInvalidValue;
@@ -295,15 +295,15 @@ extern "C" cudaError_t ftp_topk_gather_launch(void const* hidden, float const* s
     auto const grid = static_cast<unsigned>(B);
     if (T <= 1024)
     {
-        topkSelectKernel<256, 4, true><<<grid, 256, 0, stream>>>(scores, valid, t32, k32, keep_q16, rank_mode, indices, active);
+        topkSelectKernel<256, 4, true><<<grid, 256, 0, stream>>>(scores, valid, t32, k32, keep_q16, indices, active);
     }
     else if (T <= 8192)
     {
-        topkSelectKernel<512, 16, true><<<grid, 512, 0, stream>>>(scores, valid, t32, k32, keep_q16, rank_mode, indices, active);
+        topkSelectKernel<512, 16, true><<<grid, 512, 0, stream>>>(scores, valid, t32, k32, keep_q16, indices, active);
     }
     else
     {
-        topkSelectKernel<512, 1, false><<<grid, 512, 0, stream>>>(scores, valid, t32, k32, keep_q16, rank_mode, indices, active);
+        topkSelectKernel<512, 1, false><<<grid, 512, 0, stream>>>(scores, valid, t32, k32, keep_q16, indices, active);
     }
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess)

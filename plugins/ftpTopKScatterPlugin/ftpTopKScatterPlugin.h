@@ -12,40 +12,24 @@ namespace ftp
 namespace plugin
 {
 
+//! No fields; out [B,T,D] has residual's shape (PluginBase's default outputShapes).
 class FtpTopKScatterPlugin : public PluginBase<FtpTopKScatterPlugin>
 {
 public:
     static constexpr char const* kNAME = "FtpTopKScatter";
+    static constexpr int32_t kNB_INPUTS = 4;
+    static constexpr int32_t kNB_OUTPUTS = 1;
+    //! residual, rows, indices, active -> out
+    static constexpr IoType kIO[] = {IoType::kHIDDEN, IoType::kHIDDEN, IoType::kINT64, IoType::kBOOL, IoType::kHIDDEN};
+    static constexpr int32_t kINPUT_RANKS[] = {3, 3, 2, 2};
+    static constexpr char const* kEXPECTS = "residual [B,T,D], rows [B,K,D], indices [B,K], active [B,K]";
+    static constexpr size_t (*kWORKSPACE_SIZE)(int64_t, int64_t) = &ftp_topk_scatter_workspace_size;
 
-    FtpTopKScatterPlugin() = default;
-    FtpTopKScatterPlugin(FtpTopKScatterPlugin const&) = default;
-
-    void appendFields(std::vector<nvinfer1::PluginField>& fields);
-
-    // IPluginV3OneBuild
-    int32_t getNbOutputs() const noexcept override;
-    int32_t getOutputDataTypes(nvinfer1::DataType* outputTypes, int32_t nbOutputs, nvinfer1::DataType const* inputTypes,
-        int32_t nbInputs) const noexcept override;
-    int32_t getOutputShapes(nvinfer1::DimsExprs const* inputs, int32_t nbInputs, nvinfer1::DimsExprs const* shapeInputs,
-        int32_t nbShapeInputs, nvinfer1::DimsExprs* outputs, int32_t nbOutputs,
-        nvinfer1::IExprBuilder& exprBuilder) noexcept override;
-    bool supportsFormatCombination(int32_t pos, nvinfer1::DynamicPluginTensorDesc const* inOut, int32_t nbInputs,
-        int32_t nbOutputs) noexcept override;
-    size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
-        nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
-
-    // IPluginV3OneRuntime
-    int32_t enqueue(nvinfer1::PluginTensorDesc const* inputDesc, nvinfer1::PluginTensorDesc const* outputDesc,
-        void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
+    cudaError_t launch(nvinfer1::PluginTensorDesc const* inputDesc, void const* const* inputs, void* const* outputs,
+        ftp_dtype_t dtype, void* workspace, size_t workspaceSize, cudaStream_t stream) const;
 };
 
-class FtpTopKScatterPluginCreator : public CreatorBase
-{
-public:
-    char const* getPluginName() const noexcept override;
-    nvinfer1::IPluginV3* createPlugin(
-        char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-};
+using FtpTopKScatterPluginCreator = PluginCreator<FtpTopKScatterPlugin>;
 
 } // namespace plugin
 } // namespace ftp

@@ -51,22 +51,22 @@ at::Tensor workspace(size_t bytes, at::Device device)
     return at::empty({static_cast<int64_t>(bytes > 0 ? bytes : 1)}, at::TensorOptions().dtype(at::kByte).device(device));
 }
 
-int64_t slotCount(int64_t T, int64_t keepQ16, int64_t rankMode)
+int64_t slotCount(int64_t T, int64_t keepQ16)
 {
-    int64_t const k = ftp_topk_slot_count(T, static_cast<int32_t>(keepQ16), static_cast<int32_t>(rankMode));
-    TORCH_CHECK(k >= 0, "ftp kernels: invalid T / keep_q16 / rank_mode (T <= ", FTP_MAX_TOKENS,
-        ", keep_q16 in 1..65536, rank_mode 0 or 1)");
+    TORCH_CHECK(keepQ16 >= 1 && keepQ16 <= 65536, "ftp kernels: keep_q16 must be in 1..65536");
+    int64_t const k = ftp_topk_slot_count(T, static_cast<int32_t>(keepQ16));
+    TORCH_CHECK(k >= 0, "ftp kernels: invalid T / keep_q16 (T <= ", FTP_MAX_TOKENS, ", keep_q16 in 1..65536)");
     return k;
 }
 
 void topkGatherOut(at::Tensor const& hidden, at::Tensor const& scores, at::Tensor const& valid, int64_t keepQ16,
-    int64_t rankMode, at::Tensor& gathered, at::Tensor& indices, at::Tensor& active)
+    at::Tensor& gathered, at::Tensor& indices, at::Tensor& active)
 {
     auto const dev = hidden.device();
     checkTensor(hidden, "hidden", hidden.scalar_type(), 3, dev);
     ftp_dtype_t const dtype = hiddenDtype(hidden);
     int64_t const B = hidden.size(0), T = hidden.size(1), D = hidden.size(2);
-    int64_t const K = slotCount(T, keepQ16, rankMode);
+    int64_t const K = slotCount(T, keepQ16);
     checkTensor(scores, "scores", at::kFloat, 2, dev);
     checkTensor(valid, "valid", at::kBool, 2, dev);
     checkShape(scores, "scores", {B, T});
@@ -83,7 +83,7 @@ void topkGatherOut(at::Tensor const& hidden, at::Tensor const& scores, at::Tenso
     checkCuda(ftp_topk_gather_launch(hidden.data_ptr(), scores.data_ptr<float>(),
                   reinterpret_cast<uint8_t const*>(valid.data_ptr<bool>()), gathered.data_ptr(),
                   indices.data_ptr<int64_t>(), reinterpret_cast<uint8_t*>(active.data_ptr<bool>()), dtype, B, T, D,
-                  static_cast<int32_t>(keepQ16), static_cast<int32_t>(rankMode), ws.data_ptr(), wsBytes,
+                  static_cast<int32_t>(keepQ16), ws.data_ptr(), wsBytes,
                   c10::cuda::getCurrentCUDAStream().stream()),
         "ftp_topk_gather_launch");
 }
@@ -165,9 +165,9 @@ void rowScatterOut(at::Tensor const& residual, at::Tensor const& rowsData, at::T
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
 {
     m.doc() = "ftp-export token-routing kernels (plugins/, same code as the TensorRT plugins)";
-    m.def("slot_count", &slotCount, "K for padded length T", py::arg("T"), py::arg("keep_q16"), py::arg("rank_mode") = 0);
+    m.def("slot_count", &slotCount, "K for padded length T", py::arg("T"), py::arg("keep_q16"));
     m.def("topk_gather_out", &topkGatherOut, "FtpTopKGather into (gathered [B,K,D], indices [B,K], active [B,K])",
-        py::arg("hidden"), py::arg("scores"), py::arg("valid"), py::arg("keep_q16"), py::arg("rank_mode"),
+        py::arg("hidden"), py::arg("scores"), py::arg("valid"), py::arg("keep_q16"),
         py::arg("gathered"), py::arg("indices"), py::arg("active"));
     m.def("topk_scatter_out", &topkScatterOut, "FtpTopKScatter into out [B,T,D]", py::arg("residual"), py::arg("rows"),
         py::arg("indices"), py::arg("active"), py::arg("out"));
