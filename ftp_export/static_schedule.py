@@ -17,8 +17,9 @@ from ftp_export.schedule import new_schedule, save_schedule, uniform_sparsity
 
 def calibration_sequences(tokenizer: Any, text: str, samples: int, seq_len: int) -> torch.Tensor:
     """Cut ``samples`` consecutive windows of ``seq_len`` tokens from ``text``."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     need = samples * seq_len
+    # a generous prefix (>= 16 characters per token) instead of tokenizing a whole corpus
+    ids = tokenizer(text[: need * 16], add_special_tokens=False, verbose=False)["input_ids"]
     if len(ids) < need:
         raise FTPError(f"calibration text has {len(ids)} tokens; need {need} ({samples} x {seq_len}); give more text")
     return torch.tensor(ids[:need], dtype=torch.int64).view(samples, seq_len)
