@@ -234,7 +234,7 @@ def save_schedule(schedule: Schedule, path: str | os.PathLike[str]) -> Path:
     finally:
         tmp_w.unlink(missing_ok=True)
     produced = dict(schedule.produced_by)
-    produced.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    produced.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     doc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -36,7 +36,7 @@ def write_manifest(folder: Path, *, target: str, model: dict[str, Any], schedule
     doc = {
         "format": "ftp-export-manifest",
         "format_version": 1,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "target": target,
         "model": model,
         "schedule": {
