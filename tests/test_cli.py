@@ -74,7 +74,7 @@ def _mutate(path: Path, fn) -> Path:
 
 
 BAD_SCHEDULES = {
-    "malformed": (lambda p: p.write_text("{oops") or p, "not valid JSON"),
+    "malformed": (lambda p: (p.write_text("{oops"), p)[1], "not valid JSON"),
     "block-count": (lambda p: _mutate(p, lambda d: d.update(block_sparsity=d["block_sparsity"][:-1])), "entries but the model has"),
     "sparsity-one": (lambda p: _mutate(p, lambda d: d["block_sparsity"].__setitem__(1, 1.0)), "block_sparsity[1]"),
     "sparsity-negative": (lambda p: _mutate(p, lambda d: d["block_sparsity"].__setitem__(1, -0.2)), "block_sparsity[1]"),
@@ -116,6 +116,7 @@ def test_model_without_schedule_says_how_to_make_one(tmp_path, capsys):
     from tests.conftest import build_tiny
 
     model = build_tiny(tmp_path / "m")
+    capsys.readouterr()  # drop save_pretrained's progress output
     assert main(["--model", str(model)]) == 2
     assert "ftp-export schedule --uniform" in _one_error_line(capsys)
 
@@ -124,6 +125,7 @@ def test_schedule_for_another_model(tmp_path, capsys):
     from tests.conftest import build_tiny
 
     model = build_tiny(tmp_path / "m", hidden_size=32)
+    capsys.readouterr()
     assert main(["--model", str(model), "--schedule", str(DEFAULT_SCHEDULE), "-o", str(tmp_path / "o")]) == 2
     assert "make a schedule for this model" in _one_error_line(capsys)
 
