@@ -60,7 +60,7 @@ class Settings:
     max_block_sparsity: float = 0.9
     router_steps: int = 150
     router_batch: int = 8
-    router_lr: float = 1e-2
+    router_lr: float = 3e-3
     temperature: float = 0.1
     distill_weight: float = DEFAULT_WEIGHTS["distill"]
     guide_weight: float = DEFAULT_WEIGHTS["guide"]
