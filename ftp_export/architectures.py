@@ -8,7 +8,6 @@ bias), RoPE, gated MLP.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +141,3 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
-
-def offline_hint() -> str:
-    return "set HF_HUB_OFFLINE=1 and pass a local directory" if not os.environ.get("HF_HUB_OFFLINE") else ""

@@ -3,7 +3,6 @@
     ftp-export [--model M] [--schedule S] [--target onnx|trt|compile] [-o DIR]   export (default)
     ftp-export schedule --uniform 0.4 [--model M] -o s40.json                    static schedule
     ftp-export bench ...                                                          dense vs routed
-    ftp-export eval ...                                                           accuracy retention
 
 User errors print one line ``error: ...`` and exit 2; a failed parity check exits 1.
 """
@@ -86,27 +85,17 @@ def cmd_schedule(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"export": cmd_export, "schedule": cmd_schedule}
+def cmd_bench(argv: list[str]) -> int:
+    from ftp_export.bench.cli import cmd_bench as run
+
+    return run(argv)
 
 
-def _lazy_commands() -> None:
-    try:
-        from ftp_export.bench.cli import cmd_bench
-
-        COMMANDS["bench"] = cmd_bench
-    except ImportError:
-        pass
-    try:
-        from ftp_export.eval.cli import cmd_eval
-
-        COMMANDS["eval"] = cmd_eval
-    except ImportError:
-        pass
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"export": cmd_export, "schedule": cmd_schedule, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _lazy_commands()
     name = argv[0] if argv and argv[0] in COMMANDS else "export"
     if argv and argv[0] == name:
         argv = argv[1:]

@@ -18,6 +18,3 @@ class ScheduleError(FTPError):
 class UnsupportedModelError(FTPError):
     """The model's architecture is not one the routed implementation covers."""
 
-
-class ParityError(FTPError):
-    """An exported artefact disagreed with the PyTorch reference beyond tolerance."""

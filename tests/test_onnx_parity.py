@@ -8,7 +8,7 @@ import torch
 
 from ftp_export.calibration import calibrate_decode_thresholds
 from ftp_export.export.onnx_export import export_onnx
-from ftp_export.parity import OrtGenerator, ParityCase, pad_batch, run_parity
+from ftp_export.parity import OrtGenerator, ParityCase, pad_batch, reference_trace, run_parity
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.schedule import new_schedule, uniform_sparsity
 
@@ -56,7 +56,7 @@ def test_onnx_matches_pytorch_at_sparsity_04(static_export):
     report = run_parity(routed, gen, _cases(), atol=ATOL)
     _assert_report(report)
     # the decode graph really skips tokens on this data (calibrated thresholds)
-    ref = run_parity.__globals__["reference_trace"](routed, _cases()[0])
+    ref = reference_trace(routed, _cases()[0])
     rows = [len(step[k]) for step in ref.routing[1:] for k in step if k.endswith(".rows")]
     assert 0 < sum(rows) < 3 * len(rows)
 
@@ -94,7 +94,7 @@ def test_tied_scores_break_the_same_way(tiny_model, tmp_path):
     cases = _cases(new_tokens=6)
     report = run_parity(routed, gen, cases, atol=ATOL)
     _assert_report(report)
-    ref = run_parity.__globals__["reference_trace"](routed, cases[1])
+    ref = reference_trace(routed, cases[1])
     k = ref.routing[0]["routing.1.indices"]
     assert k[0].tolist() == list(range(k.shape[1]))  # the earliest positions win every tie
     assert ref.routing[1]["routing.1.rows"].tolist() == [0]

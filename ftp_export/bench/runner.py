@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ftp_export.calibration import threshold_between
 from ftp_export.flops import routed_linear_flop_ratio
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.schedule import new_schedule, uniform_sparsity
@@ -117,7 +118,7 @@ def bench_decode(model: Any, batch: int, context: int, sparsity: float, device: 
     probe = routed(nxt, mask, pos, past_key_values=_clone(routed_cache), mode="decode", keep_scores=True)
     for b, r in enumerate(probe.routing):
         if r is not None:
-            schedule.decode_thresholds[b] = float(torch.quantile(r.scores.float().flatten(), sparsity))
+            schedule.decode_thresholds[b] = threshold_between(r.scores.float().flatten(), sparsity)
 
     def dense_step():
         c = _clone(dense_cache)

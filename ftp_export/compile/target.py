@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from ftp_export.errors import FTPError
-from ftp_export.export.graphs import DecodeGraph, PrefillGraph, past_names, present_names, routing_names
+from ftp_export.export.graphs import past_names, present_names, routing_names
 from ftp_export.export.job import TargetResult
-from ftp_export.export.onnx_export import _dynamic_shapes, _example_inputs
+from ftp_export.export.onnx_export import graph_export_args
 from ftp_export.parity import GraphGenerator
 from ftp_export.routed.model import RoutedCausalLM
 
@@ -64,13 +64,11 @@ class AotiGenerator(GraphGenerator):
 
 
 def export_target(model: RoutedCausalLM, out: Path, req: Any, log: Any) -> TargetResult:
-    n = model.config.num_hidden_layers
-    ds_pre = _dynamic_shapes(n, with_past=False)
-    ds_dec = _dynamic_shapes(n, with_past=True)
+    args = graph_export_args(model)
     log("      AOTInductor: prefill graph")
-    prefill = aoti_package(PrefillGraph(model).eval(), _example_inputs(model, 2, 8, 0), ds_pre, out / PREFILL_PT2)
+    prefill = aoti_package(*args["prefill"], out / PREFILL_PT2)
     log("      AOTInductor: decode graph")
-    decode = aoti_package(DecodeGraph(model).eval(), _example_inputs(model, 2, 2, 6), ds_dec, out / DECODE_PT2)
+    decode = aoti_package(*args["decode"], out / DECODE_PT2)
     gen = AotiGenerator(prefill, decode, model)
     return TargetResult(
         manifest={

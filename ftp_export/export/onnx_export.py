@@ -35,7 +35,7 @@ class ExportedGraphs:
     decode: Path
 
 
-def _example_inputs(model: RoutedCausalLM, batch: int, seq: int, past: int) -> tuple[torch.Tensor, ...]:
+def example_inputs(model: RoutedCausalLM, batch: int, seq: int, past: int) -> tuple[torch.Tensor, ...]:
     cfg = model.config
     device = next(model.hf.parameters()).device
     dtype = next(model.hf.parameters()).dtype
@@ -52,7 +52,7 @@ def _example_inputs(model: RoutedCausalLM, batch: int, seq: int, past: int) -> t
     return (ids, mask, pos, *kv)
 
 
-def _dynamic_shapes(num_layers: int, with_past: bool) -> dict[str, Any]:
+def dynamic_shapes(num_layers: int, with_past: bool) -> dict[str, Any]:
     shapes: dict[str, Any] = {name: {0: Dim.DYNAMIC, 1: Dim.DYNAMIC} for name in INPUTS}
     if with_past:
         shapes["past"] = tuple({0: Dim.DYNAMIC, 2: Dim.DYNAMIC} for _ in range(2 * num_layers))
@@ -93,6 +93,16 @@ def export_graph(
     return path
 
 
+def graph_export_args(model: RoutedCausalLM) -> dict[str, tuple[torch.nn.Module, tuple[torch.Tensor, ...], dict[str, Any]]]:
+    """Per graph ('prefill', 'decode'): the wrapper module, example inputs and dynamic shapes
+    that every graph exporter (ONNX, AOTInductor) traces with."""
+    n = model.config.num_hidden_layers
+    return {
+        "prefill": (PrefillGraph(model).eval(), example_inputs(model, batch=2, seq=8, past=0), dynamic_shapes(n, with_past=False)),
+        "decode": (DecodeGraph(model).eval(), example_inputs(model, batch=2, seq=2, past=6), dynamic_shapes(n, with_past=True)),
+    }
+
+
 @torch.no_grad()
 def export_onnx(
     model: RoutedCausalLM,
@@ -101,22 +111,21 @@ def export_onnx(
 ) -> ExportedGraphs:
     """Write ``decoder_model.onnx`` and ``decoder_with_past_model.onnx`` (+ external data)."""
     n = model.config.num_hidden_layers
+    args = graph_export_args(model)
     prefill = export_graph(
-        PrefillGraph(model).eval(),
-        _example_inputs(model, batch=2, seq=8, past=0),
+        *args["prefill"][:2],
         out_dir / PREFILL_FILE,
         INPUTS,
         ["logits", *present_names(n), *routing_names(model, "prefill")],
-        _dynamic_shapes(n, with_past=False),
+        args["prefill"][2],
         custom_translation_table,
     )
     decode = export_graph(
-        DecodeGraph(model).eval(),
-        _example_inputs(model, batch=2, seq=2, past=6),
+        *args["decode"][:2],
         out_dir / DECODE_FILE,
         INPUTS + past_names(n),
         ["logits", *present_names(n), *routing_names(model, "decode")],
-        _dynamic_shapes(n, with_past=True),
+        args["decode"][2],
         custom_translation_table,
     )
     return ExportedGraphs(prefill=prefill, decode=decode)

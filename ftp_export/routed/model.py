@@ -140,6 +140,7 @@ class RoutedCausalLM(nn.Module):
         cos, sin = hf.rotary_emb(h, position_ids)
         signal = torch.zeros(bsz, seq, dtype=torch.float32, device=h.device)
         tok = torch.arange(seq, device=h.device)
+        all_tok = tok.unsqueeze(0).expand(bsz, seq)
         routing: list[BlockRouting | None] = []
 
         for b, layer in enumerate(self.layers):
@@ -149,20 +150,18 @@ class RoutedCausalLM(nn.Module):
             if kind != "dense":
                 feats = router_features(signal, position_ids, n_ctx, valid, self.schedule.block_sparsity[b])
                 scores = self.routers(b, feats)
-            if kind == "dense":
-                q_index = (tok + past).unsqueeze(0).expand(bsz, seq)
-                allowed = attention_mask_for(key_valid, q_index, self.windows[b])
-                h, probs = compute_rows(layer, h, cos, sin, keys, values, allowed, self.head_dim, self.scaling)
-                total, count = received_attention(probs[:, :, past:], tok.unsqueeze(0).expand(bsz, seq), valid)
-                routing.append(None)
-            elif kind == "soft":
-                q_index = (tok + past).unsqueeze(0).expand(bsz, seq)
-                allowed = attention_mask_for(key_valid, q_index, self.windows[b])
+            if kind in ("dense", "soft"):  # every token runs the block
+                allowed = attention_mask_for(key_valid, all_tok + past, self.windows[b])
                 full, probs = compute_rows(layer, h, cos, sin, keys, values, allowed, self.head_dim, self.scaling)
-                gate = soft_topk_gate(scores, valid, self.q16[b], temperature)
-                h = h + gate.unsqueeze(-1).to(h.dtype) * (full - h)
-                total, count = received_attention(probs[:, :, past:], tok.unsqueeze(0).expand(bsz, seq), gate * valid)
-                routing.append(BlockRouting(scores=scores, gate=gate))
+                if kind == "dense":
+                    h, q_weight = full, valid
+                    routing.append(None)
+                else:
+                    gate = soft_topk_gate(scores, valid, self.q16[b], temperature)
+                    h = h + gate.unsqueeze(-1).to(h.dtype) * (full - h)
+                    q_weight = gate * valid
+                    routing.append(BlockRouting(scores=scores, gate=gate))
+                total, count = received_attention(probs[:, :, past:], all_tok, q_weight)
             elif kind == "topk":
                 rows, idx, active = self.lowering.topk_gather(h, scores, valid, self.q16[b])
                 pos = torch.gather(position_ids, 1, idx)
