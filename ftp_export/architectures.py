@@ -55,6 +55,11 @@ def resolve_model(arg: str | None) -> ModelRef:
             raise FTPError(f"--model {arg}: directory has no config.json; point it at a Hugging Face model folder")
         return ModelRef(path.resolve().name, str(path.resolve()))
     if arg in MODEL_ALIASES:
+        from ftp_export.evaluation.assets import model_dir
+
+        local = model_dir(arg)  # materialised offline by `ftp-export setup` (smollm2-135m)
+        if (local / "config.json").is_file():
+            return ModelRef(arg, str(local))
         return ModelRef(arg, MODEL_ALIASES[arg])
     if "/" in arg and not arg.startswith((".", "/")):
         return ModelRef(arg.split("/")[-1], arg)

@@ -3,10 +3,10 @@ skips, set so the skip rate on calibration text matches the block's sparsity.
 
 Teacher-forced decoding: each calibration sequence is prefilled for ``prompt_len`` tokens
 (top-k routing), then its remaining tokens are fed one per step in decode mode, as generation
-would. Pass 1 keeps every decode token (threshold -inf) and takes the s_b-quantile of each
-block's scores; later passes re-run with those thresholds in force (earlier blocks' skips change
-later blocks' attention signals) and re-take the quantiles. Each threshold is set midway between
-two observed scores (see :func:`threshold_between`).
+would. Blocks are calibrated in order, each with the final thresholds of the blocks before it in
+force (their skips change its hidden states and attention signals), taking the s_b-quantile of
+its scores. Each threshold is set midway between two observed scores (see
+:func:`threshold_between`).
 """
 
 from __future__ import annotations
@@ -58,31 +58,30 @@ def calibrate_decode_thresholds(
     model: RoutedCausalLM,
     sequences: torch.Tensor,
     prompt_len: int,
-    passes: int = 2,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[float | None], list[float | None]]:
-    """Set ``model.schedule.decode_thresholds`` in place. Returns (thresholds, measured skip rates)."""
+    """Set ``model.schedule.decode_thresholds`` in place. Returns (thresholds, measured skip rates).
+
+    Block by block, in order: block b's router sees only what blocks < b computed, so once their
+    thresholds are final, one teacher-forced pass (blocks >= b keeping every token) gives exactly
+    the scores block b will see in use. The measured rate is the skip rate of the final threshold
+    on those scores - the rate decode will have on this text, not an estimate.
+    """
     schedule = model.schedule
     if schedule is None:
         raise ValueError("calibration needs a schedule")
     n = schedule.num_blocks
+    routed = [b for b in range(n) if schedule.is_routed(b)]
     thresholds: list[float | None] = [float("-inf") if schedule.is_routed(b) else None for b in range(n)]
     rates: list[float | None] = [None] * n
-    for p in range(passes):
+    for k, b in enumerate(routed):
         schedule.decode_thresholds = list(thresholds)
-        scores = collect_decode_scores(model, sequences, prompt_len)
-        new: list[float | None] = [None] * n
-        for b in range(n):
-            if not schedule.is_routed(b) or not scores[b]:
-                continue
-            s = torch.cat(scores[b]).double()
-            if p > 0:  # skip rate achieved with the thresholds in force this pass
-                rates[b] = float((s < thresholds[b]).double().mean())
-            new[b] = threshold_between(s, schedule.block_sparsity[b])
-        thresholds = new
+        scores = collect_decode_scores(model, sequences, prompt_len)[b]
+        if scores:
+            s = torch.cat(scores).double()
+            thresholds[b] = threshold_between(s, schedule.block_sparsity[b])
+            rates[b] = float((s < thresholds[b]).double().mean())
         if progress:
-            progress(p + 1, passes)
+            progress(k + 1, len(routed))
     schedule.decode_thresholds = thresholds
-    if passes == 1:
-        rates = [None] * n
     return thresholds, rates

@@ -3,6 +3,8 @@
     ftp-export [--model M] [--schedule S] [--target onnx|trt|compile] [-o DIR]   export (default)
     ftp-export schedule --uniform 0.4 [--model M] -o s40.json                    static schedule
     ftp-export bench ...                                                          dense vs routed
+    ftp-export eval --model M --schedule S ...                                    accuracy retention
+    ftp-export setup [smollm2-135m] [brown]                                       offline eval assets
 
 User errors print one line ``error: ...`` and exit 2; a failed parity check exits 1.
 """
@@ -91,7 +93,21 @@ def cmd_bench(argv: list[str]) -> int:
     return run(argv)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"export": cmd_export, "schedule": cmd_schedule, "bench": cmd_bench}
+def cmd_eval(argv: list[str]) -> int:
+    from ftp_export.evaluation.cli import cmd_eval as run
+
+    return run(argv)
+
+
+def cmd_setup(argv: list[str]) -> int:
+    from ftp_export.evaluation.cli import cmd_setup as run
+
+    return run(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "export": cmd_export, "schedule": cmd_schedule, "bench": cmd_bench, "eval": cmd_eval, "setup": cmd_setup,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,3 +126,26 @@ def test_console_script_error_exit_code(tmp_path):
     proc = subprocess.run([*cmd, "--sparsity", "1.2", "-o", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith("error: --sparsity 1.2")
+
+
+def test_router_training_returns_the_best_routers_it_scored(tiny_model):
+    """Model selection: the returned routers score the minimum of every evaluation made,
+    the starting (static + noise) routers included."""
+    import torch
+
+    from ftp_export.routing.router import static_router_bank
+    from ftp_export_trainer.evaluate import dense_logits, routed_kl, routed_model
+    from ftp_export_trainer.router_training import RouterTrainConfig, train_routers
+
+    data = torch.randint(0, 259, (4, 24), generator=torch.Generator().manual_seed(0))
+    ref = dense_logits(tiny_model, data, 4)
+    sparsity = [0.0, 0.5, 0.5, 0.5]
+
+    def score(bank):
+        return routed_kl(routed_model(tiny_model, sparsity, bank), data, ref, 4)
+
+    cfg = RouterTrainConfig(steps=6, batch_size=2, lr=0.05, select_every=2)
+    bank, history = train_routers(tiny_model, sparsity, static_router_bank(4), data, ref, cfg, seed=0, evaluate=score)
+    scored = [r["selection"] for r in history if "selection" in r]
+    assert [r["step"] for r in history if "selection" in r] == [0, 2, 4, 6]
+    assert score(bank) == pytest.approx(min(scored), abs=1e-9)

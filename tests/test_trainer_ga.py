@@ -51,3 +51,16 @@ def test_ga_improves_keeps_constraint_and_resumes_identically():
     _, saved = _search(cfg, stop_after=3)
     resumed = run_ga(saved[-1], None, [1, 2, 3], 1.6, cfg, _fitness)
     assert resumed.population == full.population and resumed.fitness == full.fitness
+
+
+def test_influence_seeds_fill_the_least_influential_blocks_first():
+    from ftp_export_trainer.ga import influence_seeds
+
+    influence = [0.9, 0.30, 0.05, 0.10, 0.20, 0.40]
+    greedy, mid = influence_seeds(influence, [1, 2, 3, 4, 5], 2.4, 0.9)
+    assert greedy == pytest.approx([0.0, 0.0, 0.9, 0.9, 0.6, 0.0])  # blocks 2, 3 full, the rest on block 4
+    assert mid == pytest.approx([0.0, 0.24, 0.69, 0.69, 0.54, 0.24])
+    assert sum(mid) == pytest.approx(2.4)
+    cfg = GAConfig(population=4, upper=0.9)
+    _, pending = init_state([0.0] + [0.48] * 5, [1, 2, 3, 4, 5], 2.4, cfg, seed=0, seeds=[greedy, mid])
+    assert pending[1:3] == [pytest.approx(greedy), pytest.approx(mid)] and len(pending) == 4

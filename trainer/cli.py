@@ -41,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-weight", type=float, default=d.distill_weight, help="router loss: KL to dense")
     p.add_argument("--guide-weight", type=float, default=d.guide_weight, help="router loss: BCE toward the static router")
     p.add_argument("--sparsity-weight", type=float, default=d.sparsity_weight, help="router loss: keep-rate constraint")
+    p.add_argument("--select-every", type=int, default=d.select_every,
+                   help="score the hard-routed routers every N steps and keep the best (0: keep the last)")
     p.add_argument("--calib-samples", type=int, default=d.calib_samples, help="sequences for decode thresholds")
     p.add_argument("--route-first-block", action="store_true", help="also route block 0 (dense by default)")
+    p.add_argument("--no-influence-seeds", dest="influence_seeds", action="store_false",
+                   help="start the GA from the even spread only (default: also from ShortGPT block influence)")
     p.add_argument("--resume", action="store_true", help="continue from <output>.ckpt/")
     p.add_argument("--no-eval", dest="evaluate", action="store_false", help="skip the held-out comparison")
     p.add_argument("--no-progress", dest="progress", action="store_false")

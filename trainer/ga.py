@@ -67,6 +67,24 @@ def repair(genome: np.ndarray, free: list[int], total: float, upper: float) -> n
     return x
 
 
+def influence_seeds(influence: list[float], free: list[int], target_sum: float, upper: float) -> list[list[float]]:
+    """Two GA starting points from ShortGPT block influence: the sparsity poured into the
+    least influential free blocks up to ``upper`` (a soft form of layer dropping), and the
+    midpoint between that and the even spread. The GA then starts no worse than layer
+    dropping's choice of blocks, which on small models is a strong schedule."""
+    n = len(influence)
+    greedy = np.zeros(n, dtype=np.float64)
+    left = target_sum
+    for b in sorted(free, key=lambda i: (influence[i], i)):
+        greedy[b] = min(upper, left)
+        left -= greedy[b]
+        if left <= 1e-12:
+            break
+    even = np.zeros(n, dtype=np.float64)
+    even[free] = target_sum / len(free)
+    return [greedy.tolist(), (0.5 * (greedy + even)).tolist()]
+
+
 def _tournament(rng: np.random.Generator, fitness: list[float], size: int) -> int:
     picks = rng.choice(len(fitness), size=min(size, len(fitness)), replace=False)
     return int(min(picks, key=lambda i: (fitness[i], i)))
@@ -85,11 +103,15 @@ def _child(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, free: list[in
     return repair(child + noise, free, total, cfg.upper)
 
 
-def init_state(uniform: list[float], free: list[int], target_sum: float, cfg: GAConfig, seed: int) -> tuple[GAState, list[list[float]]]:
-    """Generation 0 genomes (the uniform schedule first) - fitness still to be evaluated."""
+def init_state(
+    uniform: list[float], free: list[int], target_sum: float, cfg: GAConfig, seed: int, seeds: list[list[float]] = ()
+) -> tuple[GAState, list[list[float]]]:
+    """Generation 0 genomes - ``uniform`` first, then ``seeds``, then random perturbations of
+    ``uniform`` - with fitness still to be evaluated."""
     rng = np.random.default_rng(seed)
     base = np.asarray(uniform, dtype=np.float64)
     pop = [repair(base, free, target_sum, cfg.upper)]
+    pop += [repair(np.asarray(g, dtype=np.float64), free, target_sum, cfg.upper) for g in seeds][: cfg.population - 1]
     while len(pop) < cfg.population:
         pop.append(repair(base + rng.normal(0.0, cfg.init_sigma, len(base)), free, target_sum, cfg.upper))
     genomes = [p.tolist() for p in pop]

@@ -30,7 +30,7 @@ from ftp_export_trainer import __version__
 from ftp_export_trainer import distributed as dist
 from ftp_export_trainer.data import CalibrationData, load_data, read_documents
 from ftp_export_trainer.evaluate import dense_logits, held_out_metrics, routed_kl, routed_model
-from ftp_export_trainer.ga import GAConfig, GAState, init_state, run_ga
+from ftp_export_trainer.ga import GAConfig, GAState, influence_seeds, init_state, run_ga
 from ftp_export_trainer.losses import DEFAULT_WEIGHTS
 from ftp_export_trainer.router_training import RouterTrainConfig, train_routers
 
@@ -67,6 +67,8 @@ class Settings:
     sparsity_weight: float = DEFAULT_WEIGHTS["sparsity"]
     calib_samples: int = 4
     route_first_block: bool = False
+    influence_seeds: bool = True
+    select_every: int = 25
     device: str = "cpu"
     dtype: str = "float32"
     threads: int = 0
@@ -193,6 +195,7 @@ class Context:
     n: int
     ckpt: Checkpoints
     log: Callable[[str], None]
+    seeds: list[list[float]]
 
 
 def fitness_fn(ctx: Context, routers: RouterBank | None, bar: tqdm) -> Callable[[list[list[float]]], list[float]]:
@@ -224,7 +227,7 @@ def run_search(ctx: Context, name: str, routers: RouterBank | None, seed: int, i
             raise FTPError(f"checkpoint {ctx.ckpt.path(name + '.json')} is corrupt ({exc}); delete {ctx.ckpt.dir} or run without --resume") from None
         ctx.log(f"{name}: resuming after generation {state.generation}")
     else:
-        state, pending = init_state(init, ctx.free, total, cfg, seed)
+        state, pending = init_state(init, ctx.free, total, cfg, seed, ctx.seeds)
         ctx.ckpt.write_json(f"{name}.json", {"state": state.to_json(), "pending": pending})
     if state.done:
         return state
@@ -252,14 +255,21 @@ def run_router_training(ctx: Context, sparsity: list[float]) -> tuple[RouterBank
         except KeyError as exc:
             raise FTPError(f"checkpoint {ctx.ckpt.path('step2.json')} is corrupt (missing {exc}); delete {ctx.ckpt.dir} or run without --resume") from None
     weights = {"distill": s.distill_weight, "guide": s.guide_weight, "sparsity": s.sparsity_weight}
-    cfg = RouterTrainConfig(steps=s.router_steps, batch_size=s.router_batch, lr=s.router_lr, temperature=s.temperature, weights=weights)
+    cfg = RouterTrainConfig(steps=s.router_steps, batch_size=s.router_batch, lr=s.router_lr, temperature=s.temperature,
+                            weights=weights, select_every=s.select_every)
     with _bar(cfg.steps, "step 2 routers", s.progress) as bar:
 
         def tick(rec: dict[str, float]) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
 
-        bank, history = train_routers(ctx.hf, sparsity, static_router_bank(ctx.n), ctx.data.train, ctx.reference, cfg, s.seed + 2, tick)
+        def selection(candidate: RouterBank) -> float:  # the GA fitness: hard-routed KL on the calibration windows
+            return routed_kl(routed_model(ctx.hf, sparsity, candidate), ctx.data.train, ctx.reference, s.batch_size)
+
+        bank, history = train_routers(
+            ctx.hf, sparsity, static_router_bank(ctx.n), ctx.data.train, ctx.reference, cfg, s.seed + 2, tick,
+            evaluate=selection if s.select_every > 0 else None,
+        )
     thresholds = calibrate(ctx, sparsity, bank)
     ctx.ckpt.write_routers("step2.routers.safetensors", bank)
     ctx.ckpt.write_json("step2.json", {"done": True, "history": history, "decode_thresholds": thresholds})
@@ -271,7 +281,7 @@ def calibrate(ctx: Context, sparsity: list[float], bank: RouterBank) -> list[flo
     s = ctx.settings
     seqs = ctx.data.train[: s.calib_samples]
     model = routed_model(ctx.hf, sparsity, bank)
-    with _bar(2, "decode thresholds", s.progress) as bar:
+    with _bar(sum(x > 0 for x in sparsity), "decode thresholds", s.progress) as bar:
         thresholds, _ = calibrate_decode_thresholds(model, seqs, max(1, seqs.shape[1] // 2), progress=lambda p, n: bar.update(1))
     return thresholds
 
@@ -312,7 +322,11 @@ def run(s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
         ckpt.reset()
     ckpt.write_json("meta.json", meta)
     reference = dense_logits(hf, data.train, s.batch_size)
-    ctx = Context(s, hf, data, reference, free, n, ckpt, log)
+    seeds = []
+    if s.influence_seeds:
+        influence = block_influence(hf, data.train, batch_size=s.batch_size)
+        seeds = influence_seeds(influence, free, s.sparsity * n, s.max_block_sparsity)
+    ctx = Context(s, hf, data, reference, free, n, ckpt, log, seeds)
     timings["setup_s"] = time.perf_counter() - t0
 
     uniform = [0.0] * n
@@ -346,7 +360,7 @@ def run(s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
             "method": "FTP (arXiv 2412.11494): GA sparsity search with static routers, router training, GA fine-tuning",
             "settings": settings_doc,
             "data": data.source,
-            "calibration": {"decode_thresholds": {"samples": s.calib_samples, "prompt_len": s.seq_len // 2, "passes": 2}},
+            "calibration": {"decode_thresholds": {"samples": s.calib_samples, "prompt_len": s.seq_len // 2, "order": "block by block"}},
             "seed": s.seed,
             "world_size": dist.world(),
         },

@@ -54,7 +54,11 @@ def write_report(report: dict[str, Any], output: Path) -> dict[str, Path]:
     axes[0].legend(fontsize=8)
     rh = report["router_history"]
     for part in ("loss", "distill", "guide", "sparsity"):
-        axes[1].plot([r["step"] for r in rh], [r[part] for r in rh], label=part)
+        pts = [(r["step"], r[part]) for r in rh if part in r]
+        axes[1].plot([p[0] for p in pts], [p[1] for p in pts], label=part)
+    sel = [(r["step"], r["selection"]) for r in rh if "selection" in r]
+    if sel:
+        axes[1].plot([p[0] for p in sel], [p[1] for p in sel], "k.", label="hard KL (selection)")
     axes[1].set_xlabel("step")
     axes[1].set_title("router training")
     axes[1].set_yscale("log")

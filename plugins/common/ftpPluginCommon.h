@@ -345,4 +345,18 @@ private:
 } // namespace plugin
 } // namespace ftp
 
+//! The launch hook every plugin declares (see PluginBase::enqueue).
+#define FTP_PLUGIN_LAUNCH_HOOK                                                                                         \
+    cudaError_t launch(nvinfer1::PluginTensorDesc const* inputDesc, void const* const* inputs, void* const* outputs,  \
+        ftp_dtype_t dtype, void* workspace, size_t workspaceSize, cudaStream_t stream) const;
+
+//! The hooks of a plugin with creator fields and its own output shapes (the gather plugins).
+#define FTP_PLUGIN_FIELD_HOOKS                                                                                         \
+    static nvinfer1::IPluginV3* create(nvinfer1::PluginFieldCollection const* fc);                                   \
+    static void appendFieldNames(std::vector<nvinfer1::PluginField>& fields);                                         \
+    void appendFields(std::vector<nvinfer1::PluginField>& fields);                                                   \
+    int32_t outputShapes(                                                                                              \
+        nvinfer1::DimsExprs const* inputs, nvinfer1::DimsExprs* outputs, nvinfer1::IExprBuilder& eb) noexcept;        \
+    FTP_PLUGIN_LAUNCH_HOOK
+
 #endif // FTP_PLUGIN_COMMON_H

@@ -28,13 +28,7 @@ public:
 
     explicit FtpThresholdGatherPlugin(float threshold);
 
-    static nvinfer1::IPluginV3* create(nvinfer1::PluginFieldCollection const* fc);
-    static void appendFieldNames(std::vector<nvinfer1::PluginField>& fields);
-    void appendFields(std::vector<nvinfer1::PluginField>& fields);
-    int32_t outputShapes(
-        nvinfer1::DimsExprs const* inputs, nvinfer1::DimsExprs* outputs, nvinfer1::IExprBuilder& eb) noexcept;
-    cudaError_t launch(nvinfer1::PluginTensorDesc const* inputDesc, void const* const* inputs, void* const* outputs,
-        ftp_dtype_t dtype, void* workspace, size_t workspaceSize, cudaStream_t stream) const;
+    FTP_PLUGIN_FIELD_HOOKS
 
 private:
     float mThreshold;

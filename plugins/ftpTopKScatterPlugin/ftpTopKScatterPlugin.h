@@ -25,8 +25,7 @@ public:
     static constexpr char const* kEXPECTS = "residual [B,T,D], rows [B,K,D], indices [B,K], active [B,K]";
     static constexpr size_t (*kWORKSPACE_SIZE)(int64_t, int64_t) = &ftp_topk_scatter_workspace_size;
 
-    cudaError_t launch(nvinfer1::PluginTensorDesc const* inputDesc, void const* const* inputs, void* const* outputs,
-        ftp_dtype_t dtype, void* workspace, size_t workspaceSize, cudaStream_t stream) const;
+    FTP_PLUGIN_LAUNCH_HOOK
 };
 
 using FtpTopKScatterPluginCreator = PluginCreator<FtpTopKScatterPlugin>;

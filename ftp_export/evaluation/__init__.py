@@ -1,0 +1,1 @@
+"""Accuracy evaluation on real models and text: assets, tasks, scoring, baselines, report."""

@@ -1,0 +1,167 @@
+"""``ftp-export eval``: accuracy retention of FTP schedules next to equal-compute baselines.
+
+For every schedule given, three rows at the same compute: the schedule itself (FTP), the same
+mean sparsity with uniform blocks and the static router, and ShortGPT layer dropping at the
+nearest equal linear FLOPs. ``--uniform S`` adds baseline-only groups (no schedule needed).
+Each row gets held-out perplexity and zero-shot multiple-choice accuracy
+(:mod:`~ftp_export.evaluation.tasks`); retention = pruned / dense (for perplexity: dense PPL /
+pruned PPL, so 1.0 is lossless for both).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ftp_export.architectures import fingerprint, load_model, load_tokenizer, resolve_model
+from ftp_export.baselines import block_influence
+from ftp_export.errors import FTPError
+from ftp_export.evaluation import methods as M
+from ftp_export.evaluation.scoring import Encoder, perplexity, score_items
+from ftp_export.evaluation.tasks import TASKS, build_tasks
+from ftp_export.schedule import load_schedule
+
+#: The metric each task is judged by (lm-evaluation-harness convention for such tasks).
+PRIMARY = {"brown-cloze": "acc", "brown-next-sentence": "acc_norm"}
+
+
+@dataclass
+class EvalRequest:
+    model: str | None = None
+    schedules: list[str] = field(default_factory=list)
+    uniform: list[float] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    items: int = 200
+    ppl_windows: int = 16
+    seq_len: int = 512
+    influence_windows: int = 8
+    seed: int = 0
+    output: str = "exported/eval"
+    device: str = "cpu"
+    max_tokens: int = 4096
+    brown_tarball: str | None = None
+    progress: bool = True
+
+
+def _validate(req: EvalRequest) -> None:
+    if not req.schedules and not req.uniform:
+        raise FTPError("nothing to compare: give --schedule FILE (FTP) and/or --uniform S (baselines only)")
+    for s in req.uniform:
+        if not 0.0 < s < 1.0:
+            raise FTPError(f"--uniform {s}: sparsity must be in (0, 1)")
+    unknown = [t for t in req.tasks if t not in TASKS]
+    if unknown:
+        raise FTPError(f"--tasks: unknown task {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    for name, v in (("items", req.items), ("ppl-windows", req.ppl_windows), ("influence-windows", req.influence_windows)):
+        if v < 1:
+            raise FTPError(f"--{name} must be >= 1")
+    if req.seq_len < 8:
+        raise FTPError("--seq-len must be >= 8")
+
+
+def _windows(texts: list[str], encode: Any, seq_len: int, count: int, eos: int | None) -> torch.Tensor:
+    ids: list[int] = []
+    for t in texts:
+        ids += encode(t) + ([eos] if eos is not None else [])
+        if len(ids) >= seq_len * count * 4:  # enough to spread ``count`` windows; skip tokenising the rest
+            break
+    if len(ids) < seq_len:
+        raise FTPError(f"held-out text has {len(ids)} tokens, fewer than --seq-len {seq_len}")
+    t = torch.tensor(ids, dtype=torch.int64)
+    n = min(count, len(ids) // seq_len)
+    step = (len(ids) // seq_len) // n
+    return torch.stack([t[i * step * seq_len : (i * step + 1) * seq_len] for i in range(n)])
+
+
+def _texts(folder: Path, split: str) -> list[str]:
+    with open(folder / f"{split}.jsonl") as f:
+        return [json.loads(line)["text"] for line in f if line.strip()]
+
+
+def build_methods(hf: Any, schedules: list[tuple[str, Any]], uniform: list[float], influence: list[float]) -> list[tuple[str, M.Method]]:
+    """(group, method) rows: dense, then per schedule FTP + uniform-static + ShortGPT at equal FLOPs."""
+    rows = [("dense", M.dense(hf))]
+    for label, sched in schedules:
+        group = f"s={sched.target_sparsity:.2f} ({label})"
+        rows += [(group, M.ftp(hf, sched, label)), (group, M.uniform_static(hf, sched.target_sparsity)),
+                 (group, M.shortgpt(hf, influence, list(sched.block_sparsity)))]
+    for s in uniform:
+        u = M.uniform_static(hf, s)
+        rows += [(f"s={s:.2f}", u), (f"s={s:.2f}", M.shortgpt(hf, influence, u.detail["block_sparsity"]))]
+    return rows
+
+
+def run_eval(req: EvalRequest, log: Any = print) -> dict[str, Any]:
+    from ftp_export.evaluation.assets import load_documents, materialise_brown
+
+    _validate(req)
+    t0 = time.perf_counter()
+    ref = resolve_model(req.model)
+    schedules = []
+    for path in req.schedules:
+        sched = load_schedule(path)
+        schedules.append((Path(path).stem, sched))
+    hf = load_model(ref, torch.float32, req.device)
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    fp = fingerprint(hf.config)
+    for _, sched in schedules:
+        sched.check_model(fp)
+    tokenizer = load_tokenizer(ref)
+    encoder = Encoder(tokenizer)
+    brown = materialise_brown(Path(req.brown_tarball) if req.brown_tarball else None)
+    documents = load_documents(brown)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    held = _windows(_texts(brown, "held_out"), encoder.encode, req.seq_len, req.ppl_windows, eos)
+    calib = _windows(_texts(brown, "train"), encoder.encode, min(req.seq_len, 256), req.influence_windows, eos)
+    influence = block_influence(hf, calib.to(req.device), batch_size=4)
+    tasks = build_tasks(documents, req.tasks, req.items, req.seed)
+    rows = build_methods(hf, schedules, req.uniform, influence)
+    results = []
+    show = req.progress
+    for group, method in tqdm(rows, desc="methods", disable=not show, dynamic_ncols=True):
+        t = time.perf_counter()
+        row: dict[str, Any] = {"group": group, "method": method.name, "kind": method.kind, "sparsity": method.sparsity,
+                               "flop_ratio": method.flop_ratio, **method.detail}
+        row["perplexity"] = perplexity(method.forward, held, 4, req.device, desc=f"{method.name} ppl" if show else None)
+        row["tasks"] = {name: score_items(method.forward, encoder, items, req.max_tokens, req.device,
+                                          desc=f"{method.name} {name}" if show else None)
+                        for name, items in tasks.items()}
+        row["seconds"] = time.perf_counter() - t
+        results.append(row)
+        log(f"{method.name}: PPL {row['perplexity']['perplexity']:.3f}"
+            + "".join(f", {k} {v[PRIMARY[k]]:.3f}" for k, v in row["tasks"].items()))
+    add_retention(results)
+    return {
+        "tool": "ftp-export eval",
+        "model": ref.source,
+        "schedules": [{"label": lbl, "path": str(s.path), "sha256": s.sha256, "sparsity": s.target_sparsity} for lbl, s in schedules],
+        "text": json.loads((brown / "SOURCE.json").read_text()),
+        "perplexity_windows": {"count": int(held.shape[0]), "seq_len": int(held.shape[1]), "split": "held_out"},
+        "tasks": {name: {"items": len(items), "primary_metric": PRIMARY[name], "chance": 1 / len(items[0].choices) if items else None}
+                  for name, items in tasks.items()},
+        "seed": req.seed,
+        "results": results,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def add_retention(results: list[dict[str, Any]]) -> None:
+    """Fill ``retention`` (pruned / dense) and ``accuracy`` (mean primary metric) in every row."""
+    dense = next(r for r in results if r["kind"] == "dense")
+    for r in results:
+        r["accuracy"] = sum(v[PRIMARY[k]] for k, v in r["tasks"].items()) / max(len(r["tasks"]), 1) if r["tasks"] else None
+    for r in results:
+        ret = {"perplexity": dense["perplexity"]["perplexity"] / r["perplexity"]["perplexity"]}
+        for k, v in r["tasks"].items():
+            d = dense["tasks"][k][PRIMARY[k]]
+            ret[k] = v[PRIMARY[k]] / d if d else None
+        if r["accuracy"] is not None and dense["accuracy"]:
+            ret["accuracy"] = r["accuracy"] / dense["accuracy"]
+        r["retention"] = ret

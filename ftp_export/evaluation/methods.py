@@ -1,0 +1,67 @@
+"""The model variants an evaluation compares, each as a :data:`~.scoring.Forward`.
+
+- ``dense``: the Hugging Face model itself.
+- ``ftp``: a schedule file (trained routers + per-block sparsity) on the routed model.
+- ``uniform-static``: the same mean sparsity spread evenly (block 0 dense) with the static
+  position-priority router - exactly the same linear FLOPs as the FTP schedule.
+- ``shortgpt``: the blocks with the lowest ShortGPT block influence dropped, as many as bring the
+  linear FLOPs nearest to the routed model's (:func:`ftp_export.baselines.equal_flops_dropped_blocks`).
+
+Prefill routing (exact top-k) is used throughout: it is what a prompt's log-likelihood goes
+through at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ftp_export.baselines import drop_blocks, equal_flops_dropped_blocks, shortgpt_blocks
+from ftp_export.evaluation.scoring import Forward
+from ftp_export.flops import routed_linear_flop_ratio
+from ftp_export.routed.model import RoutedCausalLM
+from ftp_export.schedule import Schedule, new_schedule, uniform_sparsity
+
+
+@dataclass
+class Method:
+    name: str
+    kind: str  # dense | ftp | uniform-static | shortgpt
+    sparsity: float  # mean block sparsity (ShortGPT: dropped blocks / blocks)
+    flop_ratio: float  # dense / pruned linear FLOPs
+    forward: Forward = field(repr=False)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def hf_forward(model: Any) -> Forward:
+    return lambda ids, mask: model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+
+def routed_forward(model: RoutedCausalLM) -> Forward:
+    return lambda ids, mask: model(ids, attention_mask=mask, mode="prefill").logits
+
+
+def dense(hf: Any) -> Method:
+    return Method("dense", "dense", 0.0, 1.0, hf_forward(hf))
+
+
+def ftp(hf: Any, schedule: Schedule, label: str) -> Method:
+    sp = list(schedule.block_sparsity)
+    return Method(f"FTP {label}", "ftp", schedule.target_sparsity, routed_linear_flop_ratio(hf.config, sp),
+                  routed_forward(RoutedCausalLM(hf, schedule).eval()), {"block_sparsity": sp})
+
+
+def uniform_static(hf: Any, sparsity: float) -> Method:
+    sp = uniform_sparsity(int(hf.config.num_hidden_layers), sparsity)
+    model = RoutedCausalLM(hf, new_schedule(hf.config, sp)).eval()
+    return Method(f"uniform + static s={sparsity:.2f}", "uniform-static", sum(sp) / len(sp),
+                  routed_linear_flop_ratio(hf.config, sp), routed_forward(model), {"block_sparsity": sp})
+
+
+def shortgpt(hf: Any, influence: list[float], routed_sparsity: list[float]) -> Method:
+    n = int(hf.config.num_hidden_layers)
+    count = equal_flops_dropped_blocks(hf.config, routed_sparsity)
+    blocks = shortgpt_blocks(influence, count)
+    pruned = drop_blocks(hf, blocks) if blocks else hf
+    return Method(f"ShortGPT drop {count}/{n}", "shortgpt", count / n, n / (n - count), hf_forward(pruned),
+                  {"dropped_blocks": blocks, "block_influence": influence})
