@@ -46,7 +46,8 @@ def test_output_schedule_is_valid(first_run):
     assert abs(sched.target_sparsity - 0.4) < 1e-6
     assert sched.block_sparsity[0] == 0.0
     assert all(0 <= s < 0.9 + 1e-9 for s in sched.block_sparsity)
-    assert all(t is not None for t in sched.decode_thresholds[1:])
+    # a threshold for exactly the routed blocks (the GA may leave a block dense)
+    assert [t is not None for t in sched.decode_thresholds] == [s > 0 for s in sched.block_sparsity]
     pb = sched.produced_by
     assert pb["tool"] == "ftp-train" and pb["seed"] == 3 and pb["data"]["kind"] == "file"
     report = json.loads(first_run.with_name("s40.report.json").read_text())

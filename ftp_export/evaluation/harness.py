@@ -66,11 +66,10 @@ def _validate(req: EvalRequest) -> None:
 
 
 def _windows(texts: list[str], encode: Any, seq_len: int, count: int, eos: int | None) -> torch.Tensor:
+    """``count`` windows spread evenly over all of ``texts`` (every category of the corpus)."""
     ids: list[int] = []
     for t in texts:
         ids += encode(t) + ([eos] if eos is not None else [])
-        if len(ids) >= seq_len * count * 4:  # enough to spread ``count`` windows; skip tokenising the rest
-            break
     if len(ids) < seq_len:
         raise FTPError(f"held-out text has {len(ids)} tokens, fewer than --seq-len {seq_len}")
     t = torch.tensor(ids, dtype=torch.int64)
@@ -114,6 +113,7 @@ def run_eval(req: EvalRequest, log: Any = print) -> dict[str, Any]:
     for _, sched in schedules:
         sched.check_model(fp)
     tokenizer = load_tokenizer(ref)
+    tokenizer.model_max_length = 1 << 40  # whole documents are tokenised, then cut into windows
     encoder = Encoder(tokenizer)
     brown = materialise_brown(Path(req.brown_tarball) if req.brown_tarball else None)
     documents = load_documents(brown)
