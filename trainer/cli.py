@@ -6,13 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ftp_export.cli import _Parser  # one-line errors, exit 2
 from ftp_export.errors import FTPError
 from ftp_export_trainer.pipeline import Interrupted, Settings
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise FTPError(f"{self.prog}: {message}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -195,7 +195,7 @@ class Context:
     n: int
     ckpt: Checkpoints
     log: Callable[[str], None]
-    seeds: list[list[float]]
+    influence: list[float]  # ShortGPT block influence on the calibration windows
 
 
 def fitness_fn(ctx: Context, routers: RouterBank | None, bar: tqdm) -> Callable[[list[list[float]]], list[float]]:
@@ -227,7 +227,8 @@ def run_search(ctx: Context, name: str, routers: RouterBank | None, seed: int, i
             raise FTPError(f"checkpoint {ctx.ckpt.path(name + '.json')} is corrupt ({exc}); delete {ctx.ckpt.dir} or run without --resume") from None
         ctx.log(f"{name}: resuming after generation {state.generation}")
     else:
-        state, pending = init_state(init, ctx.free, total, cfg, seed, ctx.seeds)
+        seeds = influence_seeds(ctx.influence, ctx.free, total, s.max_block_sparsity) if s.influence_seeds else []
+        state, pending = init_state(init, ctx.free, total, cfg, seed, seeds)
         ctx.ckpt.write_json(f"{name}.json", {"state": state.to_json(), "pending": pending})
     if state.done:
         return state
@@ -322,11 +323,8 @@ def run(s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
         ckpt.reset()
     ckpt.write_json("meta.json", meta)
     reference = dense_logits(hf, data.train, s.batch_size)
-    seeds = []
-    if s.influence_seeds:
-        influence = block_influence(hf, data.train, batch_size=s.batch_size)
-        seeds = influence_seeds(influence, free, s.sparsity * n, s.max_block_sparsity)
-    ctx = Context(s, hf, data, reference, free, n, ckpt, log, seeds)
+    influence = block_influence(hf, data.train, batch_size=s.batch_size)  # GA seeds and the ShortGPT row
+    ctx = Context(s, hf, data, reference, free, n, ckpt, log, influence)
     timings["setup_s"] = time.perf_counter() - t0
 
     uniform = [0.0] * n
@@ -415,14 +413,13 @@ def compare(ctx: Context, uniform: list[float], step1: list[float], final: list[
         model = routed_model(hf, sp, routers)
         return lambda ids: model(ids, mode="prefill").logits.float()
 
-    influence = block_influence(hf, ctx.data.train, batch_size=s.batch_size)
     n_drop = equal_flops_dropped_blocks(hf.config, final)
-    dropped = shortgpt_blocks(influence, n_drop)
+    dropped = shortgpt_blocks(ctx.influence, n_drop)
     short = drop_blocks(hf, dropped)
     n_ceil = equal_flops_dropped_blocks(hf.config, final, rounding="ceil")
     extra = []
     if n_ceil != n_drop:  # the nearest count costs more than the routed model: also show the cheaper one
-        ceil_blocks = shortgpt_blocks(influence, n_ceil)
+        ceil_blocks = shortgpt_blocks(ctx.influence, n_ceil)
         shorter = drop_blocks(hf, ceil_blocks)
         extra.append((f"ShortGPT drop {n_ceil} blocks {ceil_blocks} (<= routed FLOPs)",
                       lambda ids: shorter(input_ids=ids, use_cache=False).logits.float(), n_ceil))

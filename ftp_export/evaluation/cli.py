@@ -6,12 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ftp_export.cli import _Parser  # one-line errors, exit 2
 from ftp_export.errors import FTPError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise FTPError(f"{self.prog}: {message}")
 
 
 def _floats(text: str) -> list[float]:

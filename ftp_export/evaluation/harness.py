@@ -26,6 +26,7 @@ from ftp_export.evaluation import methods as M
 from ftp_export.evaluation.scoring import Encoder, perplexity, score_items
 from ftp_export.evaluation.tasks import TASKS, build_tasks
 from ftp_export.schedule import load_schedule
+from ftp_export.token_windows import windows
 
 #: The metric each task is judged by (lm-evaluation-harness convention for such tasks).
 PRIMARY = {"brown-cloze": "acc", "brown-next-sentence": "acc_norm"}
@@ -72,10 +73,7 @@ def _windows(texts: list[str], encode: Any, seq_len: int, count: int, eos: int |
         ids += encode(t) + ([eos] if eos is not None else [])
     if len(ids) < seq_len:
         raise FTPError(f"held-out text has {len(ids)} tokens, fewer than --seq-len {seq_len}")
-    t = torch.tensor(ids, dtype=torch.int64)
-    n = min(count, len(ids) // seq_len)
-    step = (len(ids) // seq_len) // n
-    return torch.stack([t[i * step * seq_len : (i * step + 1) * seq_len] for i in range(n)])
+    return windows(ids, seq_len, min(count, len(ids) // seq_len))  # disjoint windows only
 
 
 def _texts(folder: Path, split: str) -> list[str]:
