@@ -101,6 +101,36 @@ def equal_flops_dropped_blocks(config: Any, block_sparsity: list[float], roundin
     return max(0, min(n - 1, int(count)))
 
 
+def bracketing_drop_counts(config: Any, block_sparsity: list[float]) -> list[int]:
+    """The drop counts whose linear FLOPs bracket the routed model's: ``[floor, ceil]`` of the
+    fractional equal-FLOP count (one count when it is a whole number)."""
+    hi = equal_flops_dropped_blocks(config, block_sparsity, rounding="ceil")
+    n = int(config.num_hidden_layers)
+    exact = n - routed_linear_flops(config, block_sparsity) / block_linear_flops(config).total
+    return [hi] if abs(exact - hi) < 1e-9 or hi == 0 else [hi - 1, hi]
+
+
+def interpolate_at_flops(flop_ratio: float, points: list[tuple[float, float]], log: bool = False) -> float:
+    """A metric of layer dropping at ``flop_ratio`` from the bracketing drop counts'
+    ``(flop_ratio, value)`` points (one point is returned as is).
+
+    Whole blocks rarely match a routed model's FLOPs. Serving a fraction of requests with each
+    of the two drop counts reaches any cost in between, with mean-over-tokens metrics (KL, NLL,
+    accuracy) mixing linearly, so this line is what layer dropping achieves at equal FLOPs. The
+    mixing weight is linear in cost (= 1 / flop_ratio); ``log=True`` mixes log(value) (perplexity,
+    whose log is the mean NLL)."""
+    import math
+
+    pts = sorted(points)
+    if len(pts) == 1:
+        return pts[0][1]
+    (x0, y0), (x1, y1) = pts[0], pts[-1]
+    w = (1.0 / flop_ratio - 1.0 / x0) / (1.0 / x1 - 1.0 / x0)
+    if log:
+        return math.exp(math.log(y0) + w * (math.log(y1) - math.log(y0)))
+    return y0 + w * (y1 - y0)
+
+
 def shortgpt_blocks(influence: list[float], count: int) -> list[int]:
     """The ``count`` blocks with the lowest influence (ties: lower index first), ascending."""
     order = sorted(range(len(influence)), key=lambda i: (influence[i], i))

@@ -172,8 +172,17 @@ def test_eval_end_to_end_on_default_model(brown, tmp_path, capsys):
     ftp = rows["FTP s40"]
     assert ftp["sparsity"] == pytest.approx(0.4) and ftp["flop_ratio"] > 1.5
     assert rows["uniform + static s=0.40"]["flop_ratio"] == pytest.approx(ftp["flop_ratio"])
-    short = next(r for r in report["results"] if r["kind"] == "shortgpt" and r["group"] == ftp["group"])
-    assert len(short["dropped_blocks"]) == 2 and 0 not in short["dropped_blocks"]  # 1.50 is the nearest to 1.57
+    short = [r for r in report["results"] if r["kind"] == "shortgpt" and r["group"] == ftp["group"]]
+    # 1.57x lies between dropping 2 of 6 blocks (1.50x) and 3 (2.00x): both are evaluated
+    assert [len(r["dropped_blocks"]) for r in short] == [2, 3] and all(0 not in r["dropped_blocks"] for r in short)
+    assert set(short[0]["dropped_blocks"]) < set(short[1]["dropped_blocks"])
+    (x0, r0), (x1, r1) = [(r["flop_ratio"], r["retention"]["perplexity"]) for r in short]
+    w = (1 / ftp["flop_ratio"] - 1 / x0) / (1 / x1 - 1 / x0)  # share of requests on the cheaper count
+    expect = r0 ** (1 - w) * r1**w  # perplexity mixes in log space (mean NLL)
+    vs = ftp["vs_shortgpt"]
+    assert vs["shortgpt_perplexity_retention"] == pytest.approx(expect)
+    assert vs["ftp_minus_shortgpt_perplexity"] == pytest.approx(ftp["retention"]["perplexity"] - expect)
+    assert "FTP vs ShortGPT at FTP's FLOPs" in (out / "eval.md").read_text()
     assert ftp["perplexity"]["perplexity"] != rows["dense"]["perplexity"]["perplexity"]
     assert {r["group"] for r in report["results"]} == {"dense", ftp["group"], "s=0.20"}
     assert report["tasks"]["brown-cloze"]["items"] == 3 and report["text"]["asset"] == "brown"

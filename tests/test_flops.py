@@ -52,3 +52,20 @@ def test_equal_flops_ceil_never_costs_more():
         d = equal_flops_dropped_blocks(CFG, sp, rounding="ceil")
         assert dense_linear_flops(CFG) * (4 - d) / 4 <= routed_linear_flops(CFG, sp) + 1e-6 or d == 3
         assert d - 1 <= equal_flops_dropped_blocks(CFG, sp) <= d
+
+
+def test_bracketing_drop_counts_straddle_the_routed_flops():
+    from ftp_export.baselines import bracketing_drop_counts, interpolate_at_flops
+
+    for sp in ([0.0, 0.5, 0.5, 0.6], [0.0, 0.2, 0.2, 0.2], [0.0, 0.8, 0.8, 0.8]):
+        counts = bracketing_drop_counts(CFG, sp)
+        assert len(counts) == 2 and counts[1] == counts[0] + 1
+        routed = routed_linear_flop_ratio(CFG, sp)
+        lo, hi = (4 / (4 - c) for c in counts)
+        assert lo <= routed <= hi
+        # the interpolated value meets the endpoints and mixes linearly in cost (1 / ratio)
+        assert interpolate_at_flops(lo, [(lo, 1.0), (hi, 3.0)]) == pytest.approx(1.0)
+        mid = 2 / (1 / lo + 1 / hi)  # half the requests on each drop count
+        assert interpolate_at_flops(mid, [(hi, 3.0), (lo, 1.0)]) == pytest.approx(2.0)
+        assert interpolate_at_flops(mid, [(hi, 9.0), (lo, 1.0)], log=True) == pytest.approx(3.0)
+    assert bracketing_drop_counts(CFG, [0.0] * 4) == [0]

@@ -29,8 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generations", type=int, default=d.generations)
     p.add_argument("--population", type=int, default=d.population)
     p.add_argument("--elite", type=int, default=d.elite)
-    p.add_argument("--max-block-sparsity", type=float, default=d.max_block_sparsity)
-    p.add_argument("--router-steps", type=int, default=d.router_steps)
+    p.add_argument("--max-block-sparsity", type=float, default=d.max_block_sparsity,
+                   help="cap on any one block's sparsity (0.99 lets the GA all but drop a block while still computing its top tokens)")
+    p.add_argument("--cost-samples", type=int, default=d.cost_samples,
+                   help="step 2a: sampled backward passes per window for the per-token skip costs")
+    p.add_argument("--fit-steps", type=int, default=d.fit_steps,
+                   help="step 2a: optimiser steps fitting each router to the skip costs (0: start step 2b from the static routers)")
+    p.add_argument("--router-steps", type=int, default=d.router_steps, help="step 2b: straight-through steps with the FTP losses")
     p.add_argument("--router-batch", type=int, default=d.router_batch)
     p.add_argument("--router-lr", type=float, default=d.router_lr)
     p.add_argument("--temperature", type=float, default=d.temperature, help="soft-gate temperature")

@@ -20,7 +20,13 @@ import torch
 from tqdm import tqdm
 
 from ftp_export.architectures import ModelRef, check_supported, load_config, load_model
-from ftp_export.baselines import block_influence, drop_blocks, equal_flops_dropped_blocks, shortgpt_blocks
+from ftp_export.baselines import (
+    block_influence,
+    bracketing_drop_counts,
+    drop_blocks,
+    interpolate_at_flops,
+    shortgpt_blocks,
+)
 from ftp_export.calibration import calibrate_decode_thresholds
 from ftp_export.errors import FTPError
 from ftp_export.flops import routed_linear_flop_ratio
@@ -32,7 +38,9 @@ from ftp_export_trainer.data import CalibrationData, load_data, read_documents
 from ftp_export_trainer.evaluate import dense_logits, held_out_metrics, routed_kl, routed_model
 from ftp_export_trainer.ga import GAConfig, GAState, influence_seeds, init_state, run_ga
 from ftp_export_trainer.losses import DEFAULT_WEIGHTS
+from ftp_export_trainer.router_fitting import RouterFitConfig, fit_routers
 from ftp_export_trainer.router_training import RouterTrainConfig, train_routers
+from ftp_export_trainer.skip_costs import skip_costs
 
 INTERRUPT_ENV = "FTP_TRAIN_INTERRUPT"  # test hook: "ga1:<gen>", "step1", "step2", "ga3:<gen>"
 
@@ -57,7 +65,9 @@ class Settings:
     generations: int = 5
     population: int = 8
     elite: int = 2
-    max_block_sparsity: float = 0.9
+    max_block_sparsity: float = 0.99
+    cost_samples: int = 4
+    fit_steps: int = 400
     router_steps: int = 150
     router_batch: int = 8
     router_lr: float = 3e-3
@@ -92,13 +102,13 @@ def validate(s: Settings) -> None:
         raise FTPError(f"--dtype {s.dtype}: choose one of {', '.join(DTYPES)}")
     if s.device.startswith("cuda") and not torch.cuda.is_available():
         raise FTPError(f"--device {s.device}: CUDA is not available on this machine")
-    for name in ("samples", "seq_len", "population", "held_out_samples", "batch_size", "router_batch", "calib_samples"):
+    for name in ("samples", "seq_len", "population", "held_out_samples", "batch_size", "router_batch", "calib_samples", "cost_samples"):
         if getattr(s, name) < 1:
             raise FTPError(f"--{name.replace('_', '-')} must be >= 1")
     if s.seq_len < 4:
         raise FTPError("--seq-len must be >= 4")
-    if s.generations < 0 or s.router_steps < 0:
-        raise FTPError("--generations and --router-steps must be >= 0")
+    if s.generations < 0 or s.router_steps < 0 or s.fit_steps < 0:
+        raise FTPError("--generations, --fit-steps and --router-steps must be >= 0")
     if not (0.0 < s.max_block_sparsity < 1.0):
         raise FTPError("--max-block-sparsity must be in (0, 1)")
 
@@ -244,38 +254,55 @@ def run_search(ctx: Context, name: str, routers: RouterBank | None, seed: int, i
     return state
 
 
-def run_router_training(ctx: Context, sparsity: list[float]) -> tuple[RouterBank, list[dict[str, float]], list[float | None]]:
-    """Step 2: router training, then decode-threshold calibration."""
+def run_router_training(ctx: Context, sparsity: list[float]) -> tuple[RouterBank, dict[str, Any], list[float | None]]:
+    """Step 2: routers fitted to per-token skip costs (2a), fine-tuned with the FTP losses
+    (2b, straight-through), then decode-threshold calibration. Returns the bank, the step's
+    record (fit, selection and loss history) and the thresholds."""
     s = ctx.settings
     doc = ctx.ckpt.read_json("step2.json") if s.resume else None
     if doc is not None and doc.get("done"):
         ctx.log("step 2: resuming with the trained routers")
         bank = ctx.ckpt.read_routers("step2.routers.safetensors", ctx.n)
         try:
-            return bank.to(ctx.data.train.device), doc["history"], doc["decode_thresholds"]
+            return bank.to(ctx.data.train.device), doc["record"], doc["decode_thresholds"]
         except KeyError as exc:
             raise FTPError(f"checkpoint {ctx.ckpt.path('step2.json')} is corrupt (missing {exc}); delete {ctx.ckpt.dir} or run without --resume") from None
+
+    def hard_kl(candidate: RouterBank) -> float:  # the GA fitness: hard-routed KL on the calibration windows
+        return routed_kl(routed_model(ctx.hf, sparsity, candidate), ctx.data.train, ctx.reference, s.batch_size)
+
+    static = static_router_bank(ctx.n).to(ctx.data.train.device)
+    record: dict[str, Any] = {"kl_static": hard_kl(static)}
+    start = static
+    if s.fit_steps > 0:
+        with _bar(-(-len(ctx.data.train) // s.batch_size), "step 2a skip costs", s.progress) as bar:
+            costs = skip_costs(ctx.hf, ctx.data.train, s.cost_samples, s.batch_size, s.seed + 2, progress=bar.update)
+        with _bar(sum(x > 0 for x in sparsity), "step 2a router fit", s.progress) as bar:
+            fitted, explained = fit_routers(ctx.hf, sparsity, costs, ctx.data.train, RouterFitConfig(steps=s.fit_steps), s.seed + 2,
+                                            progress=lambda b, v: bar.update(1))
+        record.update(fit_explained=explained, kl_fitted=hard_kl(fitted))
+        if record["kl_fitted"] <= record["kl_static"]:
+            start = fitted
+    record["start"] = "fitted" if start is not static else "static"
     weights = {"distill": s.distill_weight, "guide": s.guide_weight, "sparsity": s.sparsity_weight}
     cfg = RouterTrainConfig(steps=s.router_steps, batch_size=s.router_batch, lr=s.router_lr, temperature=s.temperature,
                             weights=weights, select_every=s.select_every)
-    with _bar(cfg.steps, "step 2 routers", s.progress) as bar:
+    with _bar(cfg.steps, "step 2b routers", s.progress) as bar:
 
         def tick(rec: dict[str, float]) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.4f}")
 
-        def selection(candidate: RouterBank) -> float:  # the GA fitness: hard-routed KL on the calibration windows
-            return routed_kl(routed_model(ctx.hf, sparsity, candidate), ctx.data.train, ctx.reference, s.batch_size)
-
         bank, history = train_routers(
-            ctx.hf, sparsity, static_router_bank(ctx.n), ctx.data.train, ctx.reference, cfg, s.seed + 2, tick,
-            evaluate=selection if s.select_every > 0 else None,
+            ctx.hf, sparsity, static, ctx.data.train, ctx.reference, cfg, s.seed + 2, tick,
+            evaluate=hard_kl if s.select_every > 0 else None, init=start if start is not static else None,
         )
+    record["history"] = history
     thresholds = calibrate(ctx, sparsity, bank)
     ctx.ckpt.write_routers("step2.routers.safetensors", bank)
-    ctx.ckpt.write_json("step2.json", {"done": True, "history": history, "decode_thresholds": thresholds})
+    ctx.ckpt.write_json("step2.json", {"done": True, "record": record, "decode_thresholds": thresholds})
     _maybe_interrupt("step2")
-    return bank, history, thresholds
+    return bank, record, thresholds
 
 
 def calibrate(ctx: Context, sparsity: list[float], bank: RouterBank) -> list[float | None]:
@@ -336,7 +363,7 @@ def run(s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
     timings["step1_s"] = time.perf_counter() - t
     _maybe_interrupt("step1")
     t = time.perf_counter()
-    bank, router_hist, thresholds = run_router_training(ctx, step1)
+    bank, step2, thresholds = run_router_training(ctx, step1)
     timings["step2_s"] = time.perf_counter() - t
     t = time.perf_counter()
     ga3 = run_search(ctx, "ga3", bank, s.seed + 3, step1)
@@ -376,7 +403,8 @@ def run(s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
         "block_sparsity": {"uniform": uniform, "step1_ga_static": step1, "final": final},
         "flop_ratio_dense_over_routed": routed_linear_flop_ratio(hf.config, final),
         "ga1_history": ga1.history,
-        "router_history": router_hist,
+        "router_history": step2["history"],
+        "router_fit": {k: v for k, v in step2.items() if k != "history"},
         "ga3_history": ga3.history,
         "decode_thresholds": thresholds,
     }
@@ -413,28 +441,32 @@ def compare(ctx: Context, uniform: list[float], step1: list[float], final: list[
         model = routed_model(hf, sp, routers)
         return lambda ids: model(ids, mode="prefill").logits.float()
 
-    n_drop = equal_flops_dropped_blocks(hf.config, final)
-    dropped = shortgpt_blocks(ctx.influence, n_drop)
-    short = drop_blocks(hf, dropped)
-    n_ceil = equal_flops_dropped_blocks(hf.config, final, rounding="ceil")
-    extra = []
-    if n_ceil != n_drop:  # the nearest count costs more than the routed model: also show the cheaper one
-        ceil_blocks = shortgpt_blocks(ctx.influence, n_ceil)
-        shorter = drop_blocks(hf, ceil_blocks)
-        extra.append((f"ShortGPT drop {n_ceil} blocks {ceil_blocks} (<= routed FLOPs)",
-                      lambda ids: shorter(input_ids=ids, use_cache=False).logits.float(), n_ceil))
+    counts = bracketing_drop_counts(hf.config, final)
+    short_rows = []
+    for c in counts:
+        blocks = shortgpt_blocks(ctx.influence, c)
+        short_rows.append((f"ShortGPT drop {c} blocks {blocks}", _dropped_forward(drop_blocks(hf, blocks)), c))
     rows = [
-        ("dense", lambda ids: hf(input_ids=ids, use_cache=False).logits.float(), [0.0] * ctx.n),
+        ("dense", _dropped_forward(hf), [0.0] * ctx.n),
         ("uniform + static router", routed(uniform, static), uniform),
         ("GA + static router (step 1)", routed(step1, static), step1),
         ("GA + dynamic router (step 2)", routed(step1, bank), step1),
         ("GA fine-tuned + dynamic router (FTP, step 3)", routed(final, bank), final),
-        (f"ShortGPT drop {n_drop} blocks {dropped} (equal FLOPs)", lambda ids: short(input_ids=ids, use_cache=False).logits.float(), n_drop),
-        *extra,
+        *short_rows,
     ]
     out = []
     for name, fwd, sp in tqdm(rows, desc="held-out eval", disable=not (s.progress and dist.is_main()), leave=False):
         m = held_out_metrics(fwd, held, ref, s.batch_size)
         ratio = routed_linear_flop_ratio(hf.config, sp) if isinstance(sp, list) else ctx.n / (ctx.n - sp)
         out.append({"method": name, **m, "flop_ratio": ratio})
+    # layer dropping at exactly the routed FLOPs: the bracketing drop counts mixed over requests
+    ftp_ratio = out[4]["flop_ratio"]
+    measured = out[5:]
+    interp = {k: interpolate_at_flops(ftp_ratio, [(r["flop_ratio"], r[k]) for r in measured], log=k == "perplexity")
+              for k in ("perplexity", "kl_to_dense")}
+    out.append({"method": "ShortGPT at equal FLOPs (interpolated)", **interp, "tokens": measured[0]["tokens"], "flop_ratio": ftp_ratio})
     return out
+
+
+def _dropped_forward(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda ids: model(input_ids=ids, use_cache=False).logits.float()

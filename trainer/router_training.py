@@ -1,5 +1,6 @@
 """Step 2: train the dynamic routers with the Hugging Face model frozen.
 
+Step 2b (after the skip-cost fit of :mod:`.router_fitting`, which gives the starting routers).
 The routed model runs in ``mode='soft'`` (straight-through top-k: the forward is the real
 hard-routed model, gradients flow through a sigmoid relaxation). Loss = weighted sum of the
 distillation, guide and sparsity terms of :mod:`.losses`. Routers start from the static ones
@@ -109,13 +110,18 @@ def train_routers(
     seed: int,
     progress: Callable[[dict[str, float]], None] | None = None,
     evaluate: Callable[[RouterBank], float] | None = None,
+    init: RouterBank | None = None,
 ) -> tuple[RouterBank, list[dict[str, float]]]:
-    """Train routers for ``block_sparsity``; returns the bank (eval mode) and per-step losses
-    (steps where ``evaluate`` ran carry ``selection``, its value)."""
+    """Train routers for ``block_sparsity``, starting from ``init`` (default: ``static`` plus
+    noise); returns the bank (eval mode) and per-step losses (steps where ``evaluate`` ran
+    carry ``selection``, its value). The guide loss always targets ``static``."""
     for p in hf.parameters():
         p.requires_grad_(False)
     device = data.device
-    bank = init_dynamic(static, cfg.init_noise, seed).to(device)
+    if init is not None:
+        bank = copy.deepcopy(init).float().train().to(device)
+    else:
+        bank = init_dynamic(static, cfg.init_noise, seed).to(device)
     model = RoutedCausalLM(hf, new_schedule(hf.config, block_sparsity, routers=bank))
     params = list(bank.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr)

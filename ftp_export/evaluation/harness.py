@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ftp_export.architectures import fingerprint, load_model, load_tokenizer, resolve_model
-from ftp_export.baselines import block_influence
+from ftp_export.baselines import block_influence, bracketing_drop_counts, interpolate_at_flops
 from ftp_export.errors import FTPError
 from ftp_export.evaluation import methods as M
 from ftp_export.evaluation.scoring import Encoder, perplexity, score_items
@@ -82,15 +82,16 @@ def _texts(folder: Path, split: str) -> list[str]:
 
 
 def build_methods(hf: Any, schedules: list[tuple[str, Any]], uniform: list[float], influence: list[float]) -> list[tuple[str, M.Method]]:
-    """(group, method) rows: dense, then per schedule FTP + uniform-static + ShortGPT at equal FLOPs."""
+    """(group, method) rows: dense, then per schedule FTP + uniform-static (same FLOPs) + ShortGPT
+    at the drop counts that bracket those FLOPs."""
     rows = [("dense", M.dense(hf))]
-    for label, sched in schedules:
-        group = f"s={sched.target_sparsity:.2f} ({label})"
-        rows += [(group, M.ftp(hf, sched, label)), (group, M.uniform_static(hf, sched.target_sparsity)),
-                 (group, M.shortgpt(hf, influence, list(sched.block_sparsity)))]
-    for s in uniform:
+    groups = [(f"s={sched.target_sparsity:.2f} ({label})", M.ftp(hf, sched, label), sched.target_sparsity) for label, sched in schedules]
+    groups += [(f"s={s:.2f}", None, s) for s in uniform]
+    for group, ftp, s in groups:
         u = M.uniform_static(hf, s)
-        rows += [(f"s={s:.2f}", u), (f"s={s:.2f}", M.shortgpt(hf, influence, u.detail["block_sparsity"]))]
+        sp = ftp.detail["block_sparsity"] if ftp is not None else u.detail["block_sparsity"]
+        rows += [(group, m) for m in (ftp, u) if m is not None]
+        rows += [(group, M.shortgpt(hf, influence, c)) for c in bracketing_drop_counts(hf.config, sp)]
     return rows
 
 
@@ -136,6 +137,7 @@ def run_eval(req: EvalRequest, log: Any = print) -> dict[str, Any]:
         log(f"{method.name}: PPL {row['perplexity']['perplexity']:.3f}"
             + "".join(f", {k} {v[PRIMARY[k]]:.3f}" for k, v in row["tasks"].items()))
     add_retention(results)
+    add_equal_flop_comparison(results)
     return {
         "tool": "ftp-export eval",
         "model": ref.source,
@@ -163,3 +165,24 @@ def add_retention(results: list[dict[str, Any]]) -> None:
         if r["accuracy"] is not None and dense["accuracy"]:
             ret["accuracy"] = r["accuracy"] / dense["accuracy"]
         r["retention"] = ret
+
+
+def add_equal_flop_comparison(results: list[dict[str, Any]]) -> None:
+    """For every FTP row, ShortGPT's retention at FTP's FLOPs (``vs_shortgpt``): the group's
+    bracketing drop counts mixed over requests to FTP's cost
+    (:func:`ftp_export.baselines.interpolate_at_flops`), and FTP minus that (positive = FTP
+    retains more)."""
+    for r in results:
+        if r["kind"] != "ftp":
+            continue
+        short = sorted((s for s in results if s["group"] == r["group"] and s["kind"] == "shortgpt"), key=lambda s: s["flop_ratio"])
+        if not short:
+            continue
+        cmp: dict[str, Any] = {"flop_ratio": r["flop_ratio"], "shortgpt_rows": [s["method"] for s in short]}
+        for key in ("perplexity", "accuracy"):
+            pts = [(s["flop_ratio"], s["retention"].get(key)) for s in short]
+            if r["retention"].get(key) is None or any(v is None for _, v in pts):
+                continue
+            cmp[f"shortgpt_{key}_retention"] = interpolate_at_flops(r["flop_ratio"], pts, log=key == "perplexity")
+            cmp[f"ftp_minus_shortgpt_{key}"] = r["retention"][key] - cmp[f"shortgpt_{key}_retention"]
+        r["vs_shortgpt"] = cmp

@@ -4,8 +4,10 @@
 - ``ftp``: a schedule file (trained routers + per-block sparsity) on the routed model.
 - ``uniform-static``: the same mean sparsity spread evenly (block 0 dense) with the static
   position-priority router - exactly the same linear FLOPs as the FTP schedule.
-- ``shortgpt``: the blocks with the lowest ShortGPT block influence dropped, as many as bring the
-  linear FLOPs nearest to the routed model's (:func:`ftp_export.baselines.equal_flops_dropped_blocks`).
+- ``shortgpt``: the blocks with the lowest ShortGPT block influence dropped. Whole blocks rarely
+  hit the routed model's FLOPs exactly, so the harness evaluates the two drop counts that bracket
+  them (:func:`ftp_export.baselines.bracketing_drop_counts`) and compares FTP with ShortGPT
+  interpolated linearly to FTP's FLOPs (:func:`ftp_export.evaluation.harness.add_equal_flop_comparison`).
 
 Prefill routing (exact top-k) is used throughout: it is what a prompt's log-likelihood goes
 through at inference.
@@ -16,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ftp_export.baselines import drop_blocks, equal_flops_dropped_blocks, shortgpt_blocks
+from ftp_export.baselines import drop_blocks, shortgpt_blocks
 from ftp_export.evaluation.scoring import Forward
 from ftp_export.flops import routed_linear_flop_ratio
 from ftp_export.routed.model import RoutedCausalLM
@@ -58,9 +60,9 @@ def uniform_static(hf: Any, sparsity: float) -> Method:
                   routed_linear_flop_ratio(hf.config, sp), routed_forward(model), {"block_sparsity": sp})
 
 
-def shortgpt(hf: Any, influence: list[float], routed_sparsity: list[float]) -> Method:
+def shortgpt(hf: Any, influence: list[float], count: int) -> Method:
+    """The ``count`` least influential blocks dropped."""
     n = int(hf.config.num_hidden_layers)
-    count = equal_flops_dropped_blocks(hf.config, routed_sparsity)
     blocks = shortgpt_blocks(influence, count)
     pruned = drop_blocks(hf, blocks) if blocks else hf
     return Method(f"ShortGPT drop {count}/{n}", "shortgpt", count / n, n / (n - count), hf_forward(pruned),

@@ -1,5 +1,5 @@
-"""Evaluation output: ``eval.json`` (everything), ``eval.md`` (the table) and ``eval.png``
-(retention vs sparsity, one line per method kind)."""
+"""Evaluation output: ``eval.json`` (everything), ``eval.md`` (the tables) and ``eval.png``
+(retention vs compute saved, dense/pruned linear FLOPs on x, one line per method kind)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,27 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def comparison_table(report: dict[str, Any]) -> str:
+    """FTP against ShortGPT interpolated to FTP's FLOPs (rows with ``vs_shortgpt``)."""
+    lines = ["| group | FLOPs dense/pruned | PPL retention FTP / ShortGPT | accuracy retention FTP / ShortGPT | FTP better on |",
+             "|---|---:|---:|---:|---|"]
+    for r in report["results"]:
+        v = r.get("vs_shortgpt")
+        if not v:
+            continue
+        cells, wins = [r["group"], f"{v['flop_ratio']:.3f}"], []
+        for key in ("perplexity", "accuracy"):
+            if f"shortgpt_{key}_retention" in v:
+                cells.append(f"{r['retention'][key]:.1%} / {v[f'shortgpt_{key}_retention']:.1%}")
+                if v[f"ftp_minus_shortgpt_{key}"] > 0:
+                    wins.append(key)
+            else:
+                cells.append("n/a")
+        cells.append(", ".join(wins) or "neither")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def plot(report: dict[str, Any], path: Path) -> Path:
     import matplotlib
 
@@ -40,12 +61,12 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     dense = next(r for r in report["results"] if r["kind"] == "dense")
     for ax, (key, title) in zip(axes[0], panels):
         for kind, label in KIND_LABEL.items():
-            pts = sorted((_group_sparsity(r, report), r["retention"].get(key)) for r in report["results"] if r["kind"] == kind)
+            pts = sorted({(r["flop_ratio"], r["retention"].get(key)) for r in report["results"] if r["kind"] == kind})
             pts = [p for p in pts if p[1] is not None]
             if pts:
-                ax.plot([0.0] + [p[0] for p in pts], [1.0] + [p[1] for p in pts], marker="o", label=label)
+                ax.plot([1.0] + [p[0] for p in pts], [1.0] + [p[1] for p in pts], marker="o", label=label)
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-        ax.set_xlabel("target sparsity (each group at equal linear FLOPs)")
+        ax.set_xlabel("dense / pruned linear FLOPs (higher = cheaper)")
         ax.set_title(title)
         ax.set_ylim(bottom=0)
     axes[0][0].legend(fontsize=8)
@@ -57,16 +78,12 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _group_sparsity(row: dict[str, Any], report: dict[str, Any]) -> float:
-    """The group's target sparsity (the FTP / uniform row's), so ShortGPT plots beside them."""
-    same = [r for r in report["results"] if r["group"] == row["group"] and r["kind"] in ("ftp", "uniform-static")]
-    return same[0]["sparsity"] if same else row["sparsity"]
-
-
 def write(report: dict[str, Any], folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "eval.json", "markdown": folder / "eval.md", "plot": folder / "eval.png"}
     paths["json"].write_text(json.dumps(report, indent=2) + "\n")
-    paths["markdown"].write_text(f"# Accuracy retention: {report['model']}\n\n{markdown_table(report)}\n")
+    cmp = comparison_table(report)
+    cmp = f"\n## FTP vs ShortGPT at FTP's FLOPs (the bracketing drop counts mixed over requests)\n\n{cmp}\n" if cmp else ""
+    paths["markdown"].write_text(f"# Accuracy retention: {report['model']}\n\n{markdown_table(report)}\n{cmp}")
     plot(report, paths["plot"])
     return paths

