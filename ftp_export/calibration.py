@@ -19,8 +19,11 @@ from ftp_export.routed.model import RoutedCausalLM
 
 
 @torch.no_grad()
-def collect_decode_scores(model: RoutedCausalLM, sequences: torch.Tensor, prompt_len: int) -> list[list[torch.Tensor]]:
-    """Scores of every decoded token per block (empty for dense blocks)."""
+def collect_decode_scores(
+    model: RoutedCausalLM, sequences: torch.Tensor, prompt_len: int, stop_after_block: int | None = None
+) -> list[list[torch.Tensor]]:
+    """Scores of every decoded token per block (empty for dense blocks; blocks after
+    ``stop_after_block`` are not run)."""
     from transformers import DynamicCache
 
     bsz, total = sequences.shape
@@ -29,11 +32,12 @@ def collect_decode_scores(model: RoutedCausalLM, sequences: torch.Tensor, prompt
     per_block: list[list[torch.Tensor]] = [[] for _ in model.layers]
     cache = DynamicCache()
     mask = torch.ones(bsz, prompt_len, dtype=torch.int64, device=sequences.device)
-    model(sequences[:, :prompt_len], mask, past_key_values=cache, mode="prefill")
+    model(sequences[:, :prompt_len], mask, past_key_values=cache, mode="prefill", stop_after_block=stop_after_block)
     for t in range(prompt_len, total):
         mask = torch.cat([mask, torch.ones(bsz, 1, dtype=torch.int64, device=sequences.device)], dim=1)
         pos = torch.full((bsz, 1), t, dtype=torch.int64, device=sequences.device)
-        out = model(sequences[:, t : t + 1], mask, pos, past_key_values=cache, mode="decode", keep_scores=True)
+        out = model(sequences[:, t : t + 1], mask, pos, past_key_values=cache, mode="decode", keep_scores=True,
+                    stop_after_block=stop_after_block)
         for b, r in enumerate(out.routing):
             if r is not None and r.scores is not None:
                 per_block[b].append(r.scores.reshape(-1).float().cpu())
@@ -64,7 +68,7 @@ def calibrate_decode_thresholds(
 
     Block by block, in order: block b's router sees only what blocks < b computed, so once their
     thresholds are final, one teacher-forced pass (blocks >= b keeping every token) gives exactly
-    the scores block b will see in use. The measured rate is the skip rate of the final threshold
+    the scores block b will see in use (blocks after b are not run). The measured rate is the skip rate of the final threshold
     on those scores - the rate decode will have on this text, not an estimate.
     """
     schedule = model.schedule
@@ -76,7 +80,7 @@ def calibrate_decode_thresholds(
     rates: list[float | None] = [None] * n
     for k, b in enumerate(routed):
         schedule.decode_thresholds = list(thresholds)
-        scores = collect_decode_scores(model, sequences, prompt_len)[b]
+        scores = collect_decode_scores(model, sequences, prompt_len, stop_after_block=b)[b]
         if scores:
             s = torch.cat(scores).double()
             thresholds[b] = threshold_between(s, schedule.block_sparsity[b])

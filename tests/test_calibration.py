@@ -37,3 +37,16 @@ def test_calibrated_skip_rate_matches_schedule(tiny_model, seed):
         real = float((torch.cat(scores[b]).double() < thresholds[b]).double().mean())
         assert real == rates[b], (b, real, rates[b])
         assert abs(real - sch.block_sparsity[b]) <= 1 / 180 + 1e-9, (b, real)  # 6 x 30 decoded tokens
+
+
+def test_stopping_after_a_block_gives_that_blocks_scores(tiny_model):
+    """Calibration runs each pass only up to the block it calibrates: same scores, later blocks not run."""
+    n = tiny_model.config.num_hidden_layers
+    sch = new_schedule(tiny_model.config, uniform_sparsity(n, 0.3), decode_thresholds=[None, -1.0, 0.5, 0.2])
+    routed = RoutedCausalLM(tiny_model, sch).eval()
+    seqs = torch.randint(3, 259, (2, 16), generator=torch.Generator().manual_seed(5))
+    full = collect_decode_scores(routed, seqs, prompt_len=6)
+    part = collect_decode_scores(routed, seqs, prompt_len=6, stop_after_block=2)
+    for b in (1, 2):
+        assert torch.equal(torch.cat(part[b]), torch.cat(full[b]))
+    assert part[3] == [] and len(full[3]) == 10

@@ -55,7 +55,7 @@ class BlockRouting:
 
 @dataclass
 class RoutedOutput:
-    logits: torch.Tensor
+    logits: torch.Tensor | None  # None only when the forward stopped early (``stop_after_block``)
     past_key_values: Any
     routing: list[BlockRouting | None] = field(default_factory=list)
 
@@ -108,6 +108,7 @@ class RoutedCausalLM(nn.Module):
         mode: Mode | None = None,
         keep_scores: bool = False,
         temperature: float = 0.1,
+        stop_after_block: int | None = None,
     ) -> RoutedOutput:
         """Routed forward. ``mode`` defaults to 'prefill' without past and 'decode' with past.
 
@@ -119,6 +120,10 @@ class RoutedCausalLM(nn.Module):
 
         ``attention_mask`` [B, past + T] (1 = real token), ``position_ids`` [B, T]; as in
         Hugging Face, left or right padding is expressed through the mask.
+
+        ``stop_after_block=b`` returns after block b without logits (the cache then holds blocks
+        0..b only, so every call on that cache must stop at the same block): calibration needs
+        one block's scores and not the rest of the model.
         """
         from transformers import DynamicCache
 
@@ -198,6 +203,8 @@ class RoutedCausalLM(nn.Module):
                 h = self.lowering.row_scatter(h, out.squeeze(1), flat)
                 routing.append(BlockRouting(rows=flat, scores=scores if keep_scores else None))
             signal = update_signal(signal, total, count)
+            if stop_after_block is not None and b >= stop_after_block:
+                return RoutedOutput(logits=None, past_key_values=cache, routing=routing)
 
         h = hf.norm(h)
         logits = self.hf.lm_head(h)
