@@ -16,8 +16,10 @@ from torch import nn
 from ftp_export.flops import block_linear_flops, routed_linear_flops
 
 
-def _layer_output(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
+def layer_io(args: tuple, kwargs: dict, out: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input, output) hidden states of a decoder layer, from a ``with_kwargs`` forward hook."""
+    h_in = args[0] if args else kwargs["hidden_states"]
+    return h_in, out[0] if isinstance(out, (tuple, list)) else out
 
 
 @torch.no_grad()
@@ -33,8 +35,7 @@ def block_influence(
 
     def hook(idx: int):
         def fn(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-            h_in = args[0] if args else kwargs["hidden_states"]
-            captured[idx] = (h_in, _layer_output(out))
+            captured[idx] = layer_io(args, kwargs, out)
 
         return fn
 
@@ -95,18 +96,22 @@ def equal_flops_dropped_blocks(config: Any, block_sparsity: list[float], roundin
     Routed skipped tokens still pay the K/V projections (see :mod:`ftp_export.flops`).
     """
     n = int(config.num_hidden_layers)
-    per_block = block_linear_flops(config).total
-    drop = n - routed_linear_flops(config, block_sparsity) / per_block
+    drop = _fractional_drop(config, block_sparsity)
     count = math.ceil(drop - 1e-9) if rounding == "ceil" else math.floor(drop + 0.5)
     return max(0, min(n - 1, int(count)))
+
+
+def _fractional_drop(config: Any, block_sparsity: list[float]) -> float:
+    """How many whole blocks' linear FLOPs the routed model saves (not rounded)."""
+    n = int(config.num_hidden_layers)
+    return n - routed_linear_flops(config, block_sparsity) / block_linear_flops(config).total
 
 
 def bracketing_drop_counts(config: Any, block_sparsity: list[float]) -> list[int]:
     """The drop counts whose linear FLOPs bracket the routed model's: ``[floor, ceil]`` of the
     fractional equal-FLOP count (one count when it is a whole number)."""
     hi = equal_flops_dropped_blocks(config, block_sparsity, rounding="ceil")
-    n = int(config.num_hidden_layers)
-    exact = n - routed_linear_flops(config, block_sparsity) / block_linear_flops(config).total
+    exact = _fractional_drop(config, block_sparsity)
     return [hi] if abs(exact - hi) < 1e-9 or hi == 0 else [hi - 1, hi]
 
 

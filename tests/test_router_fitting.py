@@ -84,7 +84,7 @@ def test_fitted_routers_keep_the_tokens_that_cost_most_to_skip(tiny_model):
     assert all(sets == [set(range(seq // 2, seq))] * 3 for sets in top), top
 
 
-def test_fit_steps_zero_is_rejected_only_when_negative(tmp_path, capsys):
+def test_negative_fit_steps_are_refused(tmp_path, capsys):
     from ftp_export_trainer.cli import main
 
     assert main(["--sparsity", "0.4", "--fit-steps", "-1", "-o", str(tmp_path / "x.json")]) == 2

@@ -445,9 +445,9 @@ def compare(ctx: Context, uniform: list[float], step1: list[float], final: list[
     short_rows = []
     for c in counts:
         blocks = shortgpt_blocks(ctx.influence, c)
-        short_rows.append((f"ShortGPT drop {c} blocks {blocks}", _dropped_forward(drop_blocks(hf, blocks)), c))
+        short_rows.append((f"ShortGPT drop {c} blocks {blocks}", _hf_logits(drop_blocks(hf, blocks)), c))
     rows = [
-        ("dense", _dropped_forward(hf), [0.0] * ctx.n),
+        ("dense", _hf_logits(hf), [0.0] * ctx.n),
         ("uniform + static router", routed(uniform, static), uniform),
         ("GA + static router (step 1)", routed(step1, static), step1),
         ("GA + dynamic router (step 2)", routed(step1, bank), step1),
@@ -460,13 +460,13 @@ def compare(ctx: Context, uniform: list[float], step1: list[float], final: list[
         ratio = routed_linear_flop_ratio(hf.config, sp) if isinstance(sp, list) else ctx.n / (ctx.n - sp)
         out.append({"method": name, **m, "flop_ratio": ratio})
     # layer dropping at exactly the routed FLOPs: the bracketing drop counts mixed over requests
-    ftp_ratio = out[4]["flop_ratio"]
-    measured = out[5:]
+    ftp_ratio = routed_linear_flop_ratio(hf.config, final)
+    measured = out[-len(short_rows) :]
     interp = {k: interpolate_at_flops(ftp_ratio, [(r["flop_ratio"], r[k]) for r in measured], log=k == "perplexity")
               for k in ("perplexity", "kl_to_dense")}
     out.append({"method": "ShortGPT at equal FLOPs (interpolated)", **interp, "tokens": measured[0]["tokens"], "flop_ratio": ftp_ratio})
     return out
 
 
-def _dropped_forward(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+def _hf_logits(model: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda ids: model(input_ids=ids, use_cache=False).logits.float()

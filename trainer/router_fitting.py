@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ftp_export.routed.model import RoutedCausalLM
+from ftp_export.routing.factors import FEATURES
 from ftp_export.routing.router import RouterBank, static_router_bank
 from ftp_export.schedule import new_schedule
 
@@ -50,7 +51,7 @@ def fit_router(router: nn.Module, features: torch.Tensor, cost: torch.Tensor, cf
         for p in router.parameters():
             p.copy_((torch.randn(p.shape, generator=gen) * cfg.init_scale).to(p.device))
     x = features.detach().float().clone()
-    x[..., 3] = torch.rand(x.shape[:-1], generator=gen).to(x.device)
+    x[..., FEATURES.index("sparsity")] = torch.rand(x.shape[:-1], generator=gen).to(x.device)
     y = centred_log_cost(cost.float())
     opt = torch.optim.Adam(router.parameters(), lr=cfg.lr)
     with torch.enable_grad():

@@ -26,11 +26,8 @@ from typing import Any
 
 import torch
 
+from ftp_export.baselines import layer_io
 from ftp_export_trainer import distributed as dist
-
-
-def _output(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def _batch_costs(hf: Any, ids: torch.Tensor, samples: int, seed: int) -> torch.Tensor:
@@ -39,9 +36,9 @@ def _batch_costs(hf: Any, ids: torch.Tensor, samples: int, seed: int) -> torch.T
 
     def hook(i: int):
         def fn(module: torch.nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-            h_out = _output(out)
+            h_in, h_out = layer_io(args, kwargs, out)
             h_out.retain_grad()
-            seen[i] = (args[0] if args else kwargs["hidden_states"], h_out)
+            seen[i] = (h_in, h_out)
 
         return fn
 

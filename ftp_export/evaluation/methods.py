@@ -6,8 +6,8 @@
   position-priority router - exactly the same linear FLOPs as the FTP schedule.
 - ``shortgpt``: the blocks with the lowest ShortGPT block influence dropped. Whole blocks rarely
   hit the routed model's FLOPs exactly, so the harness evaluates the two drop counts that bracket
-  them (:func:`ftp_export.baselines.bracketing_drop_counts`) and compares FTP with ShortGPT
-  interpolated linearly to FTP's FLOPs (:func:`ftp_export.evaluation.harness.add_equal_flop_comparison`).
+  them (:func:`ftp_export.baselines.bracketing_drop_counts`) and compares FTP with the two mixed
+  over requests to FTP's FLOPs (:func:`ftp_export.evaluation.harness.add_equal_flop_comparison`).
 
 Prefill routing (exact top-k) is used throughout: it is what a prompt's log-likelihood goes
 through at inference.
