@@ -183,6 +183,14 @@ def test_eval_end_to_end_on_default_model(brown, tmp_path, capsys):
     assert vs["shortgpt_perplexity_retention"] == pytest.approx(expect)
     assert vs["ftp_minus_shortgpt_perplexity"] == pytest.approx(ftp["retention"]["perplexity"] - expect)
     assert "FTP vs ShortGPT at FTP's FLOPs" in (out / "eval.md").read_text()
+    # the second layer-dropping baseline: the first blocks of ftp-train's greedy removal order
+    order = json.loads((DEFAULT_MODEL_DIR / "s40.json").read_text())["produced_by"]["block_removal"]["order"]
+    greedy = [r for r in report["results"] if r["kind"] == "greedy-drop" and r["group"] == ftp["group"]]
+    assert [r["dropped_blocks"] for r in greedy] == [sorted(order[:2]), sorted(order[:3])]
+    assert [r["flop_ratio"] for r in greedy] == [r["flop_ratio"] for r in short]
+    (g0, q0), (g1, q1) = [(r["flop_ratio"], r["retention"]["perplexity"]) for r in greedy]
+    assert ftp["vs_greedy_drop"]["greedy_drop_perplexity_retention"] == pytest.approx(q0 ** (1 - w) * q1**w)
+    assert "FTP vs greedy KL drop at FTP's FLOPs" in (out / "eval.md").read_text()
     assert ftp["perplexity"]["perplexity"] != rows["dense"]["perplexity"]["perplexity"]
     assert {r["group"] for r in report["results"]} == {"dense", ftp["group"], "s=0.20"}
     assert report["tasks"]["brown-cloze"]["items"] == 3 and report["text"]["asset"] == "brown"

@@ -64,6 +64,11 @@ def test_output_schedule_is_valid(first_run):
     fit = report["router_fit"]
     assert fit["start"] == ("fitted" if fit["kl_fitted"] <= fit["kl_static"] else "static")
     assert report["router_history"][0]["selection"] == pytest.approx(min(fit["kl_fitted"], fit["kl_static"]), rel=1e-6)
+    # the greedy removal order (GA seed) names as many distinct routed blocks as s fills at the cap
+    n = len(sched.block_sparsity)
+    removal = report["block_removal"]
+    assert len(removal["order"]) == len(set(removal["order"])) == len(removal["kl"]) == -(-0.4 * n // 0.99)
+    assert 0 not in removal["order"] and all(k > 0 for k in removal["kl"])
     for png in ("s40.sparsity.png", "s40.losses.png"):
         assert first_run.with_name(png).stat().st_size > 1000
     assert (first_run.parent / "s40.json.ckpt" / "ga3.json").is_file()
@@ -160,3 +165,16 @@ def test_router_training_returns_the_best_routers_it_scored(tiny_model):
     scored = [r["selection"] for r in history if "selection" in r]
     assert [r["step"] for r in history if "selection" in r] == [0, 2, 4, 6]
     assert score(bank) == pytest.approx(min(scored), abs=1e-9)
+
+
+def test_dropped_kl_is_zero_for_the_dense_model_and_grows_with_removals(tiny_model):
+    import torch
+
+    from ftp_export_trainer.block_search import dropped_kl
+    from ftp_export_trainer.evaluate import dense_logits
+
+    data = torch.randint(0, 259, (3, 20), generator=torch.Generator().manual_seed(1))
+    ref = dense_logits(tiny_model, data, 2)
+    assert dropped_kl(tiny_model, [], data, ref, 2) == pytest.approx(0.0, abs=1e-6)
+    one, two = dropped_kl(tiny_model, [2], data, ref, 2), dropped_kl(tiny_model, [1, 2], data, ref, 2)
+    assert 0 < one < two

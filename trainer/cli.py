@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score the hard-routed routers every N steps and keep the best (0: keep the last)")
     p.add_argument("--calib-samples", type=int, default=d.calib_samples, help="sequences for decode thresholds")
     p.add_argument("--route-first-block", action="store_true", help="also route block 0 (dense by default)")
+    p.add_argument("--no-greedy-seeds", dest="greedy_seeds", action="store_false",
+                   help="do not seed the GA with the greedy KL block-removal order")
+    p.add_argument("--removal-samples", type=int, default=d.removal_samples,
+                   help="calibration windows that judge the greedy block-removal order")
     p.add_argument("--no-influence-seeds", dest="influence_seeds", action="store_false",
                    help="start the GA from the even spread only (default: also from ShortGPT block influence)")
     p.add_argument("--resume", action="store_true", help="continue from <output>.ckpt/")

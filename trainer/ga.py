@@ -2,8 +2,13 @@
 
 A genome is the full per-block sparsity list; blocks not in ``free`` (block 0 unless routed)
 stay 0. Every generation keeps the ``elite`` best genomes and fills the population with
-children: tournament selection of two parents, uniform or blend crossover, Gaussian mutation,
-then :func:`repair` (bounds [0, upper] and the exact mean). Fitness is minimised.
+children: tournament selection of two parents, uniform or blend crossover, then either a swap
+of two blocks' sparsities or Gaussian mutation, then :func:`repair` (bounds [0, upper], no
+sparsity below ``snap``, the exact mean). Fitness is minimised.
+
+The swap moves a block's whole share elsewhere in one step: with sparsity concentrated in a
+few nearly dropped blocks, *which* blocks matters more than the amounts, and Gaussian noise
+followed by repair never moves 0.99 from one block to another.
 The state (population, fitness, RNG) is a plain JSON-able dict so that a run can be resumed
 after any generation.
 """
@@ -26,8 +31,10 @@ class GAConfig:
     crossover_rate: float = 0.9
     mutation_rate: float = 0.5  # per gene
     mutation_sigma: float = 0.08
+    swap_rate: float = 0.3  # share of children mutated by a swap instead of Gaussian noise
     init_sigma: float = 0.1
     upper: float = 0.9  # max block sparsity (each block in [0, upper])
+    snap: float = 0.01  # block sparsities below this become 0 (they skip ~no token, cost a router)
 
 
 @dataclass
@@ -51,43 +58,70 @@ class GAState:
         return list(self.population[i]), float(self.fitness[i])
 
 
-def repair(genome: np.ndarray, free: list[int], total: float, upper: float) -> np.ndarray:
-    """Clip the free genes to [0, upper] and shift them until they sum to ``total`` exactly
-    (to float rounding); other genes are set to 0."""
+def repair(genome: np.ndarray, free: list[int], total: float, upper: float, snap: float = 0.0) -> np.ndarray:
+    """Clip the free genes to [0, upper], zero those below ``snap``, and shift them until they
+    sum to ``total`` exactly (to float rounding); other genes are set to 0. Sparsity to add goes
+    to blocks that already skip tokens while any is below ``upper``, so that no block is given
+    a sliver of sparsity that skips a token or two."""
     x = np.zeros_like(genome, dtype=np.float64)
     x[free] = np.clip(genome[free], 0.0, upper)
+    x[x < snap] = 0.0
     for _ in range(100):
         diff = total - x[free].sum()
         if abs(diff) < 1e-12:
             break
-        movable = [i for i in free if (x[i] < upper if diff > 0 else x[i] > 0.0)]
+        if diff > 0:
+            movable = [i for i in free if 0.0 < x[i] < upper] or [i for i in free if x[i] < upper]
+        else:
+            movable = [i for i in free if x[i] > 0.0]
         if not movable:
             raise ValueError(f"cannot reach total sparsity {total} with {len(free)} blocks under {upper}")
         x[movable] = np.clip(x[movable] + diff / len(movable), 0.0, upper)
     return x
 
 
-def influence_seeds(influence: list[float], free: list[int], target_sum: float, upper: float) -> list[list[float]]:
-    """Two GA starting points from ShortGPT block influence: the sparsity poured into the
-    least influential free blocks up to ``upper`` (a soft form of layer dropping), and the
-    midpoint between that and the even spread. The GA then starts no worse than layer
-    dropping's choice of blocks, which on small models is a strong schedule."""
-    n = len(influence)
-    greedy = np.zeros(n, dtype=np.float64)
+def order_seeds(order: list[int], n: int, free: list[int], target_sum: float, upper: float) -> list[list[float]]:
+    """Two GA starting points from a block order (first = cheapest to remove): the sparsity
+    poured into the blocks in that order up to ``upper`` each (a soft form of layer dropping),
+    and the midpoint between that and the even spread over the ``n`` blocks' free ones."""
+    poured = np.zeros(n, dtype=np.float64)
     left = target_sum
-    for b in sorted(free, key=lambda i: (influence[i], i)):
-        greedy[b] = min(upper, left)
-        left -= greedy[b]
+    for b in [b for b in order if b in free]:
+        poured[b] = min(upper, left)
+        left -= poured[b]
         if left <= 1e-12:
             break
     even = np.zeros(n, dtype=np.float64)
     even[free] = target_sum / len(free)
-    return [greedy.tolist(), (0.5 * (greedy + even)).tolist()]
+    return [poured.tolist(), (0.5 * (poured + even)).tolist()]
+
+
+def influence_seeds(influence: list[float], free: list[int], target_sum: float, upper: float) -> list[list[float]]:
+    """:func:`order_seeds` for ShortGPT's order (least influential block first). The GA then
+    starts no worse than layer dropping's choice of blocks, which on small models is strong."""
+    order = sorted(range(len(influence)), key=lambda i: (influence[i], i))
+    return order_seeds(order, len(influence), free, target_sum, upper)
 
 
 def _tournament(rng: np.random.Generator, fitness: list[float], size: int) -> int:
     picks = rng.choice(len(fitness), size=min(size, len(fitness)), replace=False)
     return int(min(picks, key=lambda i: (fitness[i], i)))
+
+
+def _swap(rng: np.random.Generator, x: np.ndarray, free: list[int], upper: float) -> np.ndarray:
+    """Exchange the sparsities of two free blocks: one drawn with weight = its sparsity, the
+    other with weight = its room below ``upper`` among blocks with less sparsity."""
+    child = x.copy()
+    give = np.array([x[i] for i in free])
+    if give.sum() <= 0:
+        return child
+    i = free[int(rng.choice(len(free), p=give / give.sum()))]
+    room = np.array([upper - x[j] if x[j] < x[i] else 0.0 for j in free])
+    if room.sum() <= 0:
+        return child
+    j = free[int(rng.choice(len(free), p=room / room.sum()))]
+    child[i], child[j] = x[j], x[i]
+    return child
 
 
 def _child(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, free: list[int], cfg: GAConfig, total: float) -> np.ndarray:
@@ -99,8 +133,11 @@ def _child(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, free: list[in
         else:  # blend crossover
             w = rng.random()
             child = w * a + (1 - w) * b
-    noise = rng.normal(0.0, cfg.mutation_sigma, len(a)) * (rng.random(len(a)) < cfg.mutation_rate)
-    return repair(child + noise, free, total, cfg.upper)
+    if rng.random() < cfg.swap_rate:
+        child = _swap(rng, repair(child, free, total, cfg.upper, cfg.snap), free, cfg.upper)
+    else:
+        child = child + rng.normal(0.0, cfg.mutation_sigma, len(a)) * (rng.random(len(a)) < cfg.mutation_rate)
+    return repair(child, free, total, cfg.upper, cfg.snap)
 
 
 def init_state(
@@ -110,10 +147,10 @@ def init_state(
     ``uniform`` - with fitness still to be evaluated."""
     rng = np.random.default_rng(seed)
     base = np.asarray(uniform, dtype=np.float64)
-    pop = [repair(base, free, target_sum, cfg.upper)]
-    pop += [repair(np.asarray(g, dtype=np.float64), free, target_sum, cfg.upper) for g in seeds][: cfg.population - 1]
+    pop = [repair(base, free, target_sum, cfg.upper, cfg.snap)]
+    pop += [repair(np.asarray(g, dtype=np.float64), free, target_sum, cfg.upper, cfg.snap) for g in seeds][: cfg.population - 1]
     while len(pop) < cfg.population:
-        pop.append(repair(base + rng.normal(0.0, cfg.init_sigma, len(base)), free, target_sum, cfg.upper))
+        pop.append(repair(base + rng.normal(0.0, cfg.init_sigma, len(base)), free, target_sum, cfg.upper, cfg.snap))
     genomes = [p.tolist() for p in pop]
     return GAState(generation=-1, population=[], fitness=[], rng=rng.bit_generator.state), genomes
 

@@ -1,7 +1,7 @@
 """The three FTP training steps with checkpoints after each step and each GA generation.
 
 Checkpoint folder ``<output>.ckpt/``: ``meta.json`` (settings that determine the result),
-``ga1.json`` / ``ga3.json`` (GA state), ``step2.json`` + ``step2.routers.safetensors``
+``removal.json`` (greedy block-removal order), ``ga1.json`` / ``ga3.json`` (GA state), ``step2.json`` + ``step2.routers.safetensors``
 (trained routers, losses, decode thresholds). ``--resume`` continues from them; a run with
 different settings or unreadable files is refused.
 """
@@ -9,6 +9,7 @@ different settings or unreadable files is refused.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -34,9 +35,10 @@ from ftp_export.routing.router import RouterBank, static_router_bank
 from ftp_export.schedule import new_schedule, save_schedule
 from ftp_export_trainer import __version__
 from ftp_export_trainer import distributed as dist
+from ftp_export_trainer.block_search import dropped_kl, greedy_removal_order
 from ftp_export_trainer.data import CalibrationData, load_data, read_documents
 from ftp_export_trainer.evaluate import dense_logits, held_out_metrics, routed_kl, routed_model
-from ftp_export_trainer.ga import GAConfig, GAState, influence_seeds, init_state, run_ga
+from ftp_export_trainer.ga import GAConfig, GAState, influence_seeds, init_state, order_seeds, run_ga
 from ftp_export_trainer.losses import DEFAULT_WEIGHTS
 from ftp_export_trainer.router_fitting import RouterFitConfig, fit_routers
 from ftp_export_trainer.router_training import RouterTrainConfig, train_routers
@@ -78,6 +80,8 @@ class Settings:
     calib_samples: int = 4
     route_first_block: bool = False
     influence_seeds: bool = True
+    greedy_seeds: bool = True
+    removal_samples: int = 8
     select_every: int = 25
     device: str = "cpu"
     dtype: str = "float32"
@@ -102,7 +106,7 @@ def validate(s: Settings) -> None:
         raise FTPError(f"--dtype {s.dtype}: choose one of {', '.join(DTYPES)}")
     if s.device.startswith("cuda") and not torch.cuda.is_available():
         raise FTPError(f"--device {s.device}: CUDA is not available on this machine")
-    for name in ("samples", "seq_len", "population", "held_out_samples", "batch_size", "router_batch", "calib_samples", "cost_samples"):
+    for name in ("samples", "seq_len", "population", "held_out_samples", "batch_size", "router_batch", "calib_samples", "cost_samples", "removal_samples"):
         if getattr(s, name) < 1:
             raise FTPError(f"--{name.replace('_', '-')} must be >= 1")
     if s.seq_len < 4:
@@ -136,7 +140,7 @@ class Checkpoints:
     def __init__(self, output: Path) -> None:
         self.dir = output.with_name(output.name + ".ckpt")
 
-    FILES = ("meta.json", "ga1.json", "step2.json", "step2.routers.safetensors", "ga3.json")
+    FILES = ("meta.json", "removal.json", "ga1.json", "step2.json", "step2.routers.safetensors", "ga3.json")
 
     def reset(self) -> None:
         """Forget an earlier run's checkpoints (a fresh run must not resume from them later)."""
@@ -206,22 +210,26 @@ class Context:
     ckpt: Checkpoints
     log: Callable[[str], None]
     influence: list[float]  # ShortGPT block influence on the calibration windows
+    removal: dict[str, list] | None = None  # greedy KL block-removal order (GA seeds), see block_search
+
+
+def sharded(bar: tqdm, one: Callable[[Any], float]) -> Callable[[list[Any]], list[float]]:
+    """Score a list of candidates with ``one``, each rank its share, every rank gets all scores."""
+
+    def evaluate(items: list[Any]) -> list[float]:
+        mine = {i: torch.tensor(one(items[i]), dtype=torch.float64) for i in dist.shard(len(items))}
+        out = [float(v) for v in dist.gather_items(len(items), mine, torch.zeros((), dtype=torch.float64))]
+        bar.update(len(items))
+        return out
+
+    return evaluate
 
 
 def fitness_fn(ctx: Context, routers: RouterBank | None, bar: tqdm) -> Callable[[list[list[float]]], list[float]]:
     """GA fitness: KL of the hard-routed model to dense, sharded over ranks."""
     s = ctx.settings
-
-    def evaluate(genomes: list[list[float]]) -> list[float]:
-        mine = {}
-        for i in dist.shard(len(genomes)):
-            model = routed_model(ctx.hf, genomes[i], routers if routers is not None else static_router_bank(ctx.n).to(s.device))
-            mine[i] = torch.tensor(routed_kl(model, ctx.data.train, ctx.reference, s.batch_size), dtype=torch.float64)
-        out = [float(v) for v in dist.gather_items(len(genomes), mine, torch.zeros((), dtype=torch.float64))]
-        bar.update(len(genomes))
-        return out
-
-    return evaluate
+    bank = routers if routers is not None else static_router_bank(ctx.n).to(s.device)
+    return sharded(bar, lambda genome: routed_kl(routed_model(ctx.hf, genome, bank), ctx.data.train, ctx.reference, s.batch_size))
 
 
 def run_search(ctx: Context, name: str, routers: RouterBank | None, seed: int, init: list[float]) -> GAState:
@@ -237,12 +245,13 @@ def run_search(ctx: Context, name: str, routers: RouterBank | None, seed: int, i
             raise FTPError(f"checkpoint {ctx.ckpt.path(name + '.json')} is corrupt ({exc}); delete {ctx.ckpt.dir} or run without --resume") from None
         ctx.log(f"{name}: resuming after generation {state.generation}")
     else:
-        seeds = influence_seeds(ctx.influence, ctx.free, total, s.max_block_sparsity) if s.influence_seeds else []
+        seeds = order_seeds(ctx.removal["order"], ctx.n, ctx.free, total, s.max_block_sparsity) if ctx.removal else []
+        seeds += influence_seeds(ctx.influence, ctx.free, total, s.max_block_sparsity) if s.influence_seeds else []
         state, pending = init_state(init, ctx.free, total, cfg, seed, seeds)
         ctx.ckpt.write_json(f"{name}.json", {"state": state.to_json(), "pending": pending})
     if state.done:
         return state
-    remaining = (cfg.generations - state.generation) * (cfg.population - cfg.elite) + (cfg.population if state.generation < 0 else 0)
+    remaining = (cfg.generations - max(state.generation, 0)) * (cfg.population - cfg.elite) + (cfg.population if state.generation < 0 else 0)
     with _bar(remaining, f"{name} fitness", s.progress) as bar:
 
         def checkpoint(st: GAState) -> None:
@@ -252,6 +261,26 @@ def run_search(ctx: Context, name: str, routers: RouterBank | None, seed: int, i
         state = run_ga(state, pending, ctx.free, total, cfg, fitness_fn(ctx, routers, bar), on_generation=checkpoint)
     ctx.ckpt.write_json(f"{name}.json", {"state": state.to_json(), "pending": None})
     return state
+
+
+def removal_order(ctx: Context) -> dict[str, list]:
+    """The greedy KL block-removal order over the free blocks, as many blocks as the target
+    sparsity fills at the block cap, judged on the first ``--removal-samples`` calibration
+    windows (checkpointed: it costs ~blocks + 8 x count forwards of those windows)."""
+    s = ctx.settings
+    doc = ctx.ckpt.read_json("removal.json") if s.resume else None
+    if isinstance(doc, dict) and "order" in doc and "kl" in doc:
+        return doc
+    count = min(len(ctx.free), math.ceil(s.sparsity * ctx.n / s.max_block_sparsity - 1e-9))
+    pool = 8
+    total = len(ctx.free) + max(0, count - 1) * min(pool, len(ctx.free))
+    windows, reference = ctx.data.train[: s.removal_samples], ctx.reference[: s.removal_samples]
+    with _bar(total, "block removal order", s.progress) as bar:
+        score = sharded(bar, lambda blocks: dropped_kl(ctx.hf, blocks, windows, reference, s.batch_size))
+        order, kls = greedy_removal_order(score, ctx.free, count, pool)
+    doc = {"order": order, "kl": kls}
+    ctx.ckpt.write_json("removal.json", doc)
+    return doc
 
 
 def run_router_training(ctx: Context, sparsity: list[float]) -> tuple[RouterBank, dict[str, Any], list[float | None]]:
@@ -353,6 +382,10 @@ def run(s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
     influence = block_influence(hf, data.train, batch_size=s.batch_size)  # GA seeds and the ShortGPT row
     ctx = Context(s, hf, data, reference, free, n, ckpt, log, influence)
     timings["setup_s"] = time.perf_counter() - t0
+    if s.greedy_seeds:
+        t = time.perf_counter()
+        ctx.removal = removal_order(ctx)
+        timings["removal_order_s"] = time.perf_counter() - t
 
     uniform = [0.0] * n
     for b in free:
@@ -388,6 +421,8 @@ def run(s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
             "calibration": {"decode_thresholds": {"samples": s.calib_samples, "prompt_len": s.seq_len // 2, "order": "block by block"}},
             "seed": s.seed,
             "world_size": dist.world(),
+            # ftp-export eval drops these blocks as a second layer-dropping baseline
+            **({"block_removal": {**ctx.removal, "windows": s.removal_samples}} if ctx.removal else {}),
         },
     )
     digest = json.dumps({"s": final, "t": thresholds, "r": {k: v.tolist() for k, v in bank.state_dict().items()}})
@@ -402,6 +437,7 @@ def run(s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
         "ranks_agree": True,
         "block_sparsity": {"uniform": uniform, "step1_ga_static": step1, "final": final},
         "flop_ratio_dense_over_routed": routed_linear_flop_ratio(hf.config, final),
+        "block_removal": ctx.removal,
         "ga1_history": ga1.history,
         "router_history": step2["history"],
         "router_fit": {k: v for k, v in step2.items() if k != "history"},

@@ -81,17 +81,27 @@ def _texts(folder: Path, split: str) -> list[str]:
         return [json.loads(line)["text"] for line in f if line.strip()]
 
 
+def _removal_order(schedule: Any) -> list[int]:
+    """ftp-train's greedy KL block-removal order, if the schedule records one."""
+    doc = (schedule.produced_by or {}).get("block_removal") or {}
+    return [int(b) for b in doc.get("order", [])]
+
+
 def build_methods(hf: Any, schedules: list[tuple[str, Any]], uniform: list[float], influence: list[float]) -> list[tuple[str, M.Method]]:
     """(group, method) rows: dense, then per schedule FTP + uniform-static (same FLOPs) + ShortGPT
-    at the drop counts that bracket those FLOPs."""
+    at the drop counts that bracket those FLOPs (+ the greedy KL drop at those counts where the
+    schedule carries ftp-train's removal order)."""
     rows = [("dense", M.dense(hf))]
-    groups = [(f"s={sched.target_sparsity:.2f} ({label})", M.ftp(hf, sched, label), sched.target_sparsity) for label, sched in schedules]
-    groups += [(f"s={s:.2f}", None, s) for s in uniform]
-    for group, ftp, s in groups:
+    groups = [(f"s={sched.target_sparsity:.2f} ({label})", M.ftp(hf, sched, label), sched.target_sparsity, _removal_order(sched))
+              for label, sched in schedules]
+    groups += [(f"s={s:.2f}", None, s, []) for s in uniform]
+    for group, ftp, s, order in groups:
         u = M.uniform_static(hf, s)
         sp = ftp.detail["block_sparsity"] if ftp is not None else u.detail["block_sparsity"]
         rows += [(group, m) for m in (ftp, u) if m is not None]
-        rows += [(group, M.shortgpt(hf, influence, c)) for c in bracketing_drop_counts(hf.config, sp)]
+        counts = bracketing_drop_counts(hf.config, sp)
+        rows += [(group, M.shortgpt(hf, influence, c)) for c in counts]
+        rows += [(group, M.greedy_drop(hf, order, c)) for c in counts if c <= len(order)]
     return rows
 
 
@@ -167,22 +177,26 @@ def add_retention(results: list[dict[str, Any]]) -> None:
         r["retention"] = ret
 
 
+EQUAL_FLOP_BASELINES = {"shortgpt": "shortgpt", "greedy-drop": "greedy_drop"}  # row kind -> key prefix
+
+
 def add_equal_flop_comparison(results: list[dict[str, Any]]) -> None:
-    """For every FTP row, ShortGPT's retention at FTP's FLOPs (``vs_shortgpt``): the group's
-    bracketing drop counts mixed over requests to FTP's cost
-    (:func:`ftp_export.baselines.interpolate_at_flops`), and FTP minus that (positive = FTP
-    retains more)."""
+    """For every FTP row and layer-dropping baseline (``vs_shortgpt``, ``vs_greedy_drop``): the
+    baseline's retention at FTP's FLOPs - the group's bracketing drop counts mixed over requests
+    to FTP's cost (:func:`ftp_export.baselines.interpolate_at_flops`) - and FTP minus that
+    (positive = FTP retains more)."""
     for r in results:
         if r["kind"] != "ftp":
             continue
-        short = sorted((s for s in results if s["group"] == r["group"] and s["kind"] == "shortgpt"), key=lambda s: s["flop_ratio"])
-        if not short:
-            continue
-        cmp: dict[str, Any] = {"flop_ratio": r["flop_ratio"], "shortgpt_rows": [s["method"] for s in short]}
-        for key in ("perplexity", "accuracy"):
-            pts = [(s["flop_ratio"], s["retention"].get(key)) for s in short]
-            if r["retention"].get(key) is None or any(v is None for _, v in pts):
+        for kind, prefix in EQUAL_FLOP_BASELINES.items():
+            rows = sorted((s for s in results if s["group"] == r["group"] and s["kind"] == kind), key=lambda s: s["flop_ratio"])
+            if not rows:
                 continue
-            cmp[f"shortgpt_{key}_retention"] = interpolate_at_flops(r["flop_ratio"], pts, log=key == "perplexity")
-            cmp[f"ftp_minus_shortgpt_{key}"] = r["retention"][key] - cmp[f"shortgpt_{key}_retention"]
-        r["vs_shortgpt"] = cmp
+            cmp: dict[str, Any] = {"flop_ratio": r["flop_ratio"], f"{prefix}_rows": [s["method"] for s in rows]}
+            for key in ("perplexity", "accuracy"):
+                pts = [(s["flop_ratio"], s["retention"].get(key)) for s in rows]
+                if r["retention"].get(key) is None or any(v is None for _, v in pts):
+                    continue
+                cmp[f"{prefix}_{key}_retention"] = interpolate_at_flops(r["flop_ratio"], pts, log=key == "perplexity")
+                cmp[f"ftp_minus_{prefix}_{key}"] = r["retention"][key] - cmp[f"{prefix}_{key}_retention"]
+            r[f"vs_{prefix}"] = cmp

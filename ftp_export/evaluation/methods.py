@@ -8,6 +8,10 @@
   hit the routed model's FLOPs exactly, so the harness evaluates the two drop counts that bracket
   them (:func:`ftp_export.baselines.bracketing_drop_counts`) and compares FTP with the two mixed
   over requests to FTP's FLOPs (:func:`ftp_export.evaluation.harness.add_equal_flop_comparison`).
+- ``greedy-drop``: the first blocks of the greedy KL removal order that ``ftp-train`` searched
+  on its calibration windows and stored in the schedule (``produced_by.block_removal``; SLEB's
+  method). It uses the same block search FTP's GA starts from, so FTP against it isolates what
+  token routing adds over choosing blocks well.
 
 Prefill routing (exact top-k) is used throughout: it is what a prompt's log-likelihood goes
 through at inference.
@@ -28,7 +32,7 @@ from ftp_export.schedule import Schedule, new_schedule, uniform_sparsity
 @dataclass
 class Method:
     name: str
-    kind: str  # dense | ftp | uniform-static | shortgpt
+    kind: str  # dense | ftp | uniform-static | shortgpt | greedy-drop
     sparsity: float  # mean block sparsity (ShortGPT: dropped blocks / blocks)
     flop_ratio: float  # dense / pruned linear FLOPs
     forward: Forward = field(repr=False)
@@ -67,3 +71,12 @@ def shortgpt(hf: Any, influence: list[float], count: int) -> Method:
     pruned = drop_blocks(hf, blocks) if blocks else hf
     return Method(f"ShortGPT drop {count}/{n}", "shortgpt", count / n, n / (n - count), hf_forward(pruned),
                   {"dropped_blocks": blocks, "block_influence": influence})
+
+
+def greedy_drop(hf: Any, order: list[int], count: int) -> Method:
+    """The first ``count`` blocks of a greedy removal order dropped."""
+    n = int(hf.config.num_hidden_layers)
+    blocks = sorted(order[:count])
+    pruned = drop_blocks(hf, blocks) if blocks else hf
+    return Method(f"greedy KL drop {count}/{n}", "greedy-drop", count / n, n / (n - count), hf_forward(pruned),
+                  {"dropped_blocks": blocks, "removal_order": list(order)})

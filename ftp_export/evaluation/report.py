@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-KIND_LABEL = {"ftp": "FTP (trained routers + schedule)", "uniform-static": "uniform + static router", "shortgpt": "ShortGPT layer drop"}
+KIND_LABEL = {"ftp": "FTP (trained routers + schedule)", "uniform-static": "uniform + static router", "shortgpt": "ShortGPT layer drop",
+              "greedy-drop": "greedy KL layer drop (ftp-train's order)"}
+BASELINE_TITLE = {"shortgpt": "ShortGPT", "greedy_drop": "greedy KL drop"}  # vs_<prefix> -> name
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -28,19 +30,20 @@ def markdown_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def comparison_table(report: dict[str, Any]) -> str:
-    """FTP against ShortGPT interpolated to FTP's FLOPs (rows with ``vs_shortgpt``)."""
-    lines = ["| group | FLOPs dense/pruned | PPL retention FTP / ShortGPT | accuracy retention FTP / ShortGPT | FTP better on |",
+def comparison_table(report: dict[str, Any], prefix: str = "shortgpt") -> str:
+    """FTP against a layer-dropping baseline mixed to FTP's FLOPs (rows with ``vs_<prefix>``)."""
+    name = BASELINE_TITLE[prefix]
+    lines = [f"| group | FLOPs dense/pruned | PPL retention FTP / {name} | accuracy retention FTP / {name} | FTP better on |",
              "|---|---:|---:|---:|---|"]
     for r in report["results"]:
-        v = r.get("vs_shortgpt")
+        v = r.get(f"vs_{prefix}")
         if not v:
             continue
         cells, wins = [r["group"], f"{v['flop_ratio']:.3f}"], []
         for key in ("perplexity", "accuracy"):
-            if f"shortgpt_{key}_retention" in v:
-                cells.append(f"{r['retention'][key]:.1%} / {v[f'shortgpt_{key}_retention']:.1%}")
-                if v[f"ftp_minus_shortgpt_{key}"] > 0:
+            if f"{prefix}_{key}_retention" in v:
+                cells.append(f"{r['retention'][key]:.1%} / {v[f'{prefix}_{key}_retention']:.1%}")
+                if v[f"ftp_minus_{prefix}_{key}"] > 0:
                     wins.append(key)
             else:
                 cells.append("n/a")
@@ -82,8 +85,11 @@ def write(report: dict[str, Any], folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "eval.json", "markdown": folder / "eval.md", "plot": folder / "eval.png"}
     paths["json"].write_text(json.dumps(report, indent=2) + "\n")
-    cmp = comparison_table(report)
-    cmp = f"\n## FTP vs ShortGPT at FTP's FLOPs (the bracketing drop counts mixed over requests)\n\n{cmp}\n" if cmp else ""
+    cmp = ""
+    for prefix, name in BASELINE_TITLE.items():
+        table = comparison_table(report, prefix)
+        if table:
+            cmp += f"\n## FTP vs {name} at FTP's FLOPs (the bracketing drop counts mixed over requests)\n\n{table}\n"
     paths["markdown"].write_text(f"# Accuracy retention: {report['model']}\n\n{markdown_table(report)}\n{cmp}")
     plot(report, paths["plot"])
     return paths
