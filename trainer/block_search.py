@@ -20,6 +20,8 @@ import torch
 from ftp_export.baselines import drop_blocks
 from ftp_export.metrics import kl_per_token
 
+POOL = 8  # blocks re-scored per removal after the first (see greedy_removal_order)
+
 
 @torch.no_grad()
 def dropped_kl(hf: Any, blocks: list[int], data: torch.Tensor, reference: torch.Tensor, batch_size: int) -> float:
@@ -35,7 +37,7 @@ def dropped_kl(hf: Any, blocks: list[int], data: torch.Tensor, reference: torch.
 
 
 def greedy_removal_order(
-    score: Callable[[list[list[int]]], list[float]], candidates: list[int], count: int, pool: int = 8
+    score: Callable[[list[list[int]]], list[float]], candidates: list[int], count: int, pool: int = POOL
 ) -> tuple[list[int], list[float]]:
     """Remove ``count`` of ``candidates`` one at a time, each time the block whose removal
     leaves the lowest score (``score`` maps block sets to KL, e.g. :func:`dropped_kl`; ties go

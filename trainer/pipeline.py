@@ -35,7 +35,7 @@ from ftp_export.routing.router import RouterBank, static_router_bank
 from ftp_export.schedule import new_schedule, save_schedule
 from ftp_export_trainer import __version__
 from ftp_export_trainer import distributed as dist
-from ftp_export_trainer.block_search import dropped_kl, greedy_removal_order
+from ftp_export_trainer.block_search import POOL, dropped_kl, greedy_removal_order
 from ftp_export_trainer.data import CalibrationData, load_data, read_documents
 from ftp_export_trainer.evaluate import dense_logits, held_out_metrics, routed_kl, routed_model
 from ftp_export_trainer.ga import GAConfig, GAState, influence_seeds, init_state, order_seeds, run_ga
@@ -266,18 +266,17 @@ def run_search(ctx: Context, name: str, routers: RouterBank | None, seed: int, i
 def removal_order(ctx: Context) -> dict[str, list]:
     """The greedy KL block-removal order over the free blocks, as many blocks as the target
     sparsity fills at the block cap, judged on the first ``--removal-samples`` calibration
-    windows (checkpointed: it costs ~blocks + 8 x count forwards of those windows)."""
+    windows (checkpointed: it costs ~blocks + POOL x count forwards of those windows)."""
     s = ctx.settings
     doc = ctx.ckpt.read_json("removal.json") if s.resume else None
     if isinstance(doc, dict) and "order" in doc and "kl" in doc:
         return doc
     count = min(len(ctx.free), math.ceil(s.sparsity * ctx.n / s.max_block_sparsity - 1e-9))
-    pool = 8
-    total = len(ctx.free) + max(0, count - 1) * min(pool, len(ctx.free))
+    total = len(ctx.free) + sum(min(POOL, len(ctx.free) - i) for i in range(1, count))
     windows, reference = ctx.data.train[: s.removal_samples], ctx.reference[: s.removal_samples]
     with _bar(total, "block removal order", s.progress) as bar:
         score = sharded(bar, lambda blocks: dropped_kl(ctx.hf, blocks, windows, reference, s.batch_size))
-        order, kls = greedy_removal_order(score, ctx.free, count, pool)
+        order, kls = greedy_removal_order(score, ctx.free, count, POOL)
     doc = {"order": order, "kl": kls}
     ctx.ckpt.write_json("removal.json", doc)
     return doc
