@@ -55,17 +55,25 @@ def test_output_schedule_is_valid(first_run):
     assert methods[0] == "dense" and any("ShortGPT" in m for m in methods) and len(methods) >= 6
     assert report["comparison"][0]["kl_to_dense"] == pytest.approx(0.0, abs=1e-6)
     # layer dropping at the routed FLOPs: between the bracketing drop counts, linear in FLOPs
-    ftp, *short, interp = report["comparison"][4:]
+    ftp, *drops = report["comparison"][4:]
+    short, greedy, (interp, greedy_interp) = drops[:2], drops[2:4], drops[4:]
     assert interp["flop_ratio"] == ftp["flop_ratio"] and [r["flop_ratio"] <= ftp["flop_ratio"] for r in short] == [True, False]
     (x0, k0), (x1, k1) = [(r["flop_ratio"], r["kl_to_dense"]) for r in short]
     w = (1 / ftp["flop_ratio"] - 1 / x0) / (1 / x1 - 1 / x0)  # share of requests on the cheaper count
     assert 0 < w < 1 and interp["kl_to_dense"] == pytest.approx(k0 + w * (k1 - k0))
+    # the same for dropping the first blocks of the greedy KL removal order
+    order = report["block_removal"]["order"]
+    n = len(sched.block_sparsity)
+    counts = [round(n - n / r["flop_ratio"]) for r in short]
+    assert [r["method"] for r in greedy] == [f"greedy KL drop {c} blocks {sorted(order[:c])}" for c in counts]
+    (g0, q0), (g1, q1) = [(r["flop_ratio"], r["kl_to_dense"]) for r in greedy]
+    assert (g0, g1) == (x0, x1) and greedy_interp["kl_to_dense"] == pytest.approx(q0 + w * (q1 - q0))
+    assert greedy_interp["method"] == "greedy KL at equal FLOPs (interpolated)"
     # step 2 starts from whichever of the fitted and static routers routes the calibration windows better
     fit = report["router_fit"]
     assert fit["start"] == ("fitted" if fit["kl_fitted"] <= fit["kl_static"] else "static")
     assert report["router_history"][0]["selection"] == pytest.approx(min(fit["kl_fitted"], fit["kl_static"]), rel=1e-6)
     # the greedy removal order (GA seed) names as many distinct routed blocks as s fills at the cap
-    n = len(sched.block_sparsity)
     removal = report["block_removal"]
     assert len(removal["order"]) == len(set(removal["order"])) == len(removal["kl"]) == -(-0.4 * n // 0.99)
     assert 0 not in removal["order"] and all(k > 0 for k in removal["kl"])

@@ -467,7 +467,8 @@ def _resolve(model: str | None) -> ModelRef:
 
 @torch.no_grad()
 def compare(ctx: Context, uniform: list[float], step1: list[float], final: list[float], bank: RouterBank) -> list[dict[str, Any]]:
-    """Held-out perplexity and KL to dense of the dense model, the routed variants and ShortGPT."""
+    """Held-out perplexity and KL to dense of the dense model, the routed variants and layer
+    dropping (ShortGPT's blocks and the greedy KL order's), the latter also at FTP's FLOPs."""
     s, hf, held = ctx.settings, ctx.hf, ctx.data.held_out
     ref = dense_logits(hf, held, s.batch_size)
     static = static_router_bank(ctx.n).to(s.device)
@@ -477,17 +478,20 @@ def compare(ctx: Context, uniform: list[float], step1: list[float], final: list[
         return lambda ids: model(ids, mode="prefill").logits.float()
 
     counts = bracketing_drop_counts(hf.config, final)
-    short_rows = []
-    for c in counts:
-        blocks = shortgpt_blocks(ctx.influence, c)
-        short_rows.append((f"ShortGPT drop {c} blocks {blocks}", _hf_logits(drop_blocks(hf, blocks)), c))
+    # layer dropping at the bracketing counts: ShortGPT's blocks, and the greedy KL order's
+    # (same search as FTP's seeds: FTP against it is what token routing adds)
+    baselines = {"ShortGPT": [shortgpt_blocks(ctx.influence, c) for c in counts]}  # name -> block sets
+    order = ctx.removal["order"] if ctx.removal else []
+    if all(c <= len(order) for c in counts):
+        baselines["greedy KL"] = [sorted(order[:c]) for c in counts]
+    drop_rows = [(f"{name} drop {len(b)} blocks {b}", _hf_logits(drop_blocks(hf, b)), len(b)) for name, sets in baselines.items() for b in sets]
     rows = [
         ("dense", _hf_logits(hf), [0.0] * ctx.n),
         ("uniform + static router", routed(uniform, static), uniform),
         ("GA + static router (step 1)", routed(step1, static), step1),
         ("GA + dynamic router (step 2)", routed(step1, bank), step1),
         ("GA fine-tuned + dynamic router (FTP, step 3)", routed(final, bank), final),
-        *short_rows,
+        *drop_rows,
     ]
     out = []
     for name, fwd, sp in tqdm(rows, desc="held-out eval", disable=not (s.progress and dist.is_main()), leave=False):
@@ -496,10 +500,11 @@ def compare(ctx: Context, uniform: list[float], step1: list[float], final: list[
         out.append({"method": name, **m, "flop_ratio": ratio})
     # layer dropping at exactly the routed FLOPs: the bracketing drop counts mixed over requests
     ftp_ratio = routed_linear_flop_ratio(hf.config, final)
-    measured = out[-len(short_rows) :]
-    interp = {k: interpolate_at_flops(ftp_ratio, [(r["flop_ratio"], r[k]) for r in measured], log=k == "perplexity")
-              for k in ("perplexity", "kl_to_dense")}
-    out.append({"method": "ShortGPT at equal FLOPs (interpolated)", **interp, "tokens": measured[0]["tokens"], "flop_ratio": ftp_ratio})
+    for j, name in enumerate(baselines):
+        measured = out[5 + j * len(counts) : 5 + (j + 1) * len(counts)]
+        interp = {k: interpolate_at_flops(ftp_ratio, [(r["flop_ratio"], r[k]) for r in measured], log=k == "perplexity")
+                  for k in ("perplexity", "kl_to_dense")}
+        out.append({"method": f"{name} at equal FLOPs (interpolated)", **interp, "tokens": measured[0]["tokens"], "flop_ratio": ftp_ratio})
     return out
 
 
