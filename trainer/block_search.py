@@ -18,22 +18,15 @@ from typing import Any
 import torch
 
 from ftp_export.baselines import drop_blocks
-from ftp_export.metrics import kl_per_token
+from ftp_export_trainer.evaluate import mean_kl
 
 POOL = 8  # blocks re-scored per removal after the first (see greedy_removal_order)
 
 
-@torch.no_grad()
 def dropped_kl(hf: Any, blocks: list[int], data: torch.Tensor, reference: torch.Tensor, batch_size: int) -> float:
     """Mean KL(dense || model without ``blocks``) per token on ``data``."""
     model = drop_blocks(hf, blocks)
-    total, count = 0.0, 0
-    for i in range(0, len(data), batch_size):
-        logits = model(input_ids=data[i : i + batch_size], use_cache=False).logits.float()
-        kl = kl_per_token(logits, reference[i : i + batch_size])
-        total += float(kl.double().sum())
-        count += kl.numel()
-    return total / max(count, 1)
+    return mean_kl(lambda ids: model(input_ids=ids, use_cache=False).logits.float(), data, reference, batch_size)
 
 
 def greedy_removal_order(

@@ -24,15 +24,19 @@ def routed_model(hf: Any, block_sparsity: list[float], routers: RouterBank | Non
 
 
 @torch.no_grad()
-def routed_kl(model: RoutedCausalLM, data: torch.Tensor, reference: torch.Tensor, batch_size: int) -> float:
-    """Mean KL(dense || routed) per token of the hard-routed (prefill) model: the GA fitness."""
+def mean_kl(forward: Any, data: torch.Tensor, reference: torch.Tensor, batch_size: int) -> float:
+    """Mean KL(dense || forward) per token of ``forward(ids) -> logits`` on ``data``."""
     total, count = 0.0, 0
     for i in range(0, len(data), batch_size):
-        logits = model(data[i : i + batch_size], mode="prefill").logits
-        kl = kl_per_token(logits, reference[i : i + batch_size])
+        kl = kl_per_token(forward(data[i : i + batch_size]), reference[i : i + batch_size])
         total += float(kl.double().sum())
         count += kl.numel()
     return total / max(count, 1)
+
+
+def routed_kl(model: RoutedCausalLM, data: torch.Tensor, reference: torch.Tensor, batch_size: int) -> float:
+    """Mean KL(dense || routed) per token of the hard-routed (prefill) model: the GA fitness."""
+    return mean_kl(lambda ids: model(ids, mode="prefill").logits, data, reference, batch_size)
 
 
 @torch.no_grad()
