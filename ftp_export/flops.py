@@ -4,7 +4,7 @@ Per token, a block's linear layers cost ``2 * in * out`` FLOPs each: q and o (hi
 k and v (hidden x kv_heads*head_dim, GQA), gate, up and down (hidden x intermediate). Attention
 score/value products, norms and the LM head are not counted. In a routed block a skipped token
 still pays the K/V projections (it writes the KV cache), so only q, o and the MLP scale with the
-keep ratio ``1 - s_b``.
+keep ratio ``1 - s_b``. A dropped block (``s_b = 1``) costs nothing: no query reads its cache.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def block_linear_flops(config: Any) -> BlockFlops:
 def routed_linear_flops(config: Any, block_sparsity: list[float]) -> float:
     """Per-token linear FLOPs of all blocks when block b computes a fraction ``1 - s_b`` of tokens."""
     f = block_linear_flops(config)
-    return sum(f.kv + (1.0 - s) * f.rest for s in block_sparsity)
+    return sum(0.0 if s >= 1.0 else f.kv + (1.0 - s) * f.rest for s in block_sparsity)
 
 
 def dense_linear_flops(config: Any) -> int:

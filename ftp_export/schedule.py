@@ -8,7 +8,7 @@ Format (``format_version`` 1)::
                      num_hidden_layers, hidden_size, num_attention_heads, num_key_value_heads,
                      vocab_size}},
       "target_sparsity": 0.4,            # mean of block_sparsity
-      "block_sparsity": [0.0, 0.48, ...],  # one per block, each in [0, 1)
+      "block_sparsity": [0.0, 0.48, ...],  # one per block, each in [0, 1]; 1 = block dropped
       "router": {"type": "mlp", "features": [...4...], "hidden": 64, "activation": "relu",
                  "weights": "s40.routers.safetensors",   # relative to the JSON's folder
                  "sha256": "<hex of the weights file>"},
@@ -50,6 +50,11 @@ FINGERPRINT_KEYS = (
 )
 
 
+def routed_sparsity(s: float) -> bool:
+    """A block with this sparsity is routed: 0 < s < 1 (0 = dense, 1 = dropped)."""
+    return 0.0 < s < 1.0
+
+
 @dataclass
 class Schedule:
     """A validated schedule with its routers loaded."""
@@ -74,7 +79,12 @@ class Schedule:
         return 1.0 - self.block_sparsity[block]
 
     def is_routed(self, block: int) -> bool:
-        return self.block_sparsity[block] > 0.0
+        """Some but not all tokens skip this block (it has a router)."""
+        return routed_sparsity(self.block_sparsity[block])
+
+    def is_dropped(self, block: int) -> bool:
+        """Every token skips this block: nothing of it runs, not even the K/V projections."""
+        return self.block_sparsity[block] >= 1.0
 
     def threshold(self, block: int) -> float:
         t = self.decode_thresholds[block]
@@ -145,8 +155,8 @@ def load_schedule(path: str | os.PathLike[str]) -> Schedule:
             "give one sparsity per block",
         )
     for i, s in enumerate(sparsity):
-        if not _number(s) or not (0.0 <= s < 1.0):
-            raise _fail(src, f"field 'block_sparsity[{i}]' is {s!r}; each block sparsity must be in [0, 1)")
+        if not _number(s) or not (0.0 <= s <= 1.0):
+            raise _fail(src, f"field 'block_sparsity[{i}]' is {s!r}; each block sparsity must be in [0, 1] (1 drops the block)")
     target = doc.get("target_sparsity")
     if target is not None:
         if not _number(target) or not (0.0 <= target < 1.0):
@@ -293,8 +303,8 @@ def new_schedule(
     if len(block_sparsity) != n:
         raise ScheduleError(f"block_sparsity has {len(block_sparsity)} entries but the model has {n} blocks")
     for i, s in enumerate(block_sparsity):
-        if not (0.0 <= s < 1.0):
-            raise ScheduleError(f"block_sparsity[{i}] is {s}; each block sparsity must be in [0, 1)")
+        if not (0.0 <= s <= 1.0):
+            raise ScheduleError(f"block_sparsity[{i}] is {s}; each block sparsity must be in [0, 1] (1 drops the block)")
     arch = (getattr(config, "architectures", None) or [config.model_type])[0]
     return Schedule(
         block_sparsity=[float(s) for s in block_sparsity],

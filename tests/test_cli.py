@@ -76,7 +76,7 @@ def _mutate(path: Path, fn) -> Path:
 BAD_SCHEDULES = {
     "malformed": (lambda p: (p.write_text("{oops"), p)[1], "not valid JSON"),
     "block-count": (lambda p: _mutate(p, lambda d: d.update(block_sparsity=d["block_sparsity"][:-1])), "entries but the model has"),
-    "sparsity-one": (lambda p: _mutate(p, lambda d: d["block_sparsity"].__setitem__(1, 1.0)), "block_sparsity[1]"),
+    "sparsity-above-one": (lambda p: _mutate(p, lambda d: d["block_sparsity"].__setitem__(1, 1.2)), "block_sparsity[1]"),
     "sparsity-negative": (lambda p: _mutate(p, lambda d: d["block_sparsity"].__setitem__(1, -0.2)), "block_sparsity[1]"),
     "weights-missing": (lambda p: (p.with_name(json.loads(p.read_text())["router"]["weights"]).unlink(), p)[1], "not found"),
     "weights-tampered": (

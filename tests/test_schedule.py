@@ -41,7 +41,7 @@ def test_round_trip(saved, tiny_model):
     "mutate,needle",
     [
         (lambda d: d.update(block_sparsity=d["block_sparsity"][:3]), "has 3 entries but the model has 4 blocks"),
-        (lambda d: d["block_sparsity"].__setitem__(2, 1.0), "block_sparsity[2]"),
+        (lambda d: d["block_sparsity"].__setitem__(2, 1.2), "block_sparsity[2]"),
         (lambda d: d["block_sparsity"].__setitem__(1, -0.1), "block_sparsity[1]"),
         (lambda d: d["block_sparsity"].__setitem__(1, "x"), "block_sparsity[1]"),
         (lambda d: d.update(format_version=99), "format_version"),

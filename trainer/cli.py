@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--population", type=int, default=d.population)
     p.add_argument("--elite", type=int, default=d.elite)
     p.add_argument("--max-block-sparsity", type=float, default=d.max_block_sparsity,
-                   help="cap on any one block's sparsity (0.99 lets the GA all but drop a block while still computing its top tokens)")
+                   help="cap on any one block's sparsity (1 lets the GA drop a block outright, K/V projections included)")
     p.add_argument("--cost-samples", type=int, default=d.cost_samples,
                    help="step 2a: sampled backward passes per window for the per-token skip costs")
     p.add_argument("--fit-steps", type=int, default=d.fit_steps,
@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not seed the GA with the greedy KL block-removal order")
     p.add_argument("--removal-samples", type=int, default=d.removal_samples,
                    help="calibration windows that judge the greedy block-removal order")
+    p.add_argument("--validation-samples", type=int, default=d.validation_samples,
+                   help="held-out windows (after the comparison's) that pick the final schedule among steps 1-3 "
+                        "by KL to dense (0: always step 3)")
     p.add_argument("--no-influence-seeds", dest="influence_seeds", action="store_false",
                    help="start the GA from the even spread only (default: also from ShortGPT block influence)")
     p.add_argument("--resume", action="store_true", help="continue from <output>.ckpt/")

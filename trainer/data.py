@@ -28,8 +28,9 @@ from ftp_export.token_windows import windows
 @dataclass
 class CalibrationData:
     train: torch.Tensor  # [N, L] int64
-    held_out: torch.Tensor  # [M, L] int64
+    held_out: torch.Tensor  # [M, L] int64: the comparison table's windows
     source: dict[str, Any]
+    validation: torch.Tensor | None = None  # [V, L] int64: held-out windows after those, picks the final schedule
 
 
 class ByteTokenizer:
@@ -104,8 +105,11 @@ def load_data(
     text_field: str = "text",
     txt_mode: str = "lines",
     held_out_fraction: float = 0.1,
+    validation_samples: int = 0,
 ) -> CalibrationData:
-    """Tokenize the calibration source into train and held-out windows."""
+    """Tokenize the calibration source into train, held-out and validation windows (the
+    validation windows follow the held-out ones in the held-out text; fewer, or none, when
+    the text runs out)."""
     tokenizer = get_tokenizer(model_source, vocab_size)
     if data is None:
         try:
@@ -132,6 +136,9 @@ def load_data(
     if len(held_ids) < seq_len:  # tiny files: fall back to the tail of the training text
         held_ids = train_ids[-seq_len * max(1, held_out_samples):]
         source["held_out_note"] = "held-out text shorter than one window; used the end of the training text"
-    held = windows(held_ids, seq_len, None)[:held_out_samples]
-    source.update(train_tokens=len(train_ids), held_out_tokens=len(held_ids), tokenizer=type(tokenizer).__name__)
-    return CalibrationData(train=train, held_out=held, source=source)
+    all_held = windows(held_ids, seq_len, None)
+    held = all_held[:held_out_samples]
+    validation = all_held[held_out_samples : held_out_samples + validation_samples]
+    source.update(train_tokens=len(train_ids), held_out_tokens=len(held_ids), tokenizer=type(tokenizer).__name__,
+                  validation_windows=len(validation))
+    return CalibrationData(train=train, held_out=held, source=source, validation=validation)

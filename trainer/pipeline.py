@@ -32,7 +32,7 @@ from ftp_export.calibration import calibrate_decode_thresholds
 from ftp_export.errors import FTPError
 from ftp_export.flops import routed_linear_flop_ratio
 from ftp_export.routing.router import RouterBank, static_router_bank
-from ftp_export.schedule import new_schedule, save_schedule
+from ftp_export.schedule import new_schedule, routed_sparsity, save_schedule
 from ftp_export_trainer import __version__
 from ftp_export_trainer import distributed as dist
 from ftp_export_trainer.block_search import POOL, dropped_kl, greedy_removal_order
@@ -67,7 +67,7 @@ class Settings:
     generations: int = 5
     population: int = 8
     elite: int = 2
-    max_block_sparsity: float = 0.99
+    max_block_sparsity: float = 1.0
     cost_samples: int = 4
     fit_steps: int = 400
     router_steps: int = 150
@@ -82,6 +82,7 @@ class Settings:
     influence_seeds: bool = True
     greedy_seeds: bool = True
     removal_samples: int = 8
+    validation_samples: int = 16
     select_every: int = 25
     device: str = "cpu"
     dtype: str = "float32"
@@ -111,10 +112,10 @@ def validate(s: Settings) -> None:
             raise FTPError(f"--{name.replace('_', '-')} must be >= 1")
     if s.seq_len < 4:
         raise FTPError("--seq-len must be >= 4")
-    if s.generations < 0 or s.router_steps < 0 or s.fit_steps < 0:
-        raise FTPError("--generations, --fit-steps and --router-steps must be >= 0")
-    if not (0.0 < s.max_block_sparsity < 1.0):
-        raise FTPError("--max-block-sparsity must be in (0, 1)")
+    if s.generations < 0 or s.router_steps < 0 or s.fit_steps < 0 or s.validation_samples < 0:
+        raise FTPError("--generations, --fit-steps, --router-steps and --validation-samples must be >= 0")
+    if not (0.0 < s.max_block_sparsity <= 1.0):
+        raise FTPError("--max-block-sparsity must be in (0, 1]")
 
 
 def default_threads() -> int:
@@ -305,7 +306,7 @@ def run_router_training(ctx: Context, sparsity: list[float]) -> tuple[RouterBank
     if s.fit_steps > 0:
         with _bar(-(-len(ctx.data.train) // s.batch_size), "step 2a skip costs", s.progress) as bar:
             costs = skip_costs(ctx.hf, ctx.data.train, s.cost_samples, s.batch_size, s.seed + 2, progress=bar.update)
-        with _bar(sum(x > 0 for x in sparsity), "step 2a router fit", s.progress) as bar:
+        with _bar(sum(map(routed_sparsity, sparsity)), "step 2a router fit", s.progress) as bar:
             fitted, explained = fit_routers(ctx.hf, sparsity, costs, ctx.data.train, RouterFitConfig(steps=s.fit_steps), s.seed + 2,
                                             progress=lambda b, v: bar.update(1))
         record.update(fit_explained=explained, kl_fitted=hard_kl(fitted))
@@ -337,7 +338,7 @@ def calibrate(ctx: Context, sparsity: list[float], bank: RouterBank) -> list[flo
     s = ctx.settings
     seqs = ctx.data.train[: s.calib_samples]
     model = routed_model(ctx.hf, sparsity, bank)
-    with _bar(sum(x > 0 for x in sparsity), "decode thresholds", s.progress) as bar:
+    with _bar(sum(map(routed_sparsity, sparsity)), "decode thresholds", s.progress) as bar:
         thresholds, _ = calibrate_decode_thresholds(model, seqs, max(1, seqs.shape[1] // 2), progress=lambda p, n: bar.update(1))
     return thresholds
 
@@ -363,8 +364,10 @@ def run(s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
     hf = load_model(ref, dtype=DTYPES[s.dtype], device=s.device)
     for p in hf.parameters():
         p.requires_grad_(False)
-    data = load_data(s.data, ref.source, int(hf.config.vocab_size), s.samples, s.seq_len, s.held_out_samples, s.text_field, s.txt_mode)
+    data = load_data(s.data, ref.source, int(hf.config.vocab_size), s.samples, s.seq_len, s.held_out_samples, s.text_field, s.txt_mode,
+                     validation_samples=s.validation_samples)
     data.train, data.held_out = data.train.to(s.device), data.held_out.to(s.device)
+    data.validation = data.validation.to(s.device) if data.validation is not None else None
     output = Path(s.output)
     ckpt = Checkpoints(output)
     meta = {"settings": s.result_keys(), "model_source": ref.source, "version": __version__}
@@ -399,9 +402,14 @@ def run(s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
     timings["step2_s"] = time.perf_counter() - t
     t = time.perf_counter()
     ga3 = run_search(ctx, "ga3", bank, s.seed + 3, step1)
-    final, _ = ga3.best()
-    if final != step1:  # thresholds belong to the final sparsities
-        thresholds = calibrate(ctx, final, bank)
+    step3, _ = ga3.best()
+    static = static_router_bank(n).to(s.device)
+    candidates = [("step 1", step1, static), ("step 2", step1, bank), ("step 3", step3, bank)]
+    selection = select_final(ctx, candidates)
+    _, final, routers = next(c for c in candidates if c[0] == selection["chosen"])
+    if not (routers is bank and final == step1):  # step 2's thresholds belong to step 1's sparsities and the trained routers
+        thresholds = calibrate(ctx, final, routers)
+    bank = routers
     timings["step3_s"] = time.perf_counter() - t
 
     settings_doc = {k: v for k, v in asdict(s).items() if k not in ("resume", "progress")}
@@ -434,7 +442,8 @@ def run(s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
         "data": data.source,
         "world_size": dist.world(),
         "ranks_agree": True,
-        "block_sparsity": {"uniform": uniform, "step1_ga_static": step1, "final": final},
+        "block_sparsity": {"uniform": uniform, "step1_ga_static": step1, "step3_ga_dynamic": step3, "final": final},
+        "selection": selection,
         "flop_ratio_dense_over_routed": routed_linear_flop_ratio(hf.config, final),
         "block_removal": ctx.removal,
         "ga1_history": ga1.history,
@@ -445,7 +454,7 @@ def run(s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
     }
     if s.evaluate:
         t = time.perf_counter()
-        report["comparison"] = compare(ctx, uniform, step1, final, bank)
+        report["comparison"] = compare(ctx, uniform, candidates, selection["chosen"])
         timings["evaluation_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     report["timings"] = timings
@@ -465,18 +474,45 @@ def _resolve(model: str | None) -> ModelRef:
     return resolve_model(model)
 
 
+STEP_TITLES = {"step 1": "GA + static router (step 1)", "step 2": "GA + dynamic router (step 2)",
+               "step 3": "GA fine-tuned + dynamic router (step 3)"}
+
+
 @torch.no_grad()
-def compare(ctx: Context, uniform: list[float], step1: list[float], final: list[float], bank: RouterBank) -> list[dict[str, Any]]:
-    """Held-out perplexity and KL to dense of the dense model, the routed variants and layer
-    dropping (ShortGPT's blocks and the greedy KL order's), the latter also at FTP's FLOPs."""
+def select_final(ctx: Context, candidates: list[tuple[str, list[float], RouterBank]]) -> dict[str, Any]:
+    """Which of steps 1-3 becomes the schedule: the lowest KL to dense on the validation windows
+    (held-out text, disjoint from the calibration windows every step fits and from the
+    comparison table's). Steps 2 and 3 only ever lower the *calibration* KL; on held-out text
+    that can be a loss (SmolLM2-135M, docs/evaluation.md), and then an earlier step is kept.
+    Without validation windows (``--validation-samples 0`` or too little held-out text) step 3 is."""
+    s, val = ctx.settings, ctx.data.validation
+    if val is None or len(val) == 0:
+        return {"windows": 0, "kl": {}, "chosen": candidates[-1][0]}
+    ref = dense_logits(ctx.hf, val, s.batch_size)
+    kl: dict[str, float] = {}
+    for name, sp, routers in candidates:
+        same = next((kl[n] for n, p, r in candidates if n in kl and p == sp and r is routers), None)
+        kl[name] = same if same is not None else routed_kl(routed_model(ctx.hf, sp, routers), val, ref, s.batch_size)
+    # ties (identical schedules) go to the later step
+    chosen = min(reversed(list(kl)), key=lambda n: kl[n])
+    ctx.log(f"final schedule: {chosen} (validation KL " + ", ".join(f"{n} {v:.4f}" for n, v in kl.items()) + ")")
+    return {"windows": len(val), "kl": kl, "chosen": chosen}
+
+
+@torch.no_grad()
+def compare(ctx: Context, uniform: list[float], candidates: list[tuple[str, list[float], RouterBank]], chosen: str) -> list[dict[str, Any]]:
+    """Held-out perplexity and KL to dense of the dense model, the routed variants (the chosen
+    one marked "= FTP") and layer dropping (ShortGPT's blocks and the greedy KL order's), the
+    latter also at FTP's FLOPs."""
     s, hf, held = ctx.settings, ctx.hf, ctx.data.held_out
     ref = dense_logits(hf, held, s.batch_size)
-    static = static_router_bank(ctx.n).to(s.device)
+    static = static_router_bank(ctx.n).to(s.device)  # the uniform baseline's
 
     def routed(sp: list[float], routers: RouterBank) -> Callable[[torch.Tensor], torch.Tensor]:
         model = routed_model(hf, sp, routers)
         return lambda ids: model(ids, mode="prefill").logits.float()
 
+    final = next(sp for name, sp, _ in candidates if name == chosen)
     counts = bracketing_drop_counts(hf.config, final)
     # layer dropping at the bracketing counts: ShortGPT's blocks, and the greedy KL order's
     # (same search as FTP's seeds: FTP against it is what token routing adds)
@@ -488,9 +524,7 @@ def compare(ctx: Context, uniform: list[float], step1: list[float], final: list[
     rows = [
         ("dense", _hf_logits(hf), [0.0] * ctx.n),
         ("uniform + static router", routed(uniform, static), uniform),
-        ("GA + static router (step 1)", routed(step1, static), step1),
-        ("GA + dynamic router (step 2)", routed(step1, bank), step1),
-        ("GA fine-tuned + dynamic router (FTP, step 3)", routed(final, bank), final),
+        *((STEP_TITLES[name] + (" = FTP" if name == chosen else ""), routed(sp, routers), sp) for name, sp, routers in candidates),
         *drop_rows,
     ]
     out = []
@@ -500,8 +534,8 @@ def compare(ctx: Context, uniform: list[float], step1: list[float], final: list[
         out.append({"method": name, **m, "flop_ratio": ratio})
     # layer dropping at exactly the routed FLOPs: the bracketing drop counts mixed over requests
     ftp_ratio = routed_linear_flop_ratio(hf.config, final)
-    for j, name in enumerate(baselines):
-        measured = out[5 + j * len(counts) : 5 + (j + 1) * len(counts)]
+    for name in baselines:
+        measured = [r for r in out if r["method"].startswith(f"{name} drop ")]
         interp = {k: interpolate_at_flops(ftp_ratio, [(r["flop_ratio"], r[k]) for r in measured], log=k == "perplexity")
                   for k in ("perplexity", "kl_to_dense")}
         out.append({"method": f"{name} at equal FLOPs (interpolated)", **interp, "tokens": measured[0]["tokens"], "flop_ratio": ftp_ratio})

@@ -30,7 +30,7 @@ from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.routing.factors import router_features
 from ftp_export.routing.router import RouterBank
 from ftp_export.routing.selection import topk_select
-from ftp_export.schedule import new_schedule
+from ftp_export.schedule import new_schedule, routed_sparsity
 from ftp_export_trainer import distributed as dist
 from ftp_export_trainer.losses import DEFAULT_WEIGHTS, distill_loss, guide_loss, relaxed_logit, sparsity_loss
 
@@ -69,7 +69,7 @@ def static_targets(static: RouterBank, block_sparsity: list[float], ids: torch.T
     n_ctx = torch.full((bsz,), seq, dtype=torch.int64, device=ids.device)
     out: list[torch.Tensor | None] = []
     for b, s in enumerate(block_sparsity):
-        if s <= 0:
+        if not routed_sparsity(s):
             out.append(None)
             continue
         feats = router_features(torch.zeros(bsz, seq, device=ids.device), pos, n_ctx, valid, s)
@@ -118,6 +118,8 @@ def train_routers(
     for p in hf.parameters():
         p.requires_grad_(False)
     device = data.device
+    if not any(map(routed_sparsity, block_sparsity)):  # only dense and dropped blocks: nothing to route
+        return copy.deepcopy(init if init is not None else static).float().eval().to(device), []
     if init is not None:
         bank = copy.deepcopy(init).float().train().to(device)
     else:

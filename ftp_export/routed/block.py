@@ -4,6 +4,8 @@ K and V are produced for *every* token of the call (skipped ones included: their
 hidden state after the input norm, RoPE at their own position), so the cache stays dense and
 aligned with positions. Queries, attention output, o_proj and the MLP run only for the rows
 handed in. Attention is written out (not SDPA) because the router needs the probabilities.
+A dropped block (sparsity 1) never gets here: no query reads its cache, so it projects nothing
+(:class:`~ftp_export.routed.model.RoutedCausalLM` fills its cache slot with zeros).
 """
 
 from __future__ import annotations

