@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ftp_export.schedule import dropped_sparsity
+
 
 @dataclass(frozen=True)
 class BlockFlops:
@@ -41,7 +43,7 @@ def block_linear_flops(config: Any) -> BlockFlops:
 def routed_linear_flops(config: Any, block_sparsity: list[float]) -> float:
     """Per-token linear FLOPs of all blocks when block b computes a fraction ``1 - s_b`` of tokens."""
     f = block_linear_flops(config)
-    return sum(0.0 if s >= 1.0 else f.kv + (1.0 - s) * f.rest for s in block_sparsity)
+    return sum(0.0 if dropped_sparsity(s) else f.kv + (1.0 - s) * f.rest for s in block_sparsity)
 
 
 def dense_linear_flops(config: Any) -> int:

@@ -55,6 +55,11 @@ def routed_sparsity(s: float) -> bool:
     return 0.0 < s < 1.0
 
 
+def dropped_sparsity(s: float) -> bool:
+    """A block with this sparsity is dropped: every token skips it, K/V projections included."""
+    return s >= 1.0
+
+
 @dataclass
 class Schedule:
     """A validated schedule with its routers loaded."""
@@ -84,7 +89,7 @@ class Schedule:
 
     def is_dropped(self, block: int) -> bool:
         """Every token skips this block: nothing of it runs, not even the K/V projections."""
-        return self.block_sparsity[block] >= 1.0
+        return dropped_sparsity(self.block_sparsity[block])
 
     def threshold(self, block: int) -> float:
         t = self.decode_thresholds[block]

@@ -29,8 +29,8 @@ from ftp_export.token_windows import windows
 class CalibrationData:
     train: torch.Tensor  # [N, L] int64
     held_out: torch.Tensor  # [M, L] int64: the comparison table's windows
+    validation: torch.Tensor  # [V, L] int64 (V may be 0): held-out windows after those, picks the final schedule
     source: dict[str, Any]
-    validation: torch.Tensor | None = None  # [V, L] int64: held-out windows after those, picks the final schedule
 
 
 class ByteTokenizer:
@@ -141,4 +141,4 @@ def load_data(
     validation = all_held[held_out_samples : held_out_samples + validation_samples]
     source.update(train_tokens=len(train_ids), held_out_tokens=len(held_ids), tokenizer=type(tokenizer).__name__,
                   validation_windows=len(validation))
-    return CalibrationData(train=train, held_out=held, source=source, validation=validation)
+    return CalibrationData(train=train, held_out=held, validation=validation, source=source)

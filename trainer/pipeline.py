@@ -366,8 +366,7 @@ def run(s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
         p.requires_grad_(False)
     data = load_data(s.data, ref.source, int(hf.config.vocab_size), s.samples, s.seq_len, s.held_out_samples, s.text_field, s.txt_mode,
                      validation_samples=s.validation_samples)
-    data.train, data.held_out = data.train.to(s.device), data.held_out.to(s.device)
-    data.validation = data.validation.to(s.device) if data.validation is not None else None
+    data.train, data.held_out, data.validation = (t.to(s.device) for t in (data.train, data.held_out, data.validation))
     output = Path(s.output)
     ckpt = Checkpoints(output)
     meta = {"settings": s.result_keys(), "model_source": ref.source, "version": __version__}
@@ -486,7 +485,7 @@ def select_final(ctx: Context, candidates: list[tuple[str, list[float], RouterBa
     that can be a loss (SmolLM2-135M, docs/evaluation.md), and then an earlier step is kept.
     Without validation windows (``--validation-samples 0`` or too little held-out text) step 3 is."""
     s, val = ctx.settings, ctx.data.validation
-    if val is None or len(val) == 0:
+    if len(val) == 0:
         return {"windows": 0, "kl": {}, "chosen": candidates[-1][0]}
     ref = dense_logits(ctx.hf, val, s.batch_size)
     kl: dict[str, float] = {}

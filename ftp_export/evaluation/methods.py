@@ -64,19 +64,18 @@ def uniform_static(hf: Any, sparsity: float) -> Method:
                   routed_linear_flop_ratio(hf.config, sp), routed_forward(model), {"block_sparsity": sp})
 
 
+def _layer_drop(hf: Any, title: str, kind: str, blocks: list[int], detail: dict[str, Any]) -> Method:
+    """``blocks`` removed from ``hf``: a layer-dropping row named '<title> drop <count>/<blocks>'."""
+    n, count = int(hf.config.num_hidden_layers), len(blocks)
+    pruned = drop_blocks(hf, blocks) if blocks else hf
+    return Method(f"{title} drop {count}/{n}", kind, count / n, n / (n - count), hf_forward(pruned), {"dropped_blocks": blocks, **detail})
+
+
 def shortgpt(hf: Any, influence: list[float], count: int) -> Method:
     """The ``count`` least influential blocks dropped."""
-    n = int(hf.config.num_hidden_layers)
-    blocks = shortgpt_blocks(influence, count)
-    pruned = drop_blocks(hf, blocks) if blocks else hf
-    return Method(f"ShortGPT drop {count}/{n}", "shortgpt", count / n, n / (n - count), hf_forward(pruned),
-                  {"dropped_blocks": blocks, "block_influence": influence})
+    return _layer_drop(hf, "ShortGPT", "shortgpt", shortgpt_blocks(influence, count), {"block_influence": influence})
 
 
 def greedy_drop(hf: Any, order: list[int], count: int) -> Method:
     """The first ``count`` blocks of a greedy removal order dropped."""
-    n = int(hf.config.num_hidden_layers)
-    blocks = sorted(order[:count])
-    pruned = drop_blocks(hf, blocks) if blocks else hf
-    return Method(f"greedy KL drop {count}/{n}", "greedy-drop", count / n, n / (n - count), hf_forward(pruned),
-                  {"dropped_blocks": blocks, "removal_order": list(order)})
+    return _layer_drop(hf, "greedy KL", "greedy-drop", sorted(order[:count]), {"removal_order": list(order)})

@@ -37,6 +37,12 @@ def project_kv(layer: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     return apply_rope(k, cos, sin), v
 
 
+def zero_kv(layer: Any, x: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero K and V with :func:`project_kv`'s shapes, for ``x`` [B, T, D]: a dropped block's cache slot."""
+    z = x.new_zeros(x.shape[0], layer.self_attn.k_proj.out_features // head_dim, x.shape[1], head_dim)
+    return z, z
+
+
 def attention_mask_for(
     key_valid: torch.Tensor, q_index: torch.Tensor, window: int | None
 ) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ftp_export.architectures import check_supported, fingerprint, sliding_windows
-from ftp_export.routed.block import attention_mask_for, compute_rows, project_kv
+from ftp_export.routed.block import attention_mask_for, compute_rows, project_kv, zero_kv
 from ftp_export.routed.lowering import Lowering, TorchLowering
 from ftp_export.routing.factors import received_attention, router_features, update_signal
 from ftp_export.routing.selection import keep_q16, soft_topk_gate
@@ -156,7 +156,7 @@ class RoutedCausalLM(nn.Module):
                 # No query ever reads this block's cache, so nothing is projected: zeros keep
                 # the cache layout (every layer the same length) at no FLOPs; h and the
                 # attention signal pass through unchanged.
-                cache.update(*self._zero_kv(layer, h), b)
+                cache.update(*zero_kv(layer, h, self.head_dim), b)
                 routing.append(None)
                 if stop_after_block is not None and b >= stop_after_block:
                     return RoutedOutput(logits=None, past_key_values=cache, routing=routing)
@@ -220,9 +220,3 @@ class RoutedCausalLM(nn.Module):
         h = hf.norm(h)
         logits = self.hf.lm_head(h)
         return RoutedOutput(logits=logits, past_key_values=cache, routing=routing)
-
-    def _zero_kv(self, layer: Any, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Zero K and V [B, Hkv, T, Dh] for a dropped block's cache slot."""
-        n_kv = layer.self_attn.k_proj.out_features // self.head_dim
-        z = h.new_zeros(h.shape[0], n_kv, h.shape[1], self.head_dim)
-        return z, z
