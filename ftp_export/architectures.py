@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ftp_export.errors import FTPError, UnsupportedModelError
+from ftp_export.paths import model_dir
 
 #: model_type -> architecture class name, for the families the routed block covers.
 SUPPORTED_MODEL_TYPES: dict[str, str] = {
@@ -55,8 +56,6 @@ def resolve_model(arg: str | None) -> ModelRef:
             raise FTPError(f"--model {arg}: directory has no config.json; point it at a Hugging Face model folder")
         return ModelRef(path.resolve().name, str(path.resolve()))
     if arg in MODEL_ALIASES:
-        from ftp_export.evaluation.assets import model_dir
-
         local = model_dir(arg)  # materialised offline by `ftp-export setup` (smollm2-135m)
         if (local / "config.json").is_file():
             return ModelRef(arg, str(local))
@@ -115,7 +114,7 @@ def load_tokenizer(ref: ModelRef) -> Any:
 
 
 def fingerprint(config: Any) -> dict[str, Any]:
-    """The config fields a schedule is tied to (DESIGN.md section 3)."""
+    """The config fields a schedule is tied to (the schedule format in ftp_export/schedule.py)."""
     return {
         "model_type": config.model_type,
         "num_hidden_layers": int(config.num_hidden_layers),

@@ -28,13 +28,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ftp_export.atomic import atomic_file, atomic_write_text
 from ftp_export.errors import ScheduleError
 from ftp_export.routing.router import ARCHITECTURE, RouterBank
 
@@ -126,6 +126,36 @@ def load_schedule(path: str | os.PathLike[str]) -> Schedule:
     """Load and validate a schedule JSON and its router weights."""
     path = Path(path)
     src = str(path)
+    raw, doc = _read_document(path)
+    base = doc.get("base_model")
+    if not isinstance(base, dict) or not isinstance(base.get("fingerprint"), dict):
+        raise _fail(src, "field 'base_model.fingerprint' is missing; it ties the schedule to a model")
+    for key in FINGERPRINT_KEYS:
+        if key not in base["fingerprint"]:
+            raise _fail(src, f"field 'base_model.fingerprint.{key}' is missing")
+    n_layers = base["fingerprint"]["num_hidden_layers"]
+    sparsity = _check_sparsity(doc, n_layers, src)
+    thresholds = doc.get("decode_thresholds")
+    if not isinstance(thresholds, list) or len(thresholds) != n_layers:
+        raise _fail(src, f"field 'decode_thresholds' must be a list of {n_layers} numbers or nulls")
+    for i, t in enumerate(thresholds):
+        if t is not None and not _number(t):
+            raise _fail(src, f"field 'decode_thresholds[{i}]' is {t!r}; use a finite number or null")
+    weights, hidden = _check_router(doc.get("router"), path, src)
+    return Schedule(
+        block_sparsity=[float(s) for s in sparsity],
+        routers=_load_routers(weights, n_layers, hidden, src),
+        decode_thresholds=[None if t is None else float(t) for t in thresholds],
+        base_model=base,
+        produced_by=doc.get("produced_by", {}),
+        path=path,
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def _read_document(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The file's bytes and its JSON object, checked to be an ftp-export schedule of this version."""
+    src = str(path)
     if not path.is_file():
         raise _fail(src, "file not found; pass --schedule with an existing schedule JSON")
     raw = path.read_bytes()
@@ -140,16 +170,10 @@ def load_schedule(path: str | os.PathLike[str]) -> Schedule:
     version = doc.get("format_version")
     if version != FORMAT_VERSION:
         raise _fail(src, f"field 'format_version' is {version!r}; this ftp-export reads version {FORMAT_VERSION}")
+    return raw, doc
 
-    base = doc.get("base_model")
-    if not isinstance(base, dict) or not isinstance(base.get("fingerprint"), dict):
-        raise _fail(src, "field 'base_model.fingerprint' is missing; it ties the schedule to a model")
-    fp = base["fingerprint"]
-    for key in FINGERPRINT_KEYS:
-        if key not in fp:
-            raise _fail(src, f"field 'base_model.fingerprint.{key}' is missing")
-    n_layers = fp["num_hidden_layers"]
 
+def _check_sparsity(doc: dict[str, Any], n_layers: int, src: str) -> list[Any]:
     sparsity = doc.get("block_sparsity")
     if not isinstance(sparsity, list) or not sparsity:
         raise _fail(src, "field 'block_sparsity' must be a non-empty list of numbers")
@@ -169,15 +193,11 @@ def load_schedule(path: str | os.PathLike[str]) -> Schedule:
         mean = sum(sparsity) / len(sparsity)
         if abs(mean - target) > 1e-3:
             raise _fail(src, f"field 'target_sparsity' is {target} but the mean of block_sparsity is {mean:.4f}")
+    return sparsity
 
-    thresholds = doc.get("decode_thresholds")
-    if not isinstance(thresholds, list) or len(thresholds) != n_layers:
-        raise _fail(src, f"field 'decode_thresholds' must be a list of {n_layers} numbers or nulls")
-    for i, t in enumerate(thresholds):
-        if t is not None and not _number(t):
-            raise _fail(src, f"field 'decode_thresholds[{i}]' is {t!r}; use a finite number or null")
 
-    router = doc.get("router")
+def _check_router(router: Any, path: Path, src: str) -> tuple[Path, int]:
+    """The router weights file (present, sha256 as recorded) and the hidden width."""
     if not isinstance(router, dict):
         raise _fail(src, "field 'router' is missing")
     for key in ("type", "features", "hidden", "activation"):
@@ -197,17 +217,7 @@ def load_schedule(path: str | os.PathLike[str]) -> Schedule:
             f"router weights {weights.name} have sha256 {actual[:12]}... but field 'router.sha256' says "
             f"{str(expected)[:12]}...; the weights were modified or belong to another schedule",
         )
-    bank = _load_routers(weights, n_layers, int(router["hidden"]), src)
-
-    return Schedule(
-        block_sparsity=[float(s) for s in sparsity],
-        routers=bank,
-        decode_thresholds=[None if t is None else float(t) for t in thresholds],
-        base_model=base,
-        produced_by=doc.get("produced_by", {}),
-        path=path,
-        sha256=hashlib.sha256(raw).hexdigest(),
-    )
+    return weights, int(router["hidden"])
 
 
 def _load_routers(weights: Path, n_layers: int, hidden: int, src: str) -> RouterBank:
@@ -230,6 +240,9 @@ def _load_routers(weights: Path, n_layers: int, hidden: int, src: str) -> Router
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise _fail(src, f"router weights {weights.name} have unexpected tensors (first: {extra[0]!r}); the file is for another model")
+    bad = sorted(name for name, t in tensors.items() if not bool(torch.isfinite(t.float()).all()))
+    if bad:  # NaN scores would sort as ties and silently route by position
+        raise _fail(src, f"router weights {weights.name} hold NaN or inf (first: {bad[0]!r}); retrain or restore the schedule")
     bank.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
     return bank.eval()
 
@@ -242,12 +255,8 @@ def save_schedule(schedule: Schedule, path: str | os.PathLike[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     weights = path.with_name(path.stem + ".routers.safetensors")
     state = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in schedule.routers.state_dict().items()}
-    tmp_w = _tmp_beside(weights)
-    try:
+    with atomic_file(weights) as tmp_w:
         save_file(state, str(tmp_w))
-        os.replace(tmp_w, weights)
-    finally:
-        tmp_w.unlink(missing_ok=True)
     produced = dict(schedule.produced_by)
     produced.setdefault("created", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
     doc = {
@@ -261,21 +270,10 @@ def save_schedule(schedule: Schedule, path: str | os.PathLike[str]) -> Path:
         "produced_by": produced,
     }
     text = json.dumps(doc, indent=2) + "\n"
-    tmp = _tmp_beside(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, text)
     schedule.path = path
     schedule.sha256 = hashlib.sha256(text.encode()).hexdigest()
     return path
-
-
-def _tmp_beside(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
 
 
 def uniform_sparsity(num_blocks: int, target: float, dense_first: bool = True) -> list[float]:

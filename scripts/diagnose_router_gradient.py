@@ -23,7 +23,7 @@ import torch
 
 import ftp_export.routed.model as routed_model_module
 from ftp_export.architectures import load_model, resolve_model
-from ftp_export.metrics import kl_to_dense
+from ftp_export.evaluation.metrics import kl_to_dense
 from ftp_export.routing.router import static_router_bank
 from ftp_export_trainer.data import load_data
 from ftp_export_trainer.evaluate import dense_logits, routed_model

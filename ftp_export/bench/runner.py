@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ftp_export.calibration import threshold_between
+from ftp_export.calibration.thresholds import threshold_between
 from ftp_export.flops import routed_linear_flop_ratio
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.schedule import new_schedule, uniform_sparsity
@@ -21,8 +21,10 @@ class PrefillRow:
     batch: int
     seq_len: int
     sparsity: float
-    dense_ms: float
-    routed_ms: float
+    dense_ms: float  # median
+    routed_ms: float  # median
+    dense_range_ms: tuple[float, float]  # min, max over the timed iterations
+    routed_range_ms: tuple[float, float]
     speedup: float
     ideal: float
     of_ideal: float
@@ -36,13 +38,15 @@ class DecodeRow:
     batch: int
     context: int
     sparsity: float
-    dense_ms: float
-    routed_ms: float
+    dense_ms: float  # median
+    routed_ms: float  # median
+    dense_range_ms: tuple[float, float]
+    routed_range_ms: tuple[float, float]
     speedup: float
 
 
-def time_ms(fn: Callable[[], Any], device: str, warmup: int, iters: int) -> float:
-    """Median milliseconds of ``fn`` after warm-up (CUDA events on GPU, perf_counter on CPU)."""
+def time_ms(fn: Callable[[], Any], device: str, warmup: int, iters: int) -> tuple[float, float, float]:
+    """Median, min and max milliseconds of ``fn`` after warm-up (CUDA events on GPU, perf_counter on CPU)."""
     for _ in range(warmup):
         fn()
     samples = []
@@ -58,7 +62,7 @@ def time_ms(fn: Callable[[], Any], device: str, warmup: int, iters: int) -> floa
             t0 = time.perf_counter()
             fn()
             samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
+    return statistics.median(samples), min(samples), max(samples)
 
 
 def _peak_mib(fn: Callable[[], Any], device: str) -> float | None:
@@ -86,13 +90,13 @@ def bench_prefill(model: Any, batch: int, seq: int, sparsity: float, runtime: st
     mask = torch.ones_like(ids)
     dense_fn = _maybe_compile(lambda: model(input_ids=ids, attention_mask=mask, use_cache=False).logits, runtime)
     routed_fn = _maybe_compile(lambda: routed(ids, mask, mode="prefill").logits, runtime)
-    dense = time_ms(dense_fn, device, warmup, iters)
-    rout = time_ms(routed_fn, device, warmup, iters)
+    dense, d_lo, d_hi = time_ms(dense_fn, device, warmup, iters)
+    rout, r_lo, r_hi = time_ms(routed_fn, device, warmup, iters)
     dpeak, rpeak = _peak_mib(dense_fn, device), _peak_mib(routed_fn, device)
     ideal = routed_linear_flop_ratio(cfg, schedule.block_sparsity)
     speed = dense / rout
     return PrefillRow(
-        batch, seq, sparsity, dense, rout, speed, ideal, speed / ideal, dpeak, rpeak,
+        batch, seq, sparsity, dense, rout, (d_lo, d_hi), (r_lo, r_hi), speed, ideal, speed / ideal, dpeak, rpeak,
         None if dpeak is None else (rpeak - dpeak) / dpeak,
     )
 
@@ -127,10 +131,10 @@ def bench_decode(model: Any, batch: int, context: int, sparsity: float, device: 
     def routed_step():
         return routed(nxt, mask, pos, past_key_values=_clone(routed_cache), mode="decode").logits
 
-    clone_ms = time_ms(lambda: _clone(dense_cache), device, warmup, iters)
-    dense = time_ms(dense_step, device, warmup, iters) - clone_ms
-    rout = time_ms(routed_step, device, warmup, iters) - clone_ms
-    return DecodeRow(batch, context, sparsity, dense, rout, dense / rout)
+    clone_ms = time_ms(lambda: _clone(dense_cache), device, warmup, iters)[0]
+    dense, d_lo, d_hi = (t - clone_ms for t in time_ms(dense_step, device, warmup, iters))
+    rout, r_lo, r_hi = (t - clone_ms for t in time_ms(routed_step, device, warmup, iters))
+    return DecodeRow(batch, context, sparsity, dense, rout, (d_lo, d_hi), (r_lo, r_hi), dense / rout)
 
 
 def _clone(cache: Any) -> Any:

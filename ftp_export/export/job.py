@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from ftp_export.architectures import (
     DEFAULT_MODEL_DIR,
@@ -22,42 +19,22 @@ from ftp_export.architectures import (
     load_tokenizer,
     resolve_model,
 )
+from ftp_export.atomic import atomic_dir, check_writable
+from ftp_export.devices import resolve_device, torch_dtype
 from ftp_export.errors import FTPError
-from ftp_export.export.atomic import atomic_dir, check_writable
 from ftp_export.export.manifest import write_manifest
-from ftp_export.parity import DEFAULT_ATOL, ParityCase, format_table, pad_batch, run_parity
+from ftp_export.export.parity import ParityCase, format_table, pad_batch, run_parity
+from ftp_export.export.request import ExportRequest
+from ftp_export.export.targets import get_target
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.schedule import Schedule, load_schedule
 
-TARGETS = ("onnx", "trt", "compile")
 DEFAULT_SCHEDULE = DEFAULT_MODEL_DIR / "s40.json"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PARITY_PROMPTS = (
     "The quick brown fox jumps over the lazy dog, and then",
     "Once upon a time",
     "the the the the the the the the the the",  # repeated tokens: tied router inputs
 )
-
-
-@dataclass
-class ExportRequest:
-    model: str | None = None
-    schedule: str | None = None
-    target: str = "onnx"
-    output: str | None = None
-    atol: float = DEFAULT_ATOL
-    parity_tokens: int = 16
-    dtype: str = "float32"
-    device: str = "cpu"
-
-
-@dataclass
-class TargetResult:
-    """What a target exporter produced: manifest entries and a runtime for parity (or None)."""
-
-    manifest: dict[str, Any]
-    generator: Any | None
-    note: str = ""
 
 
 def resolve_schedule(req: ExportRequest, ref: ModelRef) -> Path:
@@ -82,22 +59,11 @@ def parity_cases(tokenizer: Any, new_tokens: int) -> list[ParityCase]:
     ]
 
 
-def _exporter(target: str) -> Callable[..., TargetResult]:
-    if target == "onnx":
-        from ftp_export.export.onnx_target import export_target
-    elif target == "trt":
-        from ftp_export.trt.target import export_target
-    else:
-        from ftp_export.compile.target import export_target
-    return export_target
-
-
 def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
     """Run the export; returns the process exit status (0 ok, 1 parity failed)."""
-    if req.target not in TARGETS:
-        raise FTPError(f"unknown target {req.target!r}; choose one of: {', '.join(TARGETS)}")
-    if req.dtype not in DTYPES:
-        raise FTPError(f"unknown --dtype {req.dtype!r}; choose one of: {', '.join(DTYPES)}")
+    target = get_target(req.target)
+    dtype = torch_dtype(req.dtype)
+    device = resolve_device(req.device)
     ref = resolve_model(req.model)
     config = load_config(ref)
     check_supported(config)
@@ -108,18 +74,18 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
     check_writable(out)
     steps = 4
     log(f"[1/{steps}] loading {ref.source} ({req.dtype}, {req.device})")
-    model = load_model(ref, DTYPES[req.dtype], req.device)
+    model = load_model(ref, dtype, device)
     tokenizer = load_tokenizer(ref)
     routed = RoutedCausalLM(model, schedule).eval()
     with atomic_dir(out) as tmp:
         log(f"[2/{steps}] exporting target {req.target} (overall sparsity {schedule.target_sparsity:.2f})")
-        result = _exporter(req.target)(routed, tmp, req=req, log=log)
+        result = target.export(routed, tmp, req, log)
         _copy_schedule(schedule, tmp / "schedule")
         parity: dict[str, Any] | None = None
-        if result.generator is not None:
+        if result.runtime is not None:
             log(f"[3/{steps}] parity against PyTorch ({req.parity_tokens} greedy tokens per case)")
             cases = parity_cases(tokenizer, req.parity_tokens)
-            parity = run_parity(routed, result.generator, cases, atol=req.atol, progress=lambda n: log(f"      case {n}"))
+            parity = run_parity(routed, result.runtime, cases, atol=req.atol, progress=lambda n: log(f"      case {n}"))
             parity["runtime"] = result.manifest.get("runtime", {})
             (tmp / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
         else:

@@ -1,4 +1,6 @@
-"""Export the routed model to ONNX (torch.onnx dynamo exporter): prefill + decode-with-past."""
+"""Export the routed model to ONNX (torch.onnx dynamo exporter): prefill + decode-with-past,
+named and shaped by :mod:`ftp_export.graph_io`. Shared by the ``onnx`` and ``trt`` targets (the
+latter passes a translation table for its custom nodes)."""
 
 from __future__ import annotations
 
@@ -11,19 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.export import Dim
 
 from ftp_export.errors import FTPError
-from ftp_export.export.graphs import (
-    DECODE_FILE,
-    INPUTS,
-    PREFILL_FILE,
-    DecodeGraph,
-    PrefillGraph,
-    past_names,
-    present_names,
-    routing_names,
-)
+from ftp_export.graph_io import GraphSignature, trace_specs
 from ftp_export.routed.model import RoutedCausalLM
 
 OPSET = 18
@@ -31,41 +23,28 @@ OPSET = 18
 
 @dataclass
 class ExportedGraphs:
-    prefill: Path
-    decode: Path
+    """The written graph files and their signatures, keyed by graph ('prefill', 'decode')."""
 
+    files: dict[str, Path]
+    signatures: dict[str, GraphSignature]
 
-def example_inputs(model: RoutedCausalLM, batch: int, seq: int, past: int) -> tuple[torch.Tensor, ...]:
-    cfg = model.config
-    device = next(model.hf.parameters()).device
-    dtype = next(model.hf.parameters()).dtype
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=g).to(device)
-    mask = torch.ones(batch, past + seq, dtype=torch.int64, device=device)
-    pos = (torch.arange(seq, device=device) + past).unsqueeze(0).expand(batch, seq).contiguous()
-    if past == 0:
-        return ids, mask, pos
-    n_kv = model.layers[0].self_attn.k_proj.out_features // model.head_dim
-    kv = []
-    for _ in range(2 * cfg.num_hidden_layers):
-        kv.append(torch.randn(batch, n_kv, past, model.head_dim, generator=g).to(device=device, dtype=dtype))
-    return (ids, mask, pos, *kv)
+    @property
+    def prefill(self) -> Path:
+        return self.files["prefill"]
 
+    @property
+    def decode(self) -> Path:
+        return self.files["decode"]
 
-def dynamic_shapes(num_layers: int, with_past: bool) -> dict[str, Any]:
-    shapes: dict[str, Any] = {name: {0: Dim.DYNAMIC, 1: Dim.DYNAMIC} for name in INPUTS}
-    if with_past:
-        shapes["past"] = tuple({0: Dim.DYNAMIC, 2: Dim.DYNAMIC} for _ in range(2 * num_layers))
-    return shapes
+    def manifest(self, root: Path) -> dict[str, Any]:
+        return {g: self.signatures[g].manifest_entry(str(p.relative_to(root))) for g, p in self.files.items()}
 
 
 def export_graph(
     module: torch.nn.Module,
     args: tuple[torch.Tensor, ...],
     path: Path,
-    input_names: list[str],
-    output_names: list[str],
-    dynamic_shapes: dict[str, Any],
+    signature: GraphSignature,
     custom_translation_table: dict[Any, Any] | None = None,
 ) -> Path:
     """torch.onnx.export (dynamo) with quiet logs; raises FTPError with the first cause line."""
@@ -78,9 +57,9 @@ def export_graph(
                 module,
                 args,
                 dynamo=True,
-                input_names=input_names,
-                output_names=output_names,
-                dynamic_shapes=dynamic_shapes,
+                input_names=signature.inputs,
+                output_names=signature.outputs,
+                dynamic_shapes=signature.dynamic_shapes(),
                 opset_version=OPSET,
                 custom_translation_table=custom_translation_table,
                 optimize=True,
@@ -93,16 +72,6 @@ def export_graph(
     return path
 
 
-def graph_export_args(model: RoutedCausalLM) -> dict[str, tuple[torch.nn.Module, tuple[torch.Tensor, ...], dict[str, Any]]]:
-    """Per graph ('prefill', 'decode'): the wrapper module, example inputs and dynamic shapes
-    that every graph exporter (ONNX, AOTInductor) traces with."""
-    n = model.config.num_hidden_layers
-    return {
-        "prefill": (PrefillGraph(model).eval(), example_inputs(model, batch=2, seq=8, past=0), dynamic_shapes(n, with_past=False)),
-        "decode": (DecodeGraph(model).eval(), example_inputs(model, batch=2, seq=2, past=6), dynamic_shapes(n, with_past=True)),
-    }
-
-
 @torch.no_grad()
 def export_onnx(
     model: RoutedCausalLM,
@@ -110,22 +79,9 @@ def export_onnx(
     custom_translation_table: dict[Any, Any] | None = None,
 ) -> ExportedGraphs:
     """Write ``decoder_model.onnx`` and ``decoder_with_past_model.onnx`` (+ external data)."""
-    n = model.config.num_hidden_layers
-    args = graph_export_args(model)
-    prefill = export_graph(
-        *args["prefill"][:2],
-        out_dir / PREFILL_FILE,
-        INPUTS,
-        ["logits", *present_names(n), *routing_names(model, "prefill")],
-        args["prefill"][2],
-        custom_translation_table,
-    )
-    decode = export_graph(
-        *args["decode"][:2],
-        out_dir / DECODE_FILE,
-        INPUTS + past_names(n),
-        ["logits", *present_names(n), *routing_names(model, "decode")],
-        args["decode"][2],
-        custom_translation_table,
-    )
-    return ExportedGraphs(prefill=prefill, decode=decode)
+    specs = trace_specs(model)
+    files = {
+        graph: export_graph(spec.module, spec.args, out_dir / f"{spec.signature.stem}.onnx", spec.signature, custom_translation_table)
+        for graph, spec in specs.items()
+    }
+    return ExportedGraphs(files=files, signatures={g: s.signature for g, s in specs.items()})

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ftp_export.architectures import check_supported, fingerprint, sliding_windows
+from ftp_export.devices import module_device
 from ftp_export.routed.block import attention_mask_for, compute_rows, project_kv, zero_kv
 from ftp_export.routed.lowering import Lowering, TorchLowering
 from ftp_export.routing.factors import received_attention, router_features, update_signal
@@ -54,6 +55,21 @@ class BlockRouting:
 
 
 @dataclass
+class _Call:
+    """Per-call routing inputs shared by every block of one forward."""
+
+    mode: str
+    past: int
+    position_ids: torch.Tensor  # [B, T]
+    key_valid: torch.Tensor  # [B, past + T] bool
+    valid: torch.Tensor  # [B, T] bool
+    n_ctx: torch.Tensor  # [B] valid tokens in the whole context
+    all_tok: torch.Tensor  # [B, T] token index within the call
+    cos: torch.Tensor | None = None
+    sin: torch.Tensor | None = None
+
+
+@dataclass
 class RoutedOutput:
     logits: torch.Tensor | None  # None only when the forward stopped early (``stop_after_block``)
     past_key_values: Any
@@ -76,7 +92,9 @@ class RoutedCausalLM(nn.Module):
         self.hf = hf_model
         self.config = config
         self.schedule = schedule
-        self.routers = schedule.routers if schedule is not None else None
+        # Placement is done here, once, for every caller (export, bench, eval, trainer): the
+        # routers follow the Hugging Face model's device and stay float32 whatever its dtype.
+        self.routers = schedule.routers.to(device=module_device(hf_model), dtype=torch.float32) if schedule is not None else None
         self.lowering = lowering or TorchLowering()
         self.windows = sliding_windows(config)
         attn0 = hf_model.model.layers[0].self_attn
@@ -84,6 +102,10 @@ class RoutedCausalLM(nn.Module):
         self.scaling = attn0.scaling
         n = config.num_hidden_layers
         self.q16 = [keep_q16(schedule.keep_ratio(b)) if schedule and schedule.is_routed(b) else 65536 for b in range(n)]
+
+    @property
+    def device(self) -> torch.device:
+        return module_device(self.hf)
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -129,94 +151,96 @@ class RoutedCausalLM(nn.Module):
         """
         from transformers import DynamicCache
 
-        hf = self.hf.model
-        bsz, seq = input_ids.shape
         cache = past_key_values if past_key_values is not None else DynamicCache()
-        past = cache.get_seq_length()
-        if mode is None:
-            mode = "prefill" if past == 0 else "decode"
-        if attention_mask is None:
-            attention_mask = torch.ones(bsz, past + seq, dtype=torch.long, device=input_ids.device)
-        key_valid = attention_mask.to(torch.bool)
-        if position_ids is None:
-            position_ids = (torch.cumsum(attention_mask, dim=-1) - 1).clamp(min=0)[:, past:]
-        valid = key_valid[:, past:]
-        n_ctx = attention_mask.to(torch.int64).sum(-1)
-
-        h = hf.embed_tokens(input_ids)
-        cos, sin = hf.rotary_emb(h, position_ids)
-        signal = torch.zeros(bsz, seq, dtype=torch.float32, device=h.device)
-        tok = torch.arange(seq, device=h.device)
-        all_tok = tok.unsqueeze(0).expand(bsz, seq)
+        call = self._call_state(input_ids, attention_mask, position_ids, cache, mode)
+        h = self.hf.model.embed_tokens(input_ids)
+        call.cos, call.sin = self.hf.model.rotary_emb(h, call.position_ids)
+        signal = torch.zeros(input_ids.shape, dtype=torch.float32, device=h.device)
         routing: list[BlockRouting | None] = []
-
         for b, layer in enumerate(self.layers):
-            kind = self.block_mode(b, mode)
+            kind = self.block_mode(b, call.mode)
             if kind == "dropped":
                 # No query ever reads this block's cache, so nothing is projected: zeros keep
                 # the cache layout (every layer the same length) at no FLOPs; h and the
                 # attention signal pass through unchanged.
                 cache.update(*zero_kv(layer, h, self.head_dim), b)
                 routing.append(None)
-                if stop_after_block is not None and b >= stop_after_block:
-                    return RoutedOutput(logits=None, past_key_values=cache, routing=routing)
-                continue
-            k_new, v_new = project_kv(layer, layer.input_layernorm(h), cos, sin, self.head_dim)
-            keys, values = cache.update(k_new, v_new, b)
-            if kind != "dense":
-                feats = router_features(signal, position_ids, n_ctx, valid, self.schedule.block_sparsity[b])
-                scores = self.routers(b, feats)
-            if kind in ("dense", "soft"):  # every token runs the block
-                allowed = attention_mask_for(key_valid, all_tok + past, self.windows[b])
-                full, probs = compute_rows(layer, h, cos, sin, keys, values, allowed, self.head_dim, self.scaling)
-                if kind == "dense":
-                    h, q_weight = full, valid
-                    routing.append(None)
-                else:
-                    gate = soft_topk_gate(scores, valid, self.q16[b], temperature)
-                    h = h + gate.unsqueeze(-1).to(h.dtype) * (full - h)
-                    q_weight = gate * valid
-                    routing.append(BlockRouting(scores=scores, gate=gate))
-                total, count = received_attention(probs[:, :, past:], all_tok, q_weight)
-            elif kind == "topk":
-                rows, idx, active = self.lowering.topk_gather(h, scores, valid, self.q16[b])
-                pos = torch.gather(position_ids, 1, idx)
-                r_cos, r_sin = hf.rotary_emb(rows, pos)
-                allowed = attention_mask_for(key_valid, idx + past, self.windows[b])
-                out, probs = compute_rows(layer, rows, r_cos, r_sin, keys, values, allowed, self.head_dim, self.scaling)
-                q_weight = active & torch.gather(valid, 1, idx)
-                total, count = received_attention(probs[:, :, past:], idx, q_weight)
-                h = self.lowering.topk_scatter(h, out, idx, active)
-                routing.append(BlockRouting(indices=idx, active=active, scores=scores if keep_scores else None))
             else:
-                rows, flat = self.lowering.threshold_gather(h, scores, valid, self.schedule.threshold(b))
-                b_idx = torch.div(flat, seq, rounding_mode="floor")
-                t_idx = flat - b_idx * seq
-                pos = position_ids.reshape(-1).index_select(0, flat).unsqueeze(-1)
-                rows = rows.unsqueeze(1)
-                r_cos, r_sin = hf.rotary_emb(rows, pos)
-                allowed = attention_mask_for(key_valid.index_select(0, b_idx), (t_idx + past).unsqueeze(-1), self.windows[b])
-                out, probs = compute_rows(
-                    layer,
-                    rows,
-                    r_cos,
-                    r_sin,
-                    keys.index_select(0, b_idx),
-                    values.index_select(0, b_idx),
-                    allowed,
-                    self.head_dim,
-                    self.scaling,
-                )
-                # rows -> their sequence: a [B, N] one-hot turns the flat queries into a batch
-                owner = (b_idx.unsqueeze(0) == torch.arange(bsz, device=h.device).unsqueeze(-1)).to(torch.float32)
-                col = probs[:, 0, past:].unsqueeze(0).expand(bsz, -1, -1)
-                total, count = received_attention(col, t_idx.unsqueeze(0).expand(bsz, -1), owner)
-                h = self.lowering.row_scatter(h, out.squeeze(1), flat)
-                routing.append(BlockRouting(rows=flat, scores=scores if keep_scores else None))
-            signal = update_signal(signal, total, count)
+                k_new, v_new = project_kv(layer, layer.input_layernorm(h), call.cos, call.sin, self.head_dim)
+                keys, values = cache.update(k_new, v_new, b)
+                scores = None
+                if kind != "dense":
+                    feats = router_features(signal, call.position_ids, call.n_ctx, call.valid, self.schedule.block_sparsity[b])
+                    scores = self.routers(b, feats)
+                run = {"dense": self._full_block, "soft": self._full_block, "topk": self._topk_block}.get(kind, self._threshold_block)
+                h, total, count, routed = run(b, layer, h, keys, values, scores, call, temperature)
+                if routed is not None and keep_scores and kind != "soft":
+                    routed.scores = scores
+                routing.append(routed)
+                signal = update_signal(signal, total, count)
             if stop_after_block is not None and b >= stop_after_block:
                 return RoutedOutput(logits=None, past_key_values=cache, routing=routing)
-
-        h = hf.norm(h)
-        logits = self.hf.lm_head(h)
+        logits = self.hf.lm_head(self.hf.model.norm(h))
         return RoutedOutput(logits=logits, past_key_values=cache, routing=routing)
+
+    def _call_state(self, input_ids, attention_mask, position_ids, cache, mode) -> _Call:
+        bsz, seq = input_ids.shape
+        past = cache.get_seq_length()
+        if attention_mask is None:
+            attention_mask = torch.ones(bsz, past + seq, dtype=torch.long, device=input_ids.device)
+        if position_ids is None:
+            position_ids = (torch.cumsum(attention_mask, dim=-1) - 1).clamp(min=0)[:, past:]
+        key_valid = attention_mask.to(torch.bool)
+        return _Call(
+            mode=mode or ("prefill" if past == 0 else "decode"),
+            past=past,
+            position_ids=position_ids,
+            key_valid=key_valid,
+            valid=key_valid[:, past:],
+            n_ctx=attention_mask.to(torch.int64).sum(-1),
+            all_tok=torch.arange(seq, device=input_ids.device).unsqueeze(0).expand(bsz, seq),
+        )
+
+    def _full_block(self, b, layer, h, keys, values, scores, call: _Call, temperature):
+        """Dense and soft blocks: every token runs the block (soft: the update is gated)."""
+        allowed = attention_mask_for(call.key_valid, call.all_tok + call.past, self.windows[b])
+        full, probs = compute_rows(layer, h, call.cos, call.sin, keys, values, allowed, self.head_dim, self.scaling)
+        if scores is None:
+            h, q_weight, routed = full, call.valid, None
+        else:
+            gate = soft_topk_gate(scores, call.valid, self.q16[b], temperature)
+            h = h + gate.unsqueeze(-1).to(h.dtype) * (full - h)
+            q_weight, routed = gate * call.valid, BlockRouting(scores=scores, gate=gate)
+        total, count = received_attention(probs[:, :, call.past :], call.all_tok, q_weight)
+        return h, total, count, routed
+
+    def _topk_block(self, b, layer, h, keys, values, scores, call: _Call, temperature):
+        """Prefill routing: the top-k tokens per sequence are gathered, computed and scattered back."""
+        rows, idx, active = self.lowering.topk_gather(h, scores, call.valid, self.q16[b])
+        pos = torch.gather(call.position_ids, 1, idx)
+        r_cos, r_sin = self.hf.model.rotary_emb(rows, pos)
+        allowed = attention_mask_for(call.key_valid, idx + call.past, self.windows[b])
+        out, probs = compute_rows(layer, rows, r_cos, r_sin, keys, values, allowed, self.head_dim, self.scaling)
+        q_weight = active & torch.gather(call.valid, 1, idx)
+        total, count = received_attention(probs[:, :, call.past :], idx, q_weight)
+        h = self.lowering.topk_scatter(h, out, idx, active)
+        return h, total, count, BlockRouting(indices=idx, active=active)
+
+    def _threshold_block(self, b, layer, h, keys, values, scores, call: _Call, temperature):
+        """Decode routing: the tokens whose score reaches the threshold, as flat rows of the batch."""
+        bsz, seq = h.shape[:2]
+        rows, flat = self.lowering.threshold_gather(h, scores, call.valid, self.schedule.threshold(b))
+        b_idx = torch.div(flat, seq, rounding_mode="floor")
+        t_idx = flat - b_idx * seq
+        pos = call.position_ids.reshape(-1).index_select(0, flat).unsqueeze(-1)
+        rows = rows.unsqueeze(1)
+        r_cos, r_sin = self.hf.model.rotary_emb(rows, pos)
+        allowed = attention_mask_for(call.key_valid.index_select(0, b_idx), (t_idx + call.past).unsqueeze(-1), self.windows[b])
+        k_rows, v_rows = keys.index_select(0, b_idx), values.index_select(0, b_idx)
+        out, probs = compute_rows(layer, rows, r_cos, r_sin, k_rows, v_rows, allowed, self.head_dim, self.scaling)
+        # rows -> their sequence: a [B, N] one-hot turns the flat queries into a batch
+        owner = (b_idx.unsqueeze(0) == torch.arange(bsz, device=h.device).unsqueeze(-1)).to(torch.float32)
+        col = probs[:, 0, call.past :].unsqueeze(0).expand(bsz, -1, -1)
+        total, count = received_attention(col, t_idx.unsqueeze(0).expand(bsz, -1), owner)
+        h = self.lowering.row_scatter(h, out.squeeze(1), flat)
+        return h, total, count, BlockRouting(rows=flat)

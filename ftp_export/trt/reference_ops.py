@@ -85,8 +85,9 @@ def rehomed_copy(path: Path) -> Path:
     return out
 
 
-def reference_session(path: Path) -> Any:
-    """An onnxruntime CPU session running the ftp nodes with the reference implementations."""
+def reference_session(path: Path, providers: list[str] | None = None) -> Any:
+    """An onnxruntime CPU session running the ftp nodes with the reference implementations
+    (Python custom ops run on the CPU whatever ``providers`` asks for)."""
     import onnxruntime as ort
 
     lib = register()

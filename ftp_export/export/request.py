@@ -1,0 +1,19 @@
+"""What a user asked ``ftp-export`` for: the one input of the export job and of every target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_ATOL = 1e-4
+
+
+@dataclass
+class ExportRequest:
+    model: str | None = None
+    schedule: str | None = None
+    target: str = "onnx"
+    output: str | None = None
+    atol: float = DEFAULT_ATOL
+    parity_tokens: int = 16
+    dtype: str = "float32"
+    device: str = "cpu"

@@ -1,0 +1,220 @@
+"""The exported graphs' signatures: one object per graph owns its input/output names, dynamic
+axes, example inputs and the flattening of the routed model's cache and routing outputs.
+
+Every exporter (ONNX, AOTInductor, the TensorRT build), every runtime and parity read names
+from here, the way optimum's OnnxConfig owns I/O for export and validation alike:
+
+- ``prefill`` (``decoder_model``): ``input_ids``, ``attention_mask``, ``position_ids`` ->
+  ``logits``, ``present.N.key/value``, ``routing.N.indices/active`` for top-k blocks.
+- ``decode`` (``decoder_with_past_model``): the same + ``past_key_values.N.key/value`` ->
+  ``logits``, ``present.N.key/value``, ``routing.N.rows`` for threshold blocks.
+
+The ``routing.*`` outputs are extra (parity compares them); runtimes that look outputs up by
+name ignore them. ``present`` outputs are contiguous, so an app can feed one step's outputs
+straight into the next step's ``past_key_values`` inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ftp_export.routed.model import RoutedCausalLM, RoutedOutput, TensorCache
+from ftp_export.routing.selection import MAX_TOKENS, Q16
+
+INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "position_ids")
+LOGITS = "logits"
+GRAPH_FILES = {"prefill": "decoder_model", "decode": "decoder_with_past_model"}  # graph -> file stem (optimum)
+
+
+def past_names(num_layers: int) -> list[str]:
+    return [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+def present_names(num_layers: int) -> list[str]:
+    return [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+def routing_names(model: RoutedCausalLM, mode: str) -> list[str]:
+    """Routing outputs of a graph: ``routing.b.indices/active`` (top-k) or ``routing.b.rows`` (threshold)."""
+    names: list[str] = []
+    for b in range(len(model.layers)):
+        kind = model.block_mode(b, mode)
+        if kind == "topk":
+            names += [f"routing.{b}.indices", f"routing.{b}.active"]
+        elif kind == "threshold":
+            names.append(f"routing.{b}.rows")
+    return names
+
+
+@dataclass(frozen=True)
+class GraphSignature:
+    """Inputs and outputs of one exported graph (``prefill`` or ``decode``)."""
+
+    graph: str
+    num_layers: int
+    routing: tuple[str, ...]
+
+    @property
+    def with_past(self) -> bool:
+        return self.graph == "decode"
+
+    @property
+    def stem(self) -> str:
+        """File name without extension: optimum's ``decoder_model`` / ``decoder_with_past_model``."""
+        return GRAPH_FILES[self.graph]
+
+    @property
+    def inputs(self) -> list[str]:
+        return [*INPUTS, *(past_names(self.num_layers) if self.with_past else [])]
+
+    @property
+    def present(self) -> list[str]:
+        return present_names(self.num_layers)
+
+    @property
+    def outputs(self) -> list[str]:
+        return [LOGITS, *self.present, *self.routing]
+
+    def dynamic_shapes(self) -> dict[str, Any]:
+        """torch.export dynamic shapes: batch and length of every input, batch and past length of the cache."""
+        from torch.export import Dim
+
+        shapes: dict[str, Any] = {name: {0: Dim.DYNAMIC, 1: Dim.DYNAMIC} for name in INPUTS}
+        if self.with_past:
+            shapes["past"] = tuple({0: Dim.DYNAMIC, 2: Dim.DYNAMIC} for _ in range(2 * self.num_layers))
+        return shapes
+
+    def named(self, values: Sequence[Any]) -> dict[str, Any]:
+        """Positional outputs (as a runtime returns them) -> {output name: value}."""
+        if len(values) != len(self.outputs):
+            raise ValueError(f"{self.graph} graph returned {len(values)} outputs, its signature has {len(self.outputs)}")
+        return dict(zip(self.outputs, values))
+
+    def past_feeds(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        """The ``past_key_values.*`` feeds of the next decode step from this graph's ``present.*`` outputs."""
+        return {past: outputs[present] for past, present in zip(past_names(self.num_layers), self.present)}
+
+    def manifest_entry(self, file: str) -> dict[str, Any]:
+        routing = "top-k per sequence (static shapes per length)" if self.graph == "prefill" else (
+            "per-block score threshold (data-dependent token count)"
+        )
+        return {"file": file, "inputs": self.inputs, "outputs": self.outputs, "routing": routing}
+
+
+def signatures(model: RoutedCausalLM) -> dict[str, GraphSignature]:
+    """The prefill and decode signatures of ``model`` (routing outputs depend on its schedule)."""
+    n = int(model.config.num_hidden_layers)
+    return {g: GraphSignature(g, n, tuple(routing_names(model, g))) for g in GRAPH_FILES}
+
+
+def flatten_outputs(out: RoutedOutput, cache: TensorCache) -> tuple[torch.Tensor, ...]:
+    """The routed forward's results in signature order: logits, present (contiguous), routing."""
+    flat = [out.logits]
+    for k, v in cache.present:
+        # contiguous: AOTInductor packages assume the strides they were traced with, so a
+        # transposed view fed back as past_key_values would be read wrongly
+        flat += [k.contiguous(), v.contiguous()]
+    for r in out.routing:
+        if r is None:
+            continue
+        flat += [r.rows] if r.rows is not None else [r.indices, r.active]
+    return tuple(flat)
+
+
+class PrefillGraph(nn.Module):
+    """Flat-tensor wrapper of the routed prefill (what exporters trace)."""
+
+    def __init__(self, model: RoutedCausalLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        cache = TensorCache(None)
+        out = self.model(input_ids, attention_mask, position_ids, past_key_values=cache, mode="prefill")
+        return flatten_outputs(out, cache)
+
+
+class DecodeGraph(nn.Module):
+    """Flat-tensor wrapper of one routed decode step with past (what exporters trace)."""
+
+    def __init__(self, model: RoutedCausalLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        cache = TensorCache([(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)])
+        out = self.model(input_ids, attention_mask, position_ids, past_key_values=cache, mode="decode")
+        return flatten_outputs(out, cache)
+
+
+def example_inputs(model: RoutedCausalLM, batch: int, seq: int, past: int) -> tuple[torch.Tensor, ...]:
+    """Deterministic tracing inputs on the model's device (cache in the model's dtype)."""
+    cfg = model.config
+    device = model.device
+    dtype = next(model.hf.parameters()).dtype
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=g).to(device)
+    mask = torch.ones(batch, past + seq, dtype=torch.int64, device=device)
+    pos = (torch.arange(seq, device=device) + past).unsqueeze(0).expand(batch, seq).contiguous()
+    if past == 0:
+        return ids, mask, pos
+    n_kv = model.layers[0].self_attn.k_proj.out_features // model.head_dim
+    kv = [
+        torch.randn(batch, n_kv, past, model.head_dim, generator=g).to(device=device, dtype=dtype)
+        for _ in range(2 * cfg.num_hidden_layers)
+    ]
+    return (ids, mask, pos, *kv)
+
+
+@dataclass
+class TraceSpec:
+    """What a graph exporter traces for one graph: wrapper module, example inputs, signature."""
+
+    module: nn.Module
+    args: tuple[torch.Tensor, ...]
+    signature: GraphSignature
+
+
+MIN_TRACE_LENGTH = 8
+
+
+def prefill_trace_length(model: RoutedCausalLM, minimum: int = MIN_TRACE_LENGTH) -> int:
+    """Shortest prompt length >= ``minimum`` at which every top-k block's slot count K
+    (:func:`~ftp_export.routing.selection.slot_count`) is neither 1 nor T.
+
+    torch.export specialises on the example's values wherever an op asks whether a size is 1
+    (broadcasting, contiguity, the CPU matmul lowering). Traced at 8 tokens, a block at sparsity
+    >= 0.875 has K = 1, the program carries the guard K == 1, AOTInductor does not check it, and
+    its code then reads only the first slot whenever a prompt gives K >= 2: wrong or NaN rows
+    (the shipped s40's block 3, s = 0.966, K = 1 up to T = 29). Traced where every K is in
+    [2, T - 1], the code is generic in K (and still right where a prompt gives K = 1 or K = T).
+
+    With ``m = 2 * keep_q16 - 1``, ``count(T) = ceil(T * m / 2**17)``: ``count(T) >= 2`` from
+    ``T = 2**17 // m + 1`` on, ``count(T) <= T - 1`` from ``T = ceil(2**17 / (2**17 - m))`` on. A
+    block whose K is 1 at every length a call may have (``MAX_TOKENS``) needs no generic trace.
+    """
+    lengths = [minimum]
+    for b in range(len(model.layers)):
+        if model.block_mode(b, "prefill") != "topk":
+            continue
+        m = 2 * model.q16[b] - 1
+        two_slots = 2 * Q16 // m + 1
+        if two_slots <= MAX_TOKENS:
+            lengths.append(two_slots)
+        lengths.append(-(-2 * Q16 // (2 * Q16 - m)))
+    return min(max(lengths), MAX_TOKENS)
+
+
+def trace_specs(model: RoutedCausalLM) -> dict[str, TraceSpec]:
+    """Per graph: the wrapper, example inputs and signature every exporter (ONNX, AOTInductor) uses."""
+    sig = signatures(model)
+    prefill_args = example_inputs(model, batch=2, seq=prefill_trace_length(model), past=0)
+    return {
+        "prefill": TraceSpec(PrefillGraph(model).eval(), prefill_args, sig["prefill"]),
+        "decode": TraceSpec(DecodeGraph(model).eval(), example_inputs(model, batch=2, seq=2, past=6), sig["decode"]),
+    }

@@ -1,0 +1,77 @@
+"""The runtime interface and the one greedy loop every runtime is driven by.
+
+A runtime returns its outputs as its apps receive them (numpy arrays from onnxruntime, torch
+tensors from AOTInductor), and one step's ``present`` outputs go into the next step's
+``past_key_values`` exactly as returned, never through a conversion an app would not make.
+Only logits and routing decisions are converted to numpy, to be compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ftp_export.graph_io import GraphSignature
+
+
+@dataclass
+class StepTrace:
+    """What a greedy run produced: logits and routing per step ([B, T, V] at prefill, then [B, 1, V])."""
+
+    logits: list[np.ndarray] = field(default_factory=list)
+    routing: list[dict[str, np.ndarray]] = field(default_factory=list)
+    tokens: np.ndarray | None = None
+
+
+class Runtime:
+    """Runs an export's prefill and decode graphs. Subclasses implement :meth:`run` (native values
+    in and out) and, where their values are not numpy arrays, :meth:`feed` and :meth:`to_numpy`."""
+
+    name = "runtime"
+
+    def __init__(self, signatures: dict[str, GraphSignature]) -> None:
+        self.signatures = signatures
+
+    def run(self, graph: str, feeds: dict[str, Any]) -> dict[str, Any]:
+        """Run ``graph`` ('prefill' or 'decode') on named feeds; returns {output name: value}."""
+        raise NotImplementedError
+
+    def feed(self, array: np.ndarray) -> Any:
+        """A host array (token ids, masks, positions) as this runtime's input value."""
+        return array
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        return np.asarray(value)
+
+    def info(self) -> dict[str, Any]:
+        """What ran, for the manifest and the parity report."""
+        return {"name": self.name}
+
+    def _step(self, graph: str, feeds: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
+        outs = self.run(graph, feeds)
+        routing = {k: self.to_numpy(v) for k, v in outs.items() if k.startswith("routing.")}
+        return self.to_numpy(outs["logits"]), self.signatures[graph].past_feeds(outs), routing
+
+    def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, new_tokens: int) -> StepTrace:
+        """Greedy decoding: the runtime's own argmax feeds its next step (sequences run past EOS)."""
+        trace = StepTrace()
+        mask = attention_mask.astype(np.int64)
+        pos = np.clip(np.cumsum(mask, -1) - 1, 0, None).astype(np.int64)
+        feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": mask, "position_ids": pos}
+        logits, past, routing = self._step("prefill", {k: self.feed(v) for k, v in feeds.items()})
+        tokens = np.zeros((input_ids.shape[0], 0), dtype=np.int64)
+        for step in range(new_tokens):
+            trace.logits.append(logits)
+            trace.routing.append(routing)
+            nxt = logits[:, -1, :].argmax(-1)[:, None].astype(np.int64)
+            tokens = np.concatenate([tokens, nxt], axis=1)
+            if step == new_tokens - 1:
+                break
+            pos = mask.sum(-1, keepdims=True).astype(np.int64)
+            mask = np.concatenate([mask, np.ones_like(nxt)], axis=1)
+            feeds = {"input_ids": nxt, "attention_mask": mask, "position_ids": pos}
+            logits, past, routing = self._step("decode", {**{k: self.feed(v) for k, v in feeds.items()}, **past})
+        trace.tokens = tokens
+        return trace

@@ -1,0 +1,158 @@
+"""Every bad input a user can give `ftp-export`: one clear error line, non-zero exit, nothing
+half-written (the successful exports are in test_targets.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ftp_export.atomic import atomic_dir
+from ftp_export.cli import main
+from ftp_export.export.job import DEFAULT_SCHEDULE
+
+
+def _one_error_line(capsys) -> str:
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ")
+    return err[0]
+
+
+def _no_leftovers(folder: Path) -> None:
+    assert not [p for p in folder.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+def test_uniform_schedule_command(tmp_path):
+    out = tmp_path / "s30.json"
+    assert main(["schedule", "--uniform", "0.3", "-o", str(out), "--samples", "2", "--seq-len", "24"]) == 0
+    from ftp_export.schedule import load_schedule
+
+    sch = load_schedule(out)
+    assert abs(sch.target_sparsity - 0.3) < 1e-6 and sch.block_sparsity[0] == 0.0
+    assert all(t is not None for t in sch.decode_thresholds[1:])
+
+
+@pytest.fixture()
+def schedule_copy(tmp_path):
+    doc = json.loads(DEFAULT_SCHEDULE.read_text())
+    shutil.copy2(DEFAULT_SCHEDULE, tmp_path / "s.json")
+    shutil.copy2(DEFAULT_SCHEDULE.parent / doc["router"]["weights"], tmp_path / doc["router"]["weights"])
+    return tmp_path / "s.json"
+
+
+def _mutate(path: Path, fn) -> Path:
+    doc = json.loads(path.read_text())
+    fn(doc)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+BAD_SCHEDULES = {
+    "malformed": (lambda p: (p.write_text("{oops"), p)[1], "not valid JSON"),
+    "block-count": (lambda p: _mutate(p, lambda d: d.update(block_sparsity=d["block_sparsity"][:-1])), "entries but the model has"),
+    "sparsity-above-one": (lambda p: _mutate(p, lambda d: d["block_sparsity"].__setitem__(1, 1.2)), "block_sparsity[1]"),
+    "sparsity-negative": (lambda p: _mutate(p, lambda d: d["block_sparsity"].__setitem__(1, -0.2)), "block_sparsity[1]"),
+    "weights-missing": (lambda p: (p.with_name(json.loads(p.read_text())["router"]["weights"]).unlink(), p)[1], "not found"),
+    "weights-tampered": (
+        lambda p: (p.with_name(json.loads(p.read_text())["router"]["weights"]).write_bytes(b"x" * 64), p)[1],
+        "modified",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SCHEDULES))
+def test_bad_schedule_is_one_line_and_writes_nothing(case, schedule_copy, tmp_path, capsys):
+    make, needle = BAD_SCHEDULES[case]
+    sched = make(schedule_copy)
+    out = tmp_path / "out"
+    assert main(["--schedule", str(sched), "-o", str(out)]) == 2
+    assert needle in _one_error_line(capsys)
+    assert not out.exists()
+    _no_leftovers(tmp_path)
+
+
+def test_unknown_target(tmp_path, capsys):
+    assert main(["--target", "tflite", "-o", str(tmp_path / "o")]) == 2
+    assert "unknown target 'tflite'" in _one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_unsupported_architecture(tmp_path, capsys):
+    model = tmp_path / "gpt2"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    assert main(["--model", str(model), "--schedule", str(DEFAULT_SCHEDULE), "-o", str(tmp_path / "o")]) == 2
+    line = _one_error_line(capsys)
+    assert "GPT2LMHeadModel" in line and "not supported" in line
+
+
+def test_model_without_schedule_says_how_to_make_one(tmp_path, capsys):
+    from tests.helpers import build_tiny
+
+    model = build_tiny(tmp_path / "m")
+    capsys.readouterr()  # drop save_pretrained's progress output
+    assert main(["--model", str(model)]) == 2
+    assert "ftp-export schedule --uniform" in _one_error_line(capsys)
+
+
+def test_schedule_for_another_model(tmp_path, capsys):
+    from tests.helpers import build_tiny
+
+    model = build_tiny(tmp_path / "m", hidden_size=32)
+    capsys.readouterr()
+    assert main(["--model", str(model), "--schedule", str(DEFAULT_SCHEDULE), "-o", str(tmp_path / "o")]) == 2
+    assert "make a schedule for this model" in _one_error_line(capsys)
+
+
+def test_unwritable_output(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["-o", str(blocker / "out")]) == 2
+    assert "cannot write to output folder" in _one_error_line(capsys)
+
+
+def test_interrupted_export_leaves_nothing(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as tmp:
+        (tmp / "decoder_model.onnx").write_bytes(b"partial")
+        raise KeyboardInterrupt
+    assert not target.exists()
+    _no_leftovers(tmp_path)
+
+
+def test_console_script_exit_code(tmp_path):
+    exe = Path(sys.executable).with_name("ftp-export")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ftp_export.cli"]
+    proc = subprocess.run([*cmd, "--target", "nope", "-o", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: unknown target") and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU error")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--device", "cuda"],
+        ["schedule", "--uniform", "0.4", "-o", "s.json", "--device", "cuda"],
+        ["bench", "--device", "cuda"],
+        ["eval", "--device", "cuda:1"],
+        ["train", "--sparsity", "0.4", "-o", "s.json", "--device", "cuda"],
+    ],
+    ids=["export", "schedule", "bench", "eval", "ftp-train"],
+)
+def test_cuda_without_a_gpu_is_one_line_before_any_work(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if argv[0] == "train":
+        from ftp_export_trainer.cli import main as train_main
+
+        rc = train_main(argv[1:])
+    else:
+        rc = main(argv)
+    assert rc == 2
+    assert "no CUDA device is available" in _one_error_line(capsys)
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -1,0 +1,36 @@
+"""Every registered target on the embedded default model passes parity through the CLI, with its
+shipped schedule and with a schedule holding a dropped block and a block at sparsity 0.9."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ftp_export.export.targets import target_names
+
+EXPECTED_FILES = {
+    "onnx": {"decoder_model.onnx", "decoder_with_past_model.onnx"},
+    "trt": {"decoder_model.onnx", "decoder_with_past_model.onnx", "build_engines.sh", "plugins/CMakeLists.txt"},
+    "compile": {"decoder_model.pt2", "decoder_with_past_model.pt2"},
+}
+
+
+@pytest.mark.parametrize("target", target_names())
+@pytest.mark.parametrize("which", ["shipped", "drop+0.9"])
+def test_target_passes_parity_on_the_default_model(default_export, target, which):
+    rc, out, parity = default_export(target, which)
+    assert rc == 0, parity
+    assert parity["passed"] and {c["name"] for c in parity["cases"]} == {"batch3-left-padded", "batch1"}
+    for case in parity["cases"]:
+        assert case["prefill_max_abs_diff"] <= 1e-4 and case["decode_max_abs_diff"] <= 1e-4, case
+        assert case["routing_identical"] and case["tokens_identical"], case
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["target"] == target and manifest["parity"]["passed"]
+    files = {f["path"] for f in manifest["files"]}
+    assert EXPECTED_FILES[target] <= files
+    assert any(p.startswith("schedule/") and p.endswith(".safetensors") for p in files)
+    if which == "drop+0.9":  # a dropped block has no routing output; the 0.9 block has one
+        outputs = manifest["graphs"]["prefill"]["outputs"]
+        assert "routing.1.indices" not in outputs and "routing.2.indices" in outputs
+    assert not [p for p in out.parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]

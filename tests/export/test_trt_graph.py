@@ -1,0 +1,54 @@
+"""--target trt without TensorRT: the custom-node ONNX graph runs in onnxruntime with the
+reference ftp nodes and matches PyTorch (logits, routing, greedy tokens)."""
+
+from __future__ import annotations
+
+import onnx
+import torch
+
+from ftp_export.calibration.thresholds import calibrate_decode_thresholds
+from ftp_export.export.onnx_export import export_onnx
+from ftp_export.export.parity import run_parity
+from ftp_export.export.targets.trt import trtexec_command
+from ftp_export.graph_io import GraphSignature
+from ftp_export.routed.model import RoutedCausalLM
+from ftp_export.runtimes.ort import OrtRuntime
+from ftp_export.schedule import new_schedule, uniform_sparsity
+from ftp_export.trt.custom_ops import NODES, PluginLowering, onnx_translation_table
+from ftp_export.trt.reference_ops import reference_session
+from tests.helpers import ATOL, assert_parity, parity_cases
+
+
+def test_custom_node_graph_matches_pytorch(tiny_model, tmp_path):
+    n = tiny_model.config.num_hidden_layers
+    schedule = new_schedule(tiny_model.config, uniform_sparsity(n, 0.4))
+    reference = RoutedCausalLM(tiny_model, schedule).eval()
+    seqs = torch.randint(3, 259, (4, 48), generator=torch.Generator().manual_seed(2))
+    calibrate_decode_thresholds(reference, seqs, prompt_len=24)
+    plugin_model = RoutedCausalLM(tiny_model, schedule, lowering=PluginLowering()).eval()
+    graphs = export_onnx(plugin_model, tmp_path, custom_translation_table=onnx_translation_table())
+
+    for path, expected in ((graphs.prefill, {"FtpTopKGather", "FtpTopKScatter"}), (graphs.decode, {"FtpThresholdGather", "FtpRowScatter"})):
+        model = onnx.load(str(path), load_external_data=False)
+        custom = [nd for nd in model.graph.node if nd.domain == "ftp"]
+        assert {nd.op_type for nd in custom} == expected
+        assert len(custom) == 2 * (n - 1)  # one gather + one scatter per routed block
+        for nd in custom:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nd.attribute}
+            assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b""
+        ops = [nd.op_type for nd in model.graph.node]
+        assert not set(ops) & {"ScatterND", "NonZero"}  # selection and scatter live in the plugins
+        # the only TopK left ranks the attention factor (one per routed block); see plugins/README.md
+        assert ops.count("TopK") == n - 1
+    assert set(NODES) == {"FtpTopKGather", "FtpTopKScatter", "FtpThresholdGather", "FtpRowScatter"}
+
+    gen = OrtRuntime(graphs.files, graphs.signatures, session_factory=reference_session)
+    report = run_parity(reference, gen, parity_cases(), atol=ATOL)
+    assert_parity(report)
+
+
+def test_trtexec_command_has_profiles_and_plugins():
+    cmd = trtexec_command("decoder_with_past_model.onnx", "d.engine", GraphSignature("decode", 2, ()))
+    assert "--dynamicPlugins=build/libftp_plugins.so" in cmd and "--setPluginsToSerialize" in cmd
+    assert "past_key_values.1.value:8x${KV_HEADS}x4096x${HEAD_DIM}" in cmd
+    assert "attention_mask:1x2" in cmd  # min: past 1 + one new token

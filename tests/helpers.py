@@ -1,0 +1,76 @@
+"""Shared test helpers: tiny deterministic models saved and re-loaded through the real Hugging Face
+path (save_pretrained -> from_pretrained on a local folder), and the parity cases and verdict
+every export test uses (left padding, repeated tokens: tied router inputs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ftp_export.export.parity import ParityCase, pad_batch
+
+TINY = dict(
+    vocab_size=259,
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+
+
+def build_tiny(folder: Path, family: str = "llama", seed: int = 0, **overrides) -> Path:
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    classes = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "mistral": (MistralConfig, MistralForCausalLM),
+    }
+    cfg_cls, model_cls = classes[family]
+    cfg = cfg_cls(**{**TINY, **overrides})
+    torch.manual_seed(seed)
+    model = model_cls(cfg)
+    # larger-than-default init so attention is far from uniform and routing matters
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.08)
+    model.save_pretrained(folder)
+    return folder
+
+
+ATOL = 1e-4
+
+
+def parity_cases(new_tokens=32):
+    g = torch.Generator().manual_seed(11)
+    a = torch.randint(3, 259, (21,), generator=g).tolist()
+    b = torch.randint(3, 259, (9,), generator=g).tolist()
+    rep = [77] * 14  # repeated token: tied attention factors
+    ids3, mask3 = pad_batch([a, b, rep], 0, side="left")
+    ids1, mask1 = pad_batch([a], 0)
+    idsr, maskr = pad_batch([rep], 0)
+    return [
+        ParityCase("batch3-left-padded", ids3, mask3, new_tokens),
+        ParityCase("batch1", ids1, mask1, new_tokens),
+        ParityCase("batch1-repeated", idsr, maskr, new_tokens),
+    ]
+
+
+def assert_parity(report):
+    for c in report["cases"]:
+        assert c["prefill_max_abs_diff"] <= ATOL, c
+        assert c["decode_max_abs_diff"] <= ATOL, c
+        assert c["routing_identical"], c["routing_mismatches"]
+        assert c["tokens_identical"], c
+    assert report["passed"]

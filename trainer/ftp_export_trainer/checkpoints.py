@@ -1,0 +1,86 @@
+"""Checkpoints in ``<output>.ckpt/`` (written atomically by rank 0) and the interrupt test hook.
+
+``meta.json`` (settings that determine the result), ``removal.json`` (greedy block-removal
+order), ``ga1.json`` / ``ga3.json`` (GA state), ``step2.json`` + ``step2.routers.safetensors``
+(trained routers, losses, decode thresholds). ``--resume`` continues from them; a run with
+different settings or unreadable files is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ftp_export.atomic import atomic_file, atomic_write_text
+from ftp_export.errors import FTPError
+from ftp_export.routing.router import RouterBank
+from ftp_export_trainer import distributed as dist
+
+INTERRUPT_ENV = "FTP_TRAIN_INTERRUPT"  # test hook: "ga1:<gen>", "step1", "step2", "ga3:<gen>"
+
+
+class Interrupted(Exception):
+    """Raised by the :data:`INTERRUPT_ENV` test hook to simulate a killed run."""
+
+
+def maybe_interrupt(tag: str) -> None:
+    """Raise :class:`Interrupted` when :data:`INTERRUPT_ENV` names this point of the run."""
+    if os.environ.get(INTERRUPT_ENV) == tag:
+        raise Interrupted(f"simulated interrupt at {tag} ({INTERRUPT_ENV})")
+
+
+class Checkpoints:
+    """JSON and safetensors files in ``<output>.ckpt/``; only rank 0 writes."""
+
+    FILES = ("meta.json", "removal.json", "ga1.json", "step2.json", "step2.routers.safetensors", "ga3.json")
+
+    def __init__(self, output: Path) -> None:
+        self.dir = output.with_name(output.name + ".ckpt")
+
+    def reset(self) -> None:
+        """Forget an earlier run's checkpoints (a fresh run must not resume from them later)."""
+        if dist.is_main():
+            for name in self.FILES:
+                self.path(name).unlink(missing_ok=True)
+        dist.barrier()
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def corrupt(self, name: str, why: str) -> FTPError:
+        """The one-line error for an unusable checkpoint file."""
+        return FTPError(f"checkpoint {self.path(name)} is corrupt ({why}); delete {self.dir} or run without --resume")
+
+    def write_json(self, name: str, doc: Any) -> None:
+        if dist.is_main():
+            atomic_write_text(self.path(name), json.dumps(doc))
+
+    def read_json(self, name: str) -> Any | None:
+        """The file's JSON, or None when it does not exist."""
+        p = self.path(name)
+        if not p.exists():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise self.corrupt(name, type(exc).__name__) from None
+
+    def write_routers(self, name: str, bank: RouterBank) -> None:
+        if not dist.is_main():
+            return
+        from safetensors.torch import save_file
+
+        with atomic_file(self.path(name)) as tmp:
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in bank.state_dict().items()}, str(tmp))
+
+    def read_routers(self, name: str, n: int) -> RouterBank:
+        from safetensors.torch import load_file
+
+        try:
+            bank = RouterBank(n)
+            bank.load_state_dict(load_file(str(self.path(name))))
+        except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
+            raise self.corrupt(name, type(exc).__name__) from None
+        return bank.eval()
