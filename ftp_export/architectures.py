@@ -34,6 +34,12 @@ MODEL_ALIASES: dict[str, str] = {
     "smollm2-135m": "HuggingFaceTB/SmolLM2-135M",
 }
 
+#: RoPE types whose cos/sin for a position do not depend on which other positions are computed.
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+#: RoPE types whose frequencies depend on the longest position the rotary module is shown, so a
+#: routed block (which computes a gathered subset of positions) would rotate differently.
+POSITION_DEPENDENT_ROPE_TYPES = ("dynamic", "longrope")
+
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 DEFAULT_MODEL_NAME = "ftp-tiny-llama"
 
@@ -77,6 +83,25 @@ def check_supported(config: Any) -> None:
         )
     if getattr(config, "pretraining_tp", 1) not in (1, None):
         raise UnsupportedModelError("pretraining_tp > 1 is not supported; set it to 1 in config.json")
+    for rope_type in rope_types(config):
+        if rope_type in POSITION_DEPENDENT_ROPE_TYPES or "dynamic" in rope_type:
+            raise UnsupportedModelError(
+                f"RoPE type {rope_type!r} is not supported: its cos/sin depend on the longest position computed, "
+                f"so routed blocks (a subset of positions) would differ; supported: {', '.join(SUPPORTED_ROPE_TYPES)}"
+            )
+
+
+def rope_types(config: Any) -> list[str]:
+    """The RoPE type(s) of a config: transformers 5 ``rope_parameters`` (flat, or one dict per
+    layer type), or the older ``rope_scaling``; ``["default"]`` when neither names one."""
+    found: list[str] = []
+    for params in (getattr(config, "rope_parameters", None), getattr(config, "rope_scaling", None)):
+        if not isinstance(params, dict):
+            continue
+        nested = [v for v in params.values() if isinstance(v, dict)]
+        for entry in nested if nested and not ({"rope_type", "type"} & set(params)) else [params]:
+            found.append(str(entry.get("rope_type", entry.get("type", "default"))))
+    return found or ["default"]
 
 
 def load_config(ref: ModelRef) -> Any:
@@ -94,11 +119,35 @@ def load_model(ref: ModelRef, dtype: torch.dtype = torch.float32, device: str | 
 
     config = load_config(ref)
     check_supported(config)
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(ref.source, dtype=dtype, attn_implementation="eager")
+    except SafetensorError as exc:
+        bad = _unreadable_safetensors(ref.source)
+        where = bad or f"the .safetensors weights of {ref.source}"
+        raise FTPError(
+            f"cannot load model weights {where}: corrupt or truncated ({_first_line(exc)}); re-download or re-save the model"
+        ) from None
     except OSError as exc:
         raise FTPError(f"cannot load model weights from {ref.source}: {_first_line(exc)}") from None
     return model.to(device).eval()
+
+
+def _unreadable_safetensors(source: str) -> str | None:
+    """The first ``*.safetensors`` file of a local model folder whose header cannot be read."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(source)
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            return str(path)
+    return None
 
 
 def load_tokenizer(ref: ModelRef) -> Any:

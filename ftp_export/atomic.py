@@ -5,10 +5,11 @@ Every writer of the project (exports, schedules, evaluation assets, trainer chec
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,18 +30,50 @@ def check_writable(target: Path) -> None:
         raise FTPError(f"output path {target} exists and is not a folder; choose another -o")
 
 
+PARTIAL = re.compile(r"^\.(?P<name>.+)\.partial-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists but belongs to someone else
+        return True
+    return True
+
+
+def remove_stale_partials(parent: Path) -> list[Path]:
+    """Remove ``.NAME.partial-PID-xxxxxxxx`` folders in ``parent`` whose PID is dead (left by a
+    SIGKILL or a power cut); returns what was removed."""
+    removed = []
+    for path in sorted(Path(parent).glob(".*.partial-*")):
+        m = PARTIAL.match(path.name)
+        if m and path.is_dir() and not path.is_symlink() and not _pid_alive(int(m["pid"])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 @contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success it replaces ``target``."""
+def atomic_dir(target: Path, divert: Callable[[], Path | None] | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success it replaces ``target``.
+    ``divert`` is asked on success: a path it returns receives the folder instead, ``target`` is kept."""
     target = Path(target)
     check_writable(target)
     tmp = target.parent / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
+        elsewhere = divert() if divert is not None else None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if elsewhere is not None:
+        os.replace(tmp, elsewhere)
+        return
     old = None
     if target.exists():
         old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"

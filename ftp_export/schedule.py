@@ -50,6 +50,14 @@ FINGERPRINT_KEYS = (
 )
 
 
+ALL_DROPPED = "every block has sparsity 1 (dropped), so no block would run; keep at least one block below 1"
+
+
+def all_dropped(block_sparsity: list[float]) -> bool:
+    """Every block dropped: the model would be embeddings + LM head only, which no schedule may ask for."""
+    return bool(block_sparsity) and all(dropped_sparsity(s) for s in block_sparsity)
+
+
 def routed_sparsity(s: float) -> bool:
     """A block with this sparsity is routed: 0 < s < 1 (0 = dense, 1 = dropped)."""
     return 0.0 < s < 1.0
@@ -186,6 +194,8 @@ def _check_sparsity(doc: dict[str, Any], n_layers: int, src: str) -> list[Any]:
     for i, s in enumerate(sparsity):
         if not _number(s) or not (0.0 <= s <= 1.0):
             raise _fail(src, f"field 'block_sparsity[{i}]' is {s!r}; each block sparsity must be in [0, 1] (1 drops the block)")
+    if all_dropped(sparsity):
+        raise _fail(src, f"field 'block_sparsity': {ALL_DROPPED}")
     target = doc.get("target_sparsity")
     if target is not None:
         if not _number(target) or not (0.0 <= target < 1.0):
@@ -308,6 +318,8 @@ def new_schedule(
     for i, s in enumerate(block_sparsity):
         if not (0.0 <= s <= 1.0):
             raise ScheduleError(f"block_sparsity[{i}] is {s}; each block sparsity must be in [0, 1] (1 drops the block)")
+    if all_dropped(block_sparsity):
+        raise ScheduleError(f"block_sparsity: {ALL_DROPPED}")
     arch = (getattr(config, "architectures", None) or [config.model_type])[0]
     return Schedule(
         block_sparsity=[float(s) for s in block_sparsity],

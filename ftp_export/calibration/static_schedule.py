@@ -3,6 +3,8 @@ for users who have not trained routers yet. Decode thresholds are calibrated on 
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,27 @@ def default_calibration_text() -> str:
     return split_text(load_sample_text())[0]
 
 
+def check_schedule_output(out: Path) -> None:
+    """Fail with one line, before any work and without creating anything, unless the schedule JSON
+    and its router weights can be written at ``out``."""
+    out = Path(out)
+    weights = out.with_name(out.stem + ".routers.safetensors")
+    for path in (out, weights):
+        if path.is_dir():
+            raise FTPError(f"-o {out}: {path} is an existing folder; -o names the schedule JSON file to write (e.g. {path / 's40.json'})")
+    parent = out.resolve().parent
+    while not parent.exists():  # the folders save_schedule would create
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FTPError(f"-o {out}: cannot write there ({parent} is not a folder); choose another -o")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ftp-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise FTPError(f"-o {out}: cannot write to {parent} ({exc.strerror or exc}); choose another -o") from None
+
+
 def make_uniform_schedule(
     model_arg: str | None,
     sparsity: float,
@@ -46,6 +69,9 @@ def make_uniform_schedule(
         raise FTPError(f"--uniform {sparsity}: sparsity must be in (0, 1)")
     if seq_len < 4:
         raise FTPError(f"--seq-len {seq_len}: need at least 4 tokens")
+    if samples < 1:
+        raise FTPError(f"--samples {samples}: need at least 1 calibration sequence")
+    check_schedule_output(out)
     ref = resolve_model(model_arg)
     model = load_model(ref, torch.float32, device)
     tokenizer = load_tokenizer(ref)

@@ -2,11 +2,51 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 from pathlib import Path
 
 from ftp_export.cli.parser import Parser
 from ftp_export.devices import DTYPES
 from ftp_export.errors import FTPError
+
+
+def tolerance(text: str) -> float:
+    """``--atol``: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a tolerance; give a finite number >= 0 (e.g. 1e-4)")
+    return value
+
+
+def int_at_least(minimum: int):
+    """An argparse ``type=`` for integers >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small; it must be at least {minimum}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def open_fraction(text: str) -> float:
+    """``--uniform``: a sparsity strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (0.0 < value < 1.0):
+        raise argparse.ArgumentTypeError(f"{text} is not a sparsity; it must be in (0, 1), e.g. 0.4")
+    return value
 
 
 def export_parser() -> Parser:
@@ -21,8 +61,8 @@ def export_parser() -> Parser:
     p.add_argument("--schedule", help="schedule JSON (from ftp-train or ftp-export schedule)")
     p.add_argument("--target", default="onnx", help=f"one of {', '.join(target_names())} (default onnx)")
     p.add_argument("-o", "--output", help="output folder (default exported/<model>-<schedule>-<target>)")
-    p.add_argument("--atol", type=float, default=1e-4, help="parity tolerance on logits (default 1e-4)")
-    p.add_argument("--parity-tokens", type=int, default=16, help="greedy tokens per parity case (default 16)")
+    p.add_argument("--atol", type=tolerance, default=1e-4, help="parity tolerance on logits (default 1e-4)")
+    p.add_argument("--parity-tokens", type=int_at_least(1), default=16, help="greedy tokens per parity case (default 16)")
     p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)}")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model, the reference and the runtime run")
     return p
@@ -30,12 +70,12 @@ def export_parser() -> Parser:
 
 def schedule_parser() -> Parser:
     p = Parser(prog="ftp-export schedule", description="Make a schedule with static (position-priority) routers.")
-    p.add_argument("--uniform", type=float, required=True, help="overall sparsity in (0, 1), block 0 kept dense")
+    p.add_argument("--uniform", type=open_fraction, required=True, help="overall sparsity in (0, 1), block 0 kept dense")
     p.add_argument("--model", help="model (default: embedded tiny model)")
     p.add_argument("-o", "--output", required=True, help="schedule JSON to write (router weights go beside it)")
     p.add_argument("--calibration-text", help="UTF-8 text file for decode-threshold calibration (default: packaged sample)")
-    p.add_argument("--samples", type=int, default=8, help="calibration sequences (default 8)")
-    p.add_argument("--seq-len", type=int, default=96, help="tokens per calibration sequence (default 96)")
+    p.add_argument("--samples", type=int_at_least(1), default=8, help="calibration sequences (default 8)")
+    p.add_argument("--seq-len", type=int_at_least(4), default=96, help="tokens per calibration sequence (default 96)")
     p.add_argument("--device", default="cpu")
     return p
 

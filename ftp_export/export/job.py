@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,10 +23,10 @@ from ftp_export.architectures import (
     load_tokenizer,
     resolve_model,
 )
-from ftp_export.atomic import atomic_dir, check_writable
+from ftp_export.atomic import atomic_dir, check_writable, remove_stale_partials
 from ftp_export.devices import resolve_device, torch_dtype
 from ftp_export.errors import FTPError
-from ftp_export.export.manifest import write_manifest
+from ftp_export.export.manifest import parity_passed, read_manifest, write_manifest
 from ftp_export.export.parity import ParityCase, format_table, pad_batch, run_parity
 from ftp_export.export.request import ExportRequest
 from ftp_export.export.targets import get_target
@@ -35,6 +39,39 @@ PARITY_PROMPTS = (
     "Once upon a time",
     "the the the the the the the the the the",  # repeated tokens: tied router inputs
 )
+# Test hook: FTP_EXPORT_FAULT=<stage>[:<signal>] sends the process SIGTERM (or e.g. KILL, INT) when
+# the export reaches <stage>: loading, exporting (partial folder made), parity, manifest.
+FAULT_ENV = "FTP_EXPORT_FAULT"
+
+
+def _fault(stage: str) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if spec.split(":")[0] == stage:
+        os.kill(os.getpid(), getattr(signal, "SIG" + (spec.partition(":")[2] or "TERM").upper()))
+        time.sleep(1)  # give the signal time to arrive; a Python handler runs right after os.kill
+
+
+def check_output(out: Path) -> None:
+    """Refuse, before any work, an output folder that is the working folder (or holds it) or a
+    non-empty folder that is not a previous export: an export replaces its output folder."""
+    resolved, cwd = out.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise FTPError(f"-o {out} is (or contains) the current folder; an export replaces its output folder, choose a new one")
+    check_writable(out)
+    if out.is_dir() and any(out.iterdir()) and read_manifest(out) is None:
+        raise FTPError(f"-o {out} is a non-empty folder that is not an ftp-export output; choose a new or empty folder")
+
+
+def _failed_beside(out: Path, parity: dict[str, Any] | None) -> Path | None:
+    """Where a failing export goes so that it does not replace a passing one in ``out`` (else None)."""
+    if parity is None or parity["passed"] or not parity_passed(out):
+        return None
+    dest = out.with_name(f"{out.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = dest.with_name(f"{out.name}.failed-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+    return dest
 
 
 def resolve_schedule(req: ExportRequest, ref: ModelRef) -> Path:
@@ -62,6 +99,7 @@ def parity_cases(tokenizer: Any, new_tokens: int) -> list[ParityCase]:
 def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
     """Run the export; returns the process exit status (0 ok, 1 parity failed)."""
     target = get_target(req.target)
+    target.check(req)
     dtype = torch_dtype(req.dtype)
     device = resolve_device(req.device)
     ref = resolve_model(req.model)
@@ -71,17 +109,29 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
     schedule = load_schedule(schedule_path)
     schedule.check_model(fingerprint(config))
     out = Path(req.output) if req.output else Path("exported") / f"{ref.name}-{schedule_path.stem}-{req.target}"
-    check_writable(out)
+    check_output(out)
+    for stale in remove_stale_partials(out.resolve().parent):
+        log(f"removed {stale}, left by an export that was killed (its process is gone)")
     steps = 4
     log(f"[1/{steps}] loading {ref.source} ({req.dtype}, {req.device})")
+    _fault("loading")
     model = load_model(ref, dtype, device)
     tokenizer = load_tokenizer(ref)
     routed = RoutedCausalLM(model, schedule).eval()
-    with atomic_dir(out) as tmp:
+    parity: dict[str, Any] | None = None
+    diverted: list[Path] = []
+
+    def divert() -> Path | None:  # asked once the export is complete: keep a passing one in `out`
+        dest = _failed_beside(out, parity)
+        diverted.extend([dest] if dest else [])
+        return dest
+
+    with atomic_dir(out, divert) as tmp:
+        _fault("exporting")
         log(f"[2/{steps}] exporting target {req.target} (overall sparsity {schedule.target_sparsity:.2f})")
         result = target.export(routed, tmp, req, log)
         _copy_schedule(schedule, tmp / "schedule")
-        parity: dict[str, Any] | None = None
+        _fault("parity")
         if result.runtime is not None:
             log(f"[3/{steps}] parity against PyTorch ({req.parity_tokens} greedy tokens per case)")
             cases = parity_cases(tokenizer, req.parity_tokens)
@@ -91,6 +141,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
         else:
             log(f"[3/{steps}] parity skipped: {result.note}")
         log(f"[4/{steps}] writing manifest")
+        _fault("manifest")
         model_info = {
             "name": ref.name,
             "source": ref.source,
@@ -105,7 +156,9 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
         log(format_table(parity))
     if result.note:
         log(result.note)
-    log(f"wrote {out}")
+    if diverted:
+        print(f"parity failed: kept the passing export in {out}; this one is in {diverted[0]}", file=sys.stderr)
+    log(f"wrote {diverted[0] if diverted else out}")
     return 0 if parity is None or parity["passed"] else 1
 
 

@@ -12,6 +12,7 @@ from ftp_export import __version__
 from ftp_export.schedule import Schedule, sha256_file
 
 MANIFEST = "manifest.json"
+FORMAT = "ftp-export-manifest"
 PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "tensorrt")
 
 
@@ -34,7 +35,7 @@ def file_entries(folder: Path) -> list[dict[str, Any]]:
 
 def write_manifest(folder: Path, *, target: str, model: dict[str, Any], schedule: Schedule, extra: dict[str, Any]) -> Path:
     doc = {
-        "format": "ftp-export-manifest",
+        "format": FORMAT,
         "format_version": 1,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "target": target,
@@ -53,3 +54,19 @@ def write_manifest(folder: Path, *, target: str, model: dict[str, Any], schedule
     path = folder / MANIFEST
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of a previous export in ``folder``, or None when ``folder`` is not one."""
+    try:
+        doc = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
+
+
+def parity_passed(folder: Path) -> bool:
+    """True when ``folder`` holds an export whose manifest records a passing parity check."""
+    doc = read_manifest(folder)
+    parity = doc.get("parity") if doc else None
+    return isinstance(parity, dict) and parity.get("passed") is True

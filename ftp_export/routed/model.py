@@ -14,11 +14,12 @@ from torch import nn
 
 from ftp_export.architectures import check_supported, fingerprint, sliding_windows
 from ftp_export.devices import module_device
+from ftp_export.errors import ScheduleError
 from ftp_export.routed.block import attention_mask_for, compute_rows, project_kv, zero_kv
 from ftp_export.routed.lowering import Lowering, TorchLowering
 from ftp_export.routing.factors import received_attention, router_features, update_signal
 from ftp_export.routing.selection import keep_q16, soft_topk_gate
-from ftp_export.schedule import Schedule
+from ftp_export.schedule import ALL_DROPPED, Schedule, all_dropped
 
 Mode = Literal["prefill", "decode", "soft"]
 
@@ -89,6 +90,9 @@ class RoutedCausalLM(nn.Module):
         check_supported(config)
         if schedule is not None:
             schedule.check_model(fingerprint(config))
+            if all_dropped(schedule.block_sparsity):
+                where = f"schedule {schedule.path}" if schedule.path else "schedule"
+                raise ScheduleError(f"{where}: {ALL_DROPPED}")
         self.hf = hf_model
         self.config = config
         self.schedule = schedule

@@ -106,3 +106,29 @@ def test_non_finite_router_weights_are_refused(saved):
     _edit(saved, lambda d: d["router"].__setitem__("sha256", sha256_file(w)))
     with pytest.raises(ScheduleError, match=r"NaN or inf \(first: 'blocks.2.fc1.weight'\)"):
         load_schedule(saved)
+
+
+@pytest.mark.parametrize("target", [1.0, None])
+def test_all_blocks_dropped_is_refused_on_load(saved, target):
+    def drop_all(doc):
+        doc["block_sparsity"] = [1.0] * 4
+        doc.pop("target_sparsity")
+        if target is not None:
+            doc["target_sparsity"] = target
+
+    _edit(saved, drop_all)
+    with pytest.raises(ScheduleError) as err:
+        load_schedule(saved)
+    assert "no block would run" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_all_blocks_dropped_is_refused_by_new_schedule_and_the_routed_model(tiny_model):
+    from ftp_export.routed.model import RoutedCausalLM
+
+    with pytest.raises(ScheduleError, match="no block would run"):
+        new_schedule(tiny_model.config, [1.0] * 4)
+    sch = new_schedule(tiny_model.config, [0.0, 1.0, 1.0, 1.0])  # one block left: allowed
+    RoutedCausalLM(tiny_model, sch)
+    sch.block_sparsity[0] = 1.0  # reached otherwise (edited in memory)
+    with pytest.raises(ScheduleError, match="no block would run"):
+        RoutedCausalLM(tiny_model, sch)

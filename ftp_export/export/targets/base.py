@@ -32,6 +32,9 @@ class Target:
     name = ""
     description = ""
 
+    def check(self, req: ExportRequest) -> None:
+        """Refuse, with one FTPError line and before any work, a request this target cannot carry out."""
+
     def export(self, model: RoutedCausalLM, out: Path, req: ExportRequest, log: Log) -> TargetResult:
         raise NotImplementedError
 

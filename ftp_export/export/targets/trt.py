@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ftp_export.errors import FTPError
 from ftp_export.export.onnx_export import OPSET, export_onnx
 from ftp_export.export.request import ExportRequest
 from ftp_export.export.targets.base import Log, Target, TargetResult, register
@@ -61,6 +62,14 @@ class TrtTarget(Target):
     name = "trt"
     description = "ONNX graphs with ftp plugin nodes for TensorRT, plugin sources and engine build script"
 
+    def check(self, req: ExportRequest) -> None:
+        # without TensorRT, parity runs the ftp nodes' float32 reference implementations
+        if req.dtype != "float32" and not _tensorrt_importable():
+            raise FTPError(
+                f"--dtype {req.dtype} with --target trt needs TensorRT to check parity (the CPU reference of the ftp "
+                "nodes is float32); export float32 here: the engine's precision is set when build_engines.sh builds it"
+            )
+
     def export(self, model: RoutedCausalLM, out: Path, req: ExportRequest, log: Log) -> TargetResult:
         from ftp_export.runtimes.ort import OrtRuntime
         from ftp_export.trt.custom_ops import NODES, PLUGIN_VERSION, PluginLowering, onnx_translation_table
@@ -91,10 +100,16 @@ class TrtTarget(Target):
         )
 
 
-def _maybe_build_engines(out: Path, log: Log) -> dict[str, Any]:
+def _tensorrt_importable() -> bool:
     try:
         import tensorrt  # noqa: F401
     except ImportError:
+        return False
+    return True
+
+
+def _maybe_build_engines(out: Path, log: Log) -> dict[str, Any]:
+    if not _tensorrt_importable():
         return {
             "built": False,
             "message": "TensorRT engine not built: the tensorrt package is not importable here; "
