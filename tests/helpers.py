@@ -10,15 +10,9 @@ import torch
 
 from ftp_export.export.parity import ParityCase, pad_batch
 
-TINY = dict(
-    vocab_size=259,
-    hidden_size=64,
-    intermediate_size=160,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-)
+# 4 blocks, GQA (4 query heads, 2 K/V heads), byte vocabulary like the embedded model's
+TINY = {"vocab_size": 259, "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 4}
+TINY |= {"num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512}
 
 
 def build_tiny(folder: Path, family: str = "llama", seed: int = 0, **overrides) -> Path:

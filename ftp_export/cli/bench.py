@@ -22,11 +22,7 @@ from ftp_export.devices import resolve_device, torch_dtype
 from ftp_export.errors import FTPError
 
 
-def _ints(text: str) -> list[int]:
-    return comma_ints(text)
-
-
-def _floats(text: str) -> list[float]:
+def _sparsities(text: str) -> list[float]:
     vals = comma_floats(text)
     for v in vals:
         if not 0.0 < v < 1.0:
@@ -59,12 +55,12 @@ def cmd_bench(argv: list[str]) -> int:
     device = str(resolve_device(a.device))
     dtype_name = a.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     model = random_llama(a.shape, a.layers, torch_dtype(dtype_name), device)
-    grid = [(b, s, sp) for b in _ints(a.batch) for s in _ints(a.seq) for sp in _floats(a.sparsity)]
+    grid = [(b, s, sp) for b in comma_ints(a.batch) for s in comma_ints(a.seq) for sp in _sparsities(a.sparsity)]
     prefill = []
     for b, s, sp in tqdm(grid, desc="prefill", unit="case"):
         prefill.append(bench_prefill(model, b, s, sp, a.runtime, device, a.warmup, a.iters))
     decode = []
-    dgrid = [(b, sp) for b in _ints(a.decode_batch) for sp in _floats(a.sparsity)]
+    dgrid = [(b, sp) for b in comma_ints(a.decode_batch) for sp in _sparsities(a.sparsity)]
     for b, sp in tqdm(dgrid, desc="decode", unit="case"):
         decode.append(bench_decode(model, b, a.decode_context, sp, device, a.warmup, a.iters))
     out = Path(a.output)
