@@ -1,6 +1,6 @@
 """An export never destroys the user's files or a good export (issue 15): it refuses a folder of
 other files and the working folder, keeps a passing export when a rerun fails parity, cleans up on
-SIGTERM (exit 143) and removes the partial folders that a SIGKILL left behind."""
+SIGTERM at any stage (exit 143) and removes the partial folders that a SIGKILL left behind."""
 
 from __future__ import annotations
 
@@ -128,13 +128,20 @@ def test_failing_rerun_keeps_the_passing_export(default_export, tmp_path, capsys
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name or ".old-" in p.name]
 
 
-def test_sigterm_during_export_removes_partial_and_exits_143(tmp_path):
-    env = {**os.environ, FAULT_ENV: "exporting"}  # SIGTERM once the partial folder exists
+@pytest.mark.parametrize("stage", ["loading", "exporting", "parity", "manifest"])
+def test_sigterm_at_each_stage_keeps_the_previous_export(stage, default_export, tmp_path):
+    """SIGTERM at every stage boundary of an export into a folder holding a good export: exit 143,
+    one error line, the good export byte-identical, no partial folder left."""
+    rc, made, _ = default_export("onnx", "shipped")
+    assert rc == 0
+    shutil.copytree(made, tmp_path / "out")
+    before = _snapshot(tmp_path / "out")
     proc = subprocess.run(
         [sys.executable, "-m", "ftp_export.cli", "-o", "out", "--parity-tokens", "2"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env={**os.environ, FAULT_ENV: stage}, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 143, proc.stderr
     (line,) = _error_lines(proc.stderr)
     assert "SIGTERM" in line and "Traceback" not in proc.stderr
-    assert list(tmp_path.iterdir()) == []
+    assert _snapshot(tmp_path / "out") == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
