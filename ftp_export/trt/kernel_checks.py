@@ -21,30 +21,30 @@ WORKSPACE_ALIGN = 256
 HIDDEN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _fail_type(msg: str) -> TypeError:
+def type_error(msg: str) -> TypeError:
     return TypeError(f"ftp kernels: {msg}")
 
 
-def _fail_value(msg: str) -> ValueError:
+def value_error(msg: str) -> ValueError:
     return ValueError(f"ftp kernels: {msg}")
 
 
 def check_int(value: object, name: str, lo: int, hi: int) -> int:
     """``value`` as a Python int in [lo, hi]; tensors are refused (reading one would synchronise)."""
     if isinstance(value, (bool, torch.Tensor)):
-        raise _fail_type(f"{name} must be a Python int, got {type(value).__name__}")
+        raise type_error(f"{name} must be a Python int, got {type(value).__name__}")
     try:
         v = operator.index(value)  # type: ignore[arg-type]
     except TypeError:
-        raise _fail_type(f"{name} must be an int, got {type(value).__name__}") from None
+        raise type_error(f"{name} must be an int, got {type(value).__name__}") from None
     if not lo <= v <= hi:
-        raise _fail_value(f"{name} must be in {lo}..{hi}, got {v}")
+        raise value_error(f"{name} must be in {lo}..{hi}, got {v}")
     return v
 
 
 def check_float(value: object, name: str) -> float:
     if isinstance(value, (bool, torch.Tensor)) or not isinstance(value, (int, float)):
-        raise _fail_type(f"{name} must be a Python float, got {type(value).__name__}")
+        raise type_error(f"{name} must be a Python float, got {type(value).__name__}")
     return float(value)
 
 
@@ -59,26 +59,26 @@ def check_tensor(
 ) -> torch.Tensor:
     """``t`` is a dense contiguous tensor of one of ``dtypes`` with ``ndim`` dims (on ``device``)."""
     if not isinstance(t, torch.Tensor):
-        raise _fail_type(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise type_error(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.is_nested or t.layout != torch.strided:
-        raise _fail_value(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+        raise value_error(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
     if require_cuda and t.device.type != "cuda":
-        raise _fail_value(f"{name} must be a CUDA tensor, got one on {t.device}")
+        raise value_error(f"{name} must be a CUDA tensor, got one on {t.device}")
     if device is not None and t.device != device:
-        raise _fail_value(f"{name} is on {t.device}, expected {device} (all tensors of a call on one device)")
+        raise value_error(f"{name} is on {t.device}, expected {device} (all tensors of a call on one device)")
     if t.dtype not in dtypes:
         allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise _fail_type(f"{name} must be {allowed}, got {str(t.dtype).removeprefix('torch.')}")
+        raise type_error(f"{name} must be {allowed}, got {str(t.dtype).removeprefix('torch.')}")
     if t.dim() != ndim:
-        raise _fail_value(f"{name} must have {ndim} dims, got shape {tuple(t.shape)}")
+        raise value_error(f"{name} must have {ndim} dims, got shape {tuple(t.shape)}")
     if not t.is_contiguous():
-        raise _fail_value(f"{name} must be contiguous (call .contiguous() first)")
+        raise value_error(f"{name} must be contiguous (call .contiguous() first)")
     return t
 
 
 def check_shape(t: torch.Tensor, name: str, expected: tuple[int, ...]) -> None:
     if tuple(t.shape) != tuple(expected):
-        raise _fail_value(f"{name} has shape {tuple(t.shape)}, expected {tuple(expected)}")
+        raise value_error(f"{name} has shape {tuple(t.shape)}, expected {tuple(expected)}")
 
 
 def _span(t: torch.Tensor) -> tuple[int, int] | None:
@@ -97,7 +97,7 @@ def check_disjoint(outputs: Sequence[tuple[str, torch.Tensor]], inputs: Sequence
             continue
         for other, o_span in [*others, *spans[i + 1 :]]:
             if o_span is not None and span[0] < o_span[1] and o_span[0] < span[1]:
-                raise _fail_value(f"{name} overlaps {other} in memory; outputs must not alias inputs or each other")
+                raise value_error(f"{name} overlaps {other} in memory; outputs must not alias inputs or each other")
 
 
 def _gather_inputs(hidden: object, scores: object, valid: object, require_cuda: bool) -> tuple[torch.Tensor, ...]:
@@ -145,9 +145,9 @@ def check_topk_gather(
     b, t, d = h.shape
     q16 = check_int(keep_q16, "keep_q16", 1, Q16)
     if t > MAX_TOKENS:
-        raise _fail_value(f"hidden has {t} tokens per row; the rank key supports at most {MAX_TOKENS}")
+        raise value_error(f"hidden has {t} tokens per row; the rank key supports at most {MAX_TOKENS}")
     if b > INT32_MAX:
-        raise _fail_value(f"batch {b} is too large")
+        raise value_error(f"batch {b} is too large")
     k = selection.slot_count(t, q16)
     specs = [("gathered", gathered, (h.dtype,), (b, k, d)), ("indices", indices, (torch.int64,), (b, k)), ("active", active, (torch.bool,), (b, k))]
     _check_outputs(specs, [("hidden", h), ("scores", s), ("valid", v)], h.device, require_cuda)
@@ -165,8 +165,7 @@ def check_topk_scatter(
 ) -> tuple[int, int, int, int]:
     """Validates FtpTopKScatter arguments (``out`` when given); returns (B, T, K, D)."""
     r = check_tensor(residual, "residual", HIDDEN_DTYPES, 3, require_cuda=require_cuda)
-    dev = r.device
-    b, t, d = r.shape
+    dev, (b, t, d) = r.device, r.shape
     i = check_tensor(indices, "indices", (torch.int64,), 2, dev, require_cuda=require_cuda)
     k = i.shape[1]
     rw = check_tensor(rows, "rows", (r.dtype,), 3, dev, require_cuda=require_cuda)
@@ -175,9 +174,9 @@ def check_topk_scatter(
     check_shape(i, "indices", (b, k))
     check_shape(a, "active", (b, k))
     if k > t:
-        raise _fail_value(f"indices has {k} slots per row, more than the {t} tokens")
+        raise value_error(f"indices has {k} slots per row, more than the {t} tokens")
     if b * t > INT32_MAX:
-        raise _fail_value(f"B*T = {b}*{t} exceeds the int32 row map")
+        raise value_error(f"B*T = {b}*{t} exceeds the int32 row map")
     _check_outputs([("out", out, (r.dtype,), (b, t, d))], [("residual", r), ("rows", rw), ("indices", i), ("active", a)], dev, require_cuda)
     return b, t, k, d
 
@@ -198,7 +197,7 @@ def check_threshold_gather(
     b, t, d = h.shape
     check_float(threshold, "threshold")
     if b * t > INT32_MAX:
-        raise _fail_value(f"B*T = {b}*{t} is too large")
+        raise value_error(f"B*T = {b}*{t} is too large")
     specs = [("gathered", gathered, (h.dtype,), (b * t, d)), ("rows", rows, (torch.int64,), (b * t,)), ("count", count, (torch.int64,), ())]
     _check_outputs(specs, [("hidden", h), ("scores", s), ("valid", v)], h.device, require_cuda, upper_bound=True)
     return b, t, d
@@ -214,14 +213,13 @@ def check_row_scatter(
 ) -> tuple[int, int, int, int]:
     """Validates FtpRowScatter arguments (``out`` when given); returns (B, T, N, D)."""
     r = check_tensor(residual, "residual", HIDDEN_DTYPES, 3, require_cuda=require_cuda)
-    dev = r.device
-    b, t, d = r.shape
+    dev, (b, t, d) = r.device, r.shape
     rw = check_tensor(rows, "rows", (torch.int64,), 1, dev, require_cuda=require_cuda)
     n = rw.shape[0]
     rd = check_tensor(rows_data, "rows_data", (r.dtype,), 2, dev, require_cuda=require_cuda)
     check_shape(rd, "rows_data", (n, d))
     if b * t > INT32_MAX or n > INT32_MAX:
-        raise _fail_value(f"B*T = {b}*{t} or N = {n} exceeds the int32 row map")
+        raise value_error(f"B*T = {b}*{t} or N = {n} exceeds the int32 row map")
     _check_outputs([("out", out, (r.dtype,), (b, t, d))], [("residual", r), ("rows_data", rd), ("rows", rw)], dev, require_cuda)
     return b, t, n, d
 
@@ -230,9 +228,9 @@ def check_workspace(workspace: object, nbytes: int, device: torch.device, *, req
     """``workspace`` is a 1-D uint8 tensor of at least ``nbytes`` bytes (256-byte aligned on the GPU)."""
     ws = check_tensor(workspace, "workspace", (torch.uint8,), 1, device, require_cuda=require_cuda)
     if ws.numel() < nbytes:
-        raise _fail_value(f"workspace has {ws.numel()} bytes, the launch needs {nbytes} (see new_workspace)")
+        raise value_error(f"workspace has {ws.numel()} bytes, the launch needs {nbytes} (see new_workspace)")
     if nbytes > 0 and ws.is_cuda and ws.data_ptr() % WORKSPACE_ALIGN:
-        raise _fail_value(f"workspace must be {WORKSPACE_ALIGN}-byte aligned (use new_workspace, not a view)")
+        raise value_error(f"workspace must be {WORKSPACE_ALIGN}-byte aligned (use new_workspace, not a view)")
 
 
 def check_status(status: object, what: str) -> None:

@@ -54,7 +54,6 @@ from ftp_export.trt.kernel_checks import (
     INT32_MAX,
     MAX_TOKENS,
     Q16,
-    _fail_value,
     check_int,
     check_row_scatter,
     check_status,
@@ -62,6 +61,7 @@ from ftp_export.trt.kernel_checks import (
     check_topk_gather,
     check_topk_scatter,
     check_workspace,
+    value_error,
 )
 from ftp_export.trt.sources import plugin_sources_dir
 
@@ -159,12 +159,12 @@ def slot_count(seq_len: int, keep_q16: int) -> int:
 def workspace_size(node: str, batch: int, seq_len: int) -> int:
     """Workspace bytes of one launch of ``node`` (one of NODES) on a [batch, seq_len] problem."""
     if node not in NODES:
-        raise _fail_value(f"unknown node {node!r}; one of {', '.join(NODES)}")
+        raise value_error(f"unknown node {node!r}; one of {', '.join(NODES)}")
     b = check_int(batch, "batch", 0, INT32_MAX)
     t = check_int(seq_len, "seq_len", 0, INT32_MAX)
     n = int(getattr(load(), f"{node}_workspace_size")(b, t))
     if n < 0:
-        raise _fail_value(f"{node}: no workspace size for B={b}, T={t} (B*T too large)")
+        raise value_error(f"{node}: no workspace size for B={b}, T={t} (B*T too large)")
     return n
 
 
