@@ -8,6 +8,7 @@ bias), RoPE, gated MLP.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,15 +164,42 @@ def load_tokenizer(ref: ModelRef) -> Any:
 
 
 def fingerprint(config: Any) -> dict[str, Any]:
-    """The config fields a schedule is tied to (the schedule format in ftp_export/schedule.py)."""
-    return {
+    """The config fields a schedule is tied to (the schedule format in ftp_export/schedule.py):
+    everything that changes what a block computes for a token, so a schedule made for another
+    model of the same width and depth is refused."""
+    windows = sliding_windows(config)
+    heads = int(config.num_attention_heads)
+    fp = {
         "model_type": config.model_type,
         "num_hidden_layers": int(config.num_hidden_layers),
         "hidden_size": int(config.hidden_size),
-        "num_attention_heads": int(config.num_attention_heads),
-        "num_key_value_heads": int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(getattr(config, "num_key_value_heads", None) or heads),
         "vocab_size": int(config.vocab_size),
+        "head_dim": int(getattr(config, "head_dim", None) or int(config.hidden_size) // heads),
+        "rope": rope_fingerprint(config),
+        "sliding_window": windows[0] if len(set(windows)) == 1 else windows,
+        "tie_word_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
     }
+    return json.loads(json.dumps(fp))  # JSON-normal form (tuples -> lists), as a loaded schedule holds it
+
+
+def rope_fingerprint(config: Any) -> dict[str, Any]:
+    """RoPE settings as one JSON object: transformers 5 ``rope_parameters`` (or the older
+    ``rope_theta`` + ``rope_scaling``), ``rope_type`` always present."""
+    rope: dict[str, Any] = {}
+    for params in (getattr(config, "rope_scaling", None), getattr(config, "rope_parameters", None)):
+        if isinstance(params, dict):
+            rope.update(params)
+    if "type" in rope and "rope_type" not in rope:
+        rope["rope_type"] = rope.pop("type")
+    rope.pop("type", None)
+    theta = getattr(config, "rope_theta", None)
+    if "rope_theta" not in rope and theta is not None and not any(isinstance(v, dict) for v in rope.values()):
+        rope["rope_theta"] = float(theta)
+    if not any(isinstance(v, dict) for v in rope.values()):
+        rope.setdefault("rope_type", "default")
+    return {k: rope[k] for k in sorted(rope)}
 
 
 def sliding_windows(config: Any) -> list[int | None]:

@@ -5,9 +5,12 @@ Every exporter (ONNX, AOTInductor, the TensorRT build), every runtime and parity
 from here, the way optimum's OnnxConfig owns I/O for export and validation alike:
 
 - ``prefill`` (``decoder_model``): ``input_ids``, ``attention_mask``, ``position_ids`` ->
-  ``logits``, ``present.N.key/value``, ``routing.N.indices/active`` for top-k blocks.
+  ``logits``, ``present.N.key/value``, ``routing.N.indices/active`` for top-k blocks. ``logits``
+  is [B, 1, V] at each row's last valid token by default (what generation reads; TensorRT-LLM's
+  default too) or [B, T, V] for every token (``--logits all``, e.g. for perplexity).
 - ``decode`` (``decoder_with_past_model``): the same + ``past_key_values.N.key/value`` ->
-  ``logits``, ``present.N.key/value``, ``routing.N.rows`` for threshold blocks.
+  ``logits`` [B, T, V] (every new token: a call may carry several), ``present.N.key/value``,
+  ``routing.N.rows`` for threshold blocks.
 
 The ``routing.*`` outputs are extra (parity compares them); runtimes that look outputs up by
 name ignore them. ``present`` outputs are contiguous, so an app can feed one step's outputs
@@ -29,6 +32,8 @@ from ftp_export.routing.selection import MAX_TOKENS, Q16
 INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "position_ids")
 LOGITS = "logits"
 GRAPH_FILES = {"prefill": "decoder_model", "decode": "decoder_with_past_model"}  # graph -> file stem (optimum)
+LOGITS_CHOICES = ("last", "all")  # prefill logits: each row's last valid token, or every token
+DEFAULT_LOGITS = "last"
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -53,11 +58,13 @@ def routing_names(model: RoutedCausalLM, mode: str) -> list[str]:
 
 @dataclass(frozen=True)
 class GraphSignature:
-    """Inputs and outputs of one exported graph (``prefill`` or ``decode``)."""
+    """Inputs and outputs of one exported graph (``prefill`` or ``decode``). ``logits``: 'last'
+    ([B, 1, V], each row's last valid token of the call) or 'all' ([B, T, V]); decode is 'all'."""
 
     graph: str
     num_layers: int
     routing: tuple[str, ...]
+    logits: str = "all"
 
     @property
     def with_past(self) -> bool:
@@ -103,13 +110,26 @@ class GraphSignature:
         routing = "top-k per sequence (static shapes per length)" if self.graph == "prefill" else (
             "per-block score threshold (data-dependent token count)"
         )
-        return {"file": file, "inputs": self.inputs, "outputs": self.outputs, "routing": routing}
+        return {"file": file, "inputs": self.inputs, "outputs": self.outputs, "routing": routing, "logits": self.logits_shape}
+
+    @property
+    def logits_shape(self) -> str:
+        """What the ``logits`` output holds, for the manifest."""
+        return "[batch, 1, vocab] at each row's last valid token" if self.logits == "last" else "[batch, tokens, vocab]"
 
 
-def signatures(model: RoutedCausalLM) -> dict[str, GraphSignature]:
-    """The prefill and decode signatures of ``model`` (routing outputs depend on its schedule)."""
+def check_logits(logits: str) -> str:
+    if logits not in LOGITS_CHOICES:
+        raise ValueError(f"logits={logits!r}: expected one of {', '.join(LOGITS_CHOICES)}")
+    return logits
+
+
+def signatures(model: RoutedCausalLM, logits: str = DEFAULT_LOGITS) -> dict[str, GraphSignature]:
+    """The prefill and decode signatures of ``model`` (routing outputs depend on its schedule);
+    ``logits`` applies to the prefill graph, decode returns logits for every new token."""
     n = int(model.config.num_hidden_layers)
-    return {g: GraphSignature(g, n, tuple(routing_names(model, g))) for g in GRAPH_FILES}
+    which = {"prefill": check_logits(logits), "decode": "all"}
+    return {g: GraphSignature(g, n, tuple(routing_names(model, g)), which[g]) for g in GRAPH_FILES}
 
 
 def flatten_outputs(out: RoutedOutput, cache: TensorCache) -> tuple[torch.Tensor, ...]:
@@ -127,15 +147,16 @@ def flatten_outputs(out: RoutedOutput, cache: TensorCache) -> tuple[torch.Tensor
 
 
 class PrefillGraph(nn.Module):
-    """Flat-tensor wrapper of the routed prefill (what exporters trace)."""
+    """Flat-tensor wrapper of the routed prefill (what exporters trace); ``logits`` 'last' or 'all'."""
 
-    def __init__(self, model: RoutedCausalLM) -> None:
+    def __init__(self, model: RoutedCausalLM, logits: str = DEFAULT_LOGITS) -> None:
         super().__init__()
         self.model = model
+        self.logits = check_logits(logits)
 
     def forward(self, input_ids, attention_mask, position_ids):
         cache = TensorCache(None)
-        out = self.model(input_ids, attention_mask, position_ids, past_key_values=cache, mode="prefill")
+        out = self.model(input_ids, attention_mask, position_ids, past_key_values=cache, mode="prefill", logits=self.logits)
         return flatten_outputs(out, cache)
 
 
@@ -210,11 +231,12 @@ def prefill_trace_length(model: RoutedCausalLM, minimum: int = MIN_TRACE_LENGTH)
     return min(max(lengths), MAX_TOKENS)
 
 
-def trace_specs(model: RoutedCausalLM) -> dict[str, TraceSpec]:
-    """Per graph: the wrapper, example inputs and signature every exporter (ONNX, AOTInductor) uses."""
-    sig = signatures(model)
+def trace_specs(model: RoutedCausalLM, logits: str = DEFAULT_LOGITS) -> dict[str, TraceSpec]:
+    """Per graph: the wrapper, example inputs and signature every exporter (ONNX, AOTInductor)
+    uses; ``logits`` ('last' or 'all') is the prefill graph's."""
+    sig = signatures(model, logits)
     prefill_args = example_inputs(model, batch=2, seq=prefill_trace_length(model), past=0)
     return {
-        "prefill": TraceSpec(PrefillGraph(model).eval(), prefill_args, sig["prefill"]),
+        "prefill": TraceSpec(PrefillGraph(model, logits).eval(), prefill_args, sig["prefill"]),
         "decode": TraceSpec(DecodeGraph(model).eval(), example_inputs(model, batch=2, seq=2, past=6), sig["decode"]),
     }

@@ -1,21 +1,28 @@
 """Schedule JSON + router weights (safetensors): format, validation, writing.
 
-Format (``format_version`` 1)::
+Format (``format_version`` 2)::
 
     {
-      "format": "ftp-schedule", "format_version": 1,
+      "format": "ftp-schedule", "format_version": 2,
       "base_model": {"name_or_path": ..., "architecture": ..., "fingerprint": {model_type,
                      num_hidden_layers, hidden_size, num_attention_heads, num_key_value_heads,
-                     vocab_size}},
+                     vocab_size, head_dim, rope: {rope_type, rope_theta, ...}, sliding_window,
+                     tie_word_embeddings}},
       "target_sparsity": 0.4,            # mean of block_sparsity
       "block_sparsity": [0.0, 0.48, ...],  # one per block, each in [0, 1]; 1 = block dropped
       "router": {"type": "mlp", "features": [...4...], "hidden": 64, "activation": "relu",
                  "weights": "s40.routers.safetensors",   # relative to the JSON's folder
                  "sha256": "<hex of the weights file>"},
-      "decode_thresholds": [null, 0.71, ...],  # per block; null = compute every token
+      "decode_thresholds": {"context_lengths": [16, 32, ..., 1024],   # knots, increasing
+                            "per_block": [null, [0.71, 0.69, ...], ...]},  # one value per knot;
+                            # null = compute every token (ftp_export/routing/decode_thresholds.py)
       "produced_by": {"tool": ..., "version": ..., "method": ..., "settings": {...},
                       "calibration": {...}, "seed": 0, "created": "<iso time>"}
     }
+
+Format 1 (before 2026-12-05) still loads: its fingerprint lacks the last four fields (they are
+not checked) and its ``decode_thresholds`` is one number per block, a threshold constant in the
+context length (``Schedule.format_version`` says which was read; export warns about it).
 
 Every check failure raises :class:`~ftp_export.errors.ScheduleError` with one line naming the
 field and the fix.
@@ -36,11 +43,13 @@ import torch
 
 from ftp_export.atomic import atomic_file, atomic_write_text
 from ftp_export.errors import ScheduleError
+from ftp_export.routing.decode_thresholds import DecodeThresholds, check_curve
 from ftp_export.routing.router import ARCHITECTURE, RouterBank
 
 FORMAT = "ftp-schedule"
-FORMAT_VERSION = 1
-FINGERPRINT_KEYS = (
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+FINGERPRINT_KEYS_V1 = (
     "model_type",
     "num_hidden_layers",
     "hidden_size",
@@ -48,6 +57,7 @@ FINGERPRINT_KEYS = (
     "num_key_value_heads",
     "vocab_size",
 )
+FINGERPRINT_KEYS = FINGERPRINT_KEYS_V1 + ("head_dim", "rope", "sliding_window", "tie_word_embeddings")
 
 
 ALL_DROPPED = "every block has sparsity 1 (dropped), so no block would run; keep at least one block below 1"
@@ -74,11 +84,12 @@ class Schedule:
 
     block_sparsity: list[float]
     routers: RouterBank
-    decode_thresholds: list[float | None]
+    decode_thresholds: DecodeThresholds
     base_model: dict[str, Any]
     produced_by: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     sha256: str = ""  # of the JSON file as loaded/written
+    format_version: int = FORMAT_VERSION
 
     @property
     def num_blocks(self) -> int:
@@ -99,19 +110,19 @@ class Schedule:
         """Every token skips this block: nothing of it runs, not even the K/V projections."""
         return dropped_sparsity(self.block_sparsity[block])
 
-    def threshold(self, block: int) -> float:
-        t = self.decode_thresholds[block]
-        return float("-inf") if t is None else float(t)
-
     def check_model(self, fp: dict[str, Any]) -> None:
         """Fail unless this schedule was made for a model with fingerprint ``fp``."""
         mine = self.base_model.get("fingerprint", {})
         for key in FINGERPRINT_KEYS:
             if key in mine and key in fp and mine[key] != fp[key]:
                 raise ScheduleError(
-                    f"schedule is for a model with {key}={mine[key]} but this model has {key}={fp[key]}; "
+                    f"schedule is for a model with {key}={_show(mine[key])} but this model has {key}={_show(fp[key])}; "
                     "make a schedule for this model (ftp-export schedule --uniform S --model M -o S.json)"
                 )
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
 
 
 def sha256_file(path: Path) -> str:
@@ -135,30 +146,43 @@ def load_schedule(path: str | os.PathLike[str]) -> Schedule:
     path = Path(path)
     src = str(path)
     raw, doc = _read_document(path)
+    version = doc["format_version"]
     base = doc.get("base_model")
     if not isinstance(base, dict) or not isinstance(base.get("fingerprint"), dict):
         raise _fail(src, "field 'base_model.fingerprint' is missing; it ties the schedule to a model")
-    for key in FINGERPRINT_KEYS:
+    for key in FINGERPRINT_KEYS if version >= 2 else FINGERPRINT_KEYS_V1:
         if key not in base["fingerprint"]:
             raise _fail(src, f"field 'base_model.fingerprint.{key}' is missing")
     n_layers = base["fingerprint"]["num_hidden_layers"]
     sparsity = _check_sparsity(doc, n_layers, src)
-    thresholds = doc.get("decode_thresholds")
-    if not isinstance(thresholds, list) or len(thresholds) != n_layers:
-        raise _fail(src, f"field 'decode_thresholds' must be a list of {n_layers} numbers or nulls")
-    for i, t in enumerate(thresholds):
-        if t is not None and not _number(t):
-            raise _fail(src, f"field 'decode_thresholds[{i}]' is {t!r}; use a finite number or null")
+    thresholds = _check_thresholds(doc.get("decode_thresholds"), version, n_layers, src)
     weights, hidden = _check_router(doc.get("router"), path, src)
     return Schedule(
         block_sparsity=[float(s) for s in sparsity],
         routers=_load_routers(weights, n_layers, hidden, src),
-        decode_thresholds=[None if t is None else float(t) for t in thresholds],
+        decode_thresholds=thresholds,
         base_model=base,
         produced_by=doc.get("produced_by", {}),
         path=path,
         sha256=hashlib.sha256(raw).hexdigest(),
+        format_version=version,
     )
+
+
+def _check_thresholds(doc: Any, version: int, n_layers: int, src: str) -> DecodeThresholds:
+    if version == 1:
+        if not isinstance(doc, list) or len(doc) != n_layers:
+            raise _fail(src, f"field 'decode_thresholds' must be a list of {n_layers} numbers or nulls")
+        for i, t in enumerate(doc):
+            if t is not None and not _number(t):
+                raise _fail(src, f"field 'decode_thresholds[{i}]' is {t!r}; use a finite number or null")
+        return DecodeThresholds.constant(doc)
+    if not isinstance(doc, dict):
+        raise _fail(src, "field 'decode_thresholds' must be an object with 'context_lengths' and 'per_block'")
+    problem = check_curve(doc.get("context_lengths"), doc.get("per_block"), n_layers)
+    if problem:
+        raise _fail(src, f"field {problem}")
+    return DecodeThresholds(list(doc["context_lengths"]), [None if v is None else [float(x) for x in v] for v in doc["per_block"]])
 
 
 def _read_document(path: Path) -> tuple[bytes, dict[str, Any]]:
@@ -176,8 +200,8 @@ def _read_document(path: Path) -> tuple[bytes, dict[str, Any]]:
     if doc.get("format") != FORMAT:
         raise _fail(src, f"field 'format' must be {FORMAT!r}; this is not an ftp-export schedule")
     version = doc.get("format_version")
-    if version != FORMAT_VERSION:
-        raise _fail(src, f"field 'format_version' is {version!r}; this ftp-export reads version {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
+        raise _fail(src, f"field 'format_version' is {version!r}; this ftp-export reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     return raw, doc
 
 
@@ -276,14 +300,25 @@ def save_schedule(schedule: Schedule, path: str | os.PathLike[str]) -> Path:
         "target_sparsity": round(schedule.target_sparsity, 6),
         "block_sparsity": [round(float(s), 6) for s in schedule.block_sparsity],
         "router": {**ARCHITECTURE, "weights": weights.name, "sha256": sha256_file(weights)},
-        "decode_thresholds": schedule.decode_thresholds,
+        "decode_thresholds": schedule.decode_thresholds.to_json(),
         "produced_by": produced,
     }
     text = json.dumps(doc, indent=2) + "\n"
     atomic_write_text(path, text)
     schedule.path = path
     schedule.sha256 = hashlib.sha256(text.encode()).hexdigest()
+    schedule.format_version = FORMAT_VERSION
     return path
+
+
+def _thresholds(given: DecodeThresholds | list[float | None] | None, n: int) -> DecodeThresholds:
+    """A curve as given, one constant threshold per block from a list, or none."""
+    if given is None:
+        return DecodeThresholds.unset(n)
+    curve = given if isinstance(given, DecodeThresholds) else DecodeThresholds.constant(given)
+    if len(curve) != n:
+        raise ScheduleError(f"decode_thresholds has {len(curve)} entries but the model has {n} blocks")
+    return curve
 
 
 def uniform_sparsity(num_blocks: int, target: float, dense_first: bool = True) -> list[float]:
@@ -304,7 +339,7 @@ def new_schedule(
     config: Any,
     block_sparsity: list[float],
     routers: RouterBank | None = None,
-    decode_thresholds: list[float | None] | None = None,
+    decode_thresholds: DecodeThresholds | list[float | None] | None = None,
     name_or_path: str = "",
     produced_by: dict[str, Any] | None = None,
 ) -> Schedule:
@@ -324,7 +359,7 @@ def new_schedule(
     return Schedule(
         block_sparsity=[float(s) for s in block_sparsity],
         routers=routers if routers is not None else static_router_bank(n),
-        decode_thresholds=list(decode_thresholds) if decode_thresholds is not None else [None] * n,
+        decode_thresholds=_thresholds(decode_thresholds, n),
         base_model={"name_or_path": name_or_path, "architecture": arch, "fingerprint": fingerprint(config)},
         produced_by=dict(produced_by or {}),
     )

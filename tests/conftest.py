@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ftp_export.architectures import ModelRef, load_model
+from ftp_export.architectures import DEFAULT_MODEL_DIR, ModelRef, load_model
 from tests.helpers import build_tiny
 
 
@@ -28,3 +28,9 @@ def tiny_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_dir):
     return load_model(ModelRef("tiny", str(tiny_dir)))
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The embedded default model (ftp_export/default_model), loaded once."""
+    return load_model(ModelRef("default", str(DEFAULT_MODEL_DIR)))

@@ -44,6 +44,10 @@ def build_tiny(folder: Path, family: str = "llama", seed: int = 0, **overrides) 
 
 
 ATOL = 1e-4
+# prefill logits of the session's CLI exports (tests/export/conftest.py) per schedule: the shipped
+# one as by default (each row's last valid token), drop+0.9 with --logits all, so every target is
+# checked both ways at no extra export
+EXPORT_LOGITS = {"shipped": "last", "drop+0.9": "all"}
 
 
 def parity_cases(new_tokens=32):

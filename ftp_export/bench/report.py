@@ -10,7 +10,8 @@ from typing import Any
 
 
 def title(doc: dict[str, Any]) -> str:
-    return f"{doc['shape']} x{doc['layers']} blocks, {doc['dtype']}, {doc['runtime']}, {doc['device']}"
+    # bench.json files written before the ``logits`` key computed every position's logits
+    return f"{doc['shape']} x{doc['layers']} blocks, {doc['dtype']}, {doc['runtime']}, {doc['device']}, logits: {doc.get('logits', 'all')}"
 
 
 def _ms(r: dict[str, Any], side: str) -> str:
@@ -30,11 +31,15 @@ def format_tables(prefill: list[dict[str, Any]], decode: list[dict[str, Any]]) -
     if any(r["speedup"] > 1.1 * r["ideal"] for r in prefill):
         lines.append("warning: a speedup above the linear-FLOP ideal is timing noise: raise --warmup / --iters")
     lines.append("")
-    lines.append(f"{'decode B':>8} {'ctx':>6} {'s':>5} {'dense ms [min-max]':>26} {'routed ms [min-max]':>26} {'speedup':>8}")
+    lines.append(f"{'decode B':>8} {'ctx':>6} {'s':>5} {'skipped':>8} {'dense ms [min-max]':>26} {'routed ms [min-max]':>26} {'speedup':>8}")
     for r in decode:
+        skip = "n/a" if r.get("skip_rate") is None else f"{r['skip_rate']:.2f}"
         lines.append(
-            f"{r['batch']:>8} {r['context']:>6} {r['sparsity']:>5.2f} {_ms(r, 'dense'):>26} {_ms(r, 'routed'):>26} {r['speedup']:>8.2f}"
+            f"{r['batch']:>8} {r['context']:>6} {r['sparsity']:>5.2f} {skip:>8} {_ms(r, 'dense'):>26} {_ms(r, 'routed'):>26} "
+            f"{r['speedup']:>8.2f}"
         )
+    if decode:
+        lines.append("skipped: the realised decode skip rate of the timed step, over its routed blocks")
     return "\n".join(lines)
 
 

@@ -1,4 +1,10 @@
-"""Timing of dense vs routed prefill and decode steps on one runtime, in one process."""
+"""Timing of dense vs routed prefill and decode steps on one runtime, in one process.
+
+Prefill computes logits the same way on both sides: by default only the last position's
+(``logits='last'``: the routed model's ``logits='last'``, the Hugging Face model's
+``logits_to_keep=1``), as a generation prefill and the exported graphs do; ``'all'`` computes
+every position's on both sides. The bench prompts are unpadded, so the last position is each
+row's last valid token on both sides."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import torch
 from ftp_export.calibration.thresholds import threshold_between
 from ftp_export.flops import routed_linear_flop_ratio
 from ftp_export.routed.model import RoutedCausalLM
+from ftp_export.routing.decode_thresholds import DecodeThresholds
 from ftp_export.schedule import new_schedule, uniform_sparsity
 
 
@@ -43,6 +50,8 @@ class DecodeRow:
     dense_range_ms: tuple[float, float]
     routed_range_ms: tuple[float, float]
     speedup: float
+    skip_rate: float | None = None  # realised: decoded tokens that skipped a routed block, over routed blocks
+    skip_rate_per_block: dict[int, float] | None = None
 
 
 def time_ms(fn: Callable[[], Any], device: str, warmup: int, iters: int) -> tuple[float, float, float]:
@@ -82,14 +91,20 @@ def _maybe_compile(fn: Callable[..., Any], runtime: str) -> Callable[..., Any]:
 
 
 @torch.no_grad()
-def bench_prefill(model: Any, batch: int, seq: int, sparsity: float, runtime: str, device: str, warmup: int, iters: int) -> PrefillRow:
+def bench_prefill(
+    model: Any, batch: int, seq: int, sparsity: float, runtime: str, device: str, warmup: int, iters: int, logits: str = "last"
+) -> PrefillRow:
+    """Dense vs routed prefill; ``logits`` 'last' (default) or 'all' positions, the same on both sides."""
+    if logits not in ("last", "all"):
+        raise ValueError(f"logits={logits!r}: expected 'last' or 'all'")
+    keep = {"logits_to_keep": 1} if logits == "last" else {}
     cfg = model.config
     schedule = new_schedule(cfg, uniform_sparsity(cfg.num_hidden_layers, sparsity))
     routed = RoutedCausalLM(model, schedule).eval()
     ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
     mask = torch.ones_like(ids)
-    dense_fn = _maybe_compile(lambda: model(input_ids=ids, attention_mask=mask, use_cache=False).logits, runtime)
-    routed_fn = _maybe_compile(lambda: routed(ids, mask, mode="prefill").logits, runtime)
+    dense_fn = _maybe_compile(lambda: model(input_ids=ids, attention_mask=mask, use_cache=False, **keep).logits, runtime)
+    routed_fn = _maybe_compile(lambda: routed(ids, mask, mode="prefill", logits=logits).logits, runtime)
     dense, d_lo, d_hi = time_ms(dense_fn, device, warmup, iters)
     rout, r_lo, r_hi = time_ms(routed_fn, device, warmup, iters)
     dpeak, rpeak = _peak_mib(dense_fn, device), _peak_mib(routed_fn, device)
@@ -118,11 +133,11 @@ def bench_decode(model: Any, batch: int, context: int, sparsity: float, device: 
     model(input_ids=ids, past_key_values=dense_cache, use_cache=True)
     routed_cache = DynamicCache()
     routed(ids, past_key_values=routed_cache, mode="prefill")
-    schedule.decode_thresholds = [None] + [float("-inf")] * (cfg.num_hidden_layers - 1)
+    keep_all = [None] + [float("-inf")] * (cfg.num_hidden_layers - 1)
+    schedule.decode_thresholds = DecodeThresholds.constant(keep_all)
     probe = routed(nxt, mask, pos, past_key_values=_clone(routed_cache), mode="decode", keep_scores=True)
-    for b, r in enumerate(probe.routing):
-        if r is not None:
-            schedule.decode_thresholds[b] = threshold_between(r.scores.float().flatten(), sparsity)
+    schedule.decode_thresholds = DecodeThresholds.constant(
+        [None if r is None else threshold_between(r.scores.float().flatten(), sparsity) for r in probe.routing])
 
     def dense_step():
         c = _clone(dense_cache)
@@ -131,10 +146,15 @@ def bench_decode(model: Any, batch: int, context: int, sparsity: float, device: 
     def routed_step():
         return routed(nxt, mask, pos, past_key_values=_clone(routed_cache), mode="decode").logits
 
+    kept = {b: r.rows.numel() for b, r in enumerate(routed(nxt, mask, pos, past_key_values=_clone(routed_cache), mode="decode").routing)
+            if r is not None and r.rows is not None}
+    per_block = {b: round(1 - k / batch, 4) for b, k in kept.items()}
+    skip = sum(per_block.values()) / len(per_block) if per_block else None
+
     clone_ms = time_ms(lambda: _clone(dense_cache), device, warmup, iters)[0]
     dense, d_lo, d_hi = (t - clone_ms for t in time_ms(dense_step, device, warmup, iters))
     rout, r_lo, r_hi = (t - clone_ms for t in time_ms(routed_step, device, warmup, iters))
-    return DecodeRow(batch, context, sparsity, dense, rout, (d_lo, d_hi), (r_lo, r_hi), dense / rout)
+    return DecodeRow(batch, context, sparsity, dense, rout, (d_lo, d_hi), (r_lo, r_hi), dense / rout, skip, per_block)
 
 
 def _clone(cache: Any) -> Any:

@@ -3,6 +3,7 @@
 
     ftp-export [--model M] [--schedule S] [--target onnx|trt|compile] [-o DIR]   export (default)
     ftp-export schedule --uniform 0.4 [--model M] -o s40.json                    static schedule
+    ftp-export calibrate --schedule S [--model M] -o S2.json                      decode thresholds
     ftp-export bench ...                                                          dense vs routed
     ftp-export eval --model M --schedule S ...                                    accuracy retention
     ftp-export setup [smollm2-135m] [brown]                                       offline eval assets
@@ -18,7 +19,7 @@ from collections.abc import Callable
 
 def _command(name: str) -> Callable[[list[str]], int]:
     # each front end imports its stage only when asked for, so `ftp-export --help` stays fast
-    if name in ("export", "schedule"):
+    if name in ("export", "schedule", "calibrate"):
         from ftp_export.cli import export as module
     elif name == "bench":
         from ftp_export.cli import bench as module
@@ -27,7 +28,7 @@ def _command(name: str) -> Callable[[list[str]], int]:
     return getattr(module, f"cmd_{name}")
 
 
-COMMANDS = ("export", "schedule", "bench", "eval", "setup")
+COMMANDS = ("export", "schedule", "calibrate", "bench", "eval", "setup")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", default="0.4", help="overall sparsities, e.g. 0.22,0.4,0.6")
     p.add_argument("--decode-batch", default="1", help="decode batch sizes, e.g. 1,8,32")
     p.add_argument("--decode-context", type=int, default=128)
+    p.add_argument(
+        "--logits", default="last", choices=["last", "all"],
+        help="prefill logits on both sides: last position only (default, as generation) or all positions",
+    )
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("-o", "--output", default="exported/bench", help="folder for bench.json and bench.png")
@@ -58,7 +62,7 @@ def cmd_bench(argv: list[str]) -> int:
     grid = [(b, s, sp) for b in comma_ints(a.batch) for s in comma_ints(a.seq) for sp in _sparsities(a.sparsity)]
     prefill = []
     for b, s, sp in tqdm(grid, desc="prefill", unit="case"):
-        prefill.append(bench_prefill(model, b, s, sp, a.runtime, device, a.warmup, a.iters))
+        prefill.append(bench_prefill(model, b, s, sp, a.runtime, device, a.warmup, a.iters, a.logits))
     decode = []
     dgrid = [(b, sp) for b in comma_ints(a.decode_batch) for sp in _sparsities(a.sparsity)]
     for b, sp in tqdm(dgrid, desc="decode", unit="case"):
@@ -72,6 +76,7 @@ def cmd_bench(argv: list[str]) -> int:
         "dtype": dtype_name,
         "device": device_name,
         "runtime": a.runtime,
+        "logits": a.logits,  # prefill logits of both sides: 'last' position or 'all'
         "torch": torch.__version__,
         "prefill": rows_to_json(prefill),
         "decode": rows_to_json(decode),

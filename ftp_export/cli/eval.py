@@ -16,15 +16,21 @@ def eval_parser(prog: str = "ftp-export eval") -> argparse.ArgumentParser:
     from ftp_export.evaluation.tasks import TASKS
 
     d = EvalRequest()
-    p = Parser(prog=prog, description="Perplexity and zero-shot accuracy retention of FTP schedules vs equal-FLOP baselines.",
+    p = Parser(prog=prog, description="Perplexity (prefill and decode mode) and zero-shot accuracy retention of FTP schedules vs "
+                "equal-FLOP baselines, with paired bootstrap standard errors.",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", help="local HF folder, alias (smollm2-135m after `ftp-export setup smollm2-135m`) or hub id")
     p.add_argument("--schedule", action="append", default=[], help="schedule JSON (repeat for several sparsities)")
     p.add_argument("--uniform", type=comma_floats, default=[], help="extra baseline-only sparsities, e.g. 0.22,0.4")
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks ('' for perplexity only)")
-    p.add_argument("--items", type=int, default=d.items, help="items per task")
-    p.add_argument("--ppl-windows", type=int, default=d.ppl_windows, help="held-out windows for perplexity")
+    p.add_argument("--items", type=int, default=d.items, help="items per task (the same items for every row)")
+    p.add_argument("--ppl-windows", type=int, default=d.ppl_windows, help="held-out windows for perplexity (the same for every row)")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help="tokens per perplexity window")
+    p.add_argument("--decode-prefill", type=float, default=d.decode_prefill,
+                   help="decode-mode perplexity: share of each window prefilled, the rest teacher-forced through the decode "
+                        "path with the KV cache (0: prefill-mode perplexity only)")
+    p.add_argument("--bootstrap-resamples", type=int, default=d.resamples,
+                   help="paired bootstrap resamples over windows and items for the standard errors")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("-o", "--output", default=d.output, help="folder for eval.json, eval.md, eval.png")
     p.add_argument("--device", default=d.device)
@@ -40,7 +46,8 @@ def cmd_eval(argv: list[str], prog: str = "ftp-export eval") -> int:
     a = eval_parser(prog).parse_args(argv)
     resolve_device(a.device)  # a CUDA device this machine lacks: one line before any work
     req = EvalRequest(model=a.model, schedules=a.schedule, uniform=a.uniform, tasks=[t for t in a.tasks.split(",") if t],
-                      items=a.items, ppl_windows=a.ppl_windows, seq_len=a.seq_len, seed=a.seed, output=a.output,
+                      items=a.items, ppl_windows=a.ppl_windows, seq_len=a.seq_len, decode_prefill=a.decode_prefill,
+                      resamples=a.bootstrap_resamples, seed=a.seed, output=a.output,
                       device=a.device, brown_tarball=a.brown_tarball, progress=a.progress)
     report = run_eval(req, log=lambda m: print(m, file=sys.stderr))
     paths = write(report, Path(a.output))

@@ -51,6 +51,7 @@ def open_fraction(text: str) -> float:
 
 def export_parser() -> Parser:
     from ftp_export.export.targets import target_names
+    from ftp_export.graph_io import DEFAULT_LOGITS, LOGITS_CHOICES
 
     p = Parser(
         prog="ftp-export",
@@ -65,6 +66,11 @@ def export_parser() -> Parser:
     p.add_argument("--parity-tokens", type=int_at_least(1), default=16, help="greedy tokens per parity case (default 16)")
     p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)}")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model, the reference and the runtime run")
+    p.add_argument(
+        "--logits", choices=LOGITS_CHOICES, default=DEFAULT_LOGITS,
+        help="prefill logits: last = [batch, 1, vocab] at each row's last valid token (generation; default), "
+        "all = every token (perplexity); decode graphs return every new token's logits",
+    )
     return p
 
 
@@ -73,11 +79,28 @@ def schedule_parser() -> Parser:
     p.add_argument("--uniform", type=open_fraction, required=True, help="overall sparsity in (0, 1), block 0 kept dense")
     p.add_argument("--model", help="model (default: embedded tiny model)")
     p.add_argument("-o", "--output", required=True, help="schedule JSON to write (router weights go beside it)")
-    p.add_argument("--calibration-text", help="UTF-8 text file for decode-threshold calibration (default: packaged sample)")
-    p.add_argument("--samples", type=int_at_least(1), default=8, help="calibration sequences (default 8)")
-    p.add_argument("--seq-len", type=int_at_least(4), default=96, help="tokens per calibration sequence (default 96)")
-    p.add_argument("--device", default="cpu")
+    _calibration_arguments(p)
     return p
+
+
+def calibrate_parser() -> Parser:
+    p = Parser(prog="ftp-export calibrate",
+               description="Recalibrate a schedule's decode thresholds (a curve over context lengths, docs/routing.md); "
+               "routers and sparsities unchanged. Brings format-1 schedules to format 2.")
+    p.add_argument("--schedule", required=True, help="schedule JSON to recalibrate")
+    p.add_argument("--model", help="the model the schedule is for (default: embedded tiny model)")
+    p.add_argument("-o", "--output", required=True, help="schedule JSON to write (may be --schedule itself)")
+    _calibration_arguments(p)
+    return p
+
+
+def _calibration_arguments(p: Parser) -> None:
+    p.add_argument("--calibration-text", help="UTF-8 text file for decode-threshold calibration (default: packaged sample)")
+    p.add_argument("--samples", type=int_at_least(1), default=256,
+                   help="calibration windows per context length for the decode thresholds (default 256)")
+    p.add_argument("--max-context", type=int_at_least(2), default=None,
+                   help="longest context the decode thresholds are calibrated at (default: the model's limit, at most 2048)")
+    p.add_argument("--device", default="cpu")
 
 
 def cmd_export(argv: list[str]) -> int:
@@ -93,15 +116,15 @@ def cmd_export(argv: list[str]) -> int:
         parity_tokens=a.parity_tokens,
         dtype=a.dtype,
         device=a.device,
+        logits=a.logits,
     )
     return run_export(req)
 
 
-def cmd_schedule(argv: list[str]) -> int:
-    from ftp_export.calibration.static_schedule import make_uniform_schedule
+def _calibration_inputs(a) -> tuple[str, str | None]:
+    """The checked device, the calibration text (None: packaged) and -o of a schedule-writing command."""
     from ftp_export.devices import resolve_device
 
-    a = schedule_parser().parse_args(argv)
     device = resolve_device(a.device)
     text = None
     if a.calibration_text:
@@ -111,8 +134,33 @@ def cmd_schedule(argv: list[str]) -> int:
         text = path.read_text(encoding="utf-8", errors="replace")
         if not text.strip():
             raise FTPError(f"--calibration-text {path}: file is empty")
+    if not Path(a.output).name:  # `.` or `/`: a folder, and no file name to put beside it
+        raise FTPError(f"-o {a.output}: an existing folder; -o names the schedule JSON file to write (e.g. {Path(a.output) / 's40.json'})")
+    return device, text
+
+
+def cmd_calibrate(argv: list[str]) -> int:
+    from ftp_export.calibration.static_schedule import recalibrate_schedule
+
+    a = calibrate_parser().parse_args(argv)
+    device, text = _calibration_inputs(a)
+    out, result = recalibrate_schedule(a.model, a.schedule, Path(a.output), text=text, samples=a.samples,
+                                       max_context=a.max_context, device=device)
+    for b, rates in enumerate(result.rates):
+        if rates is not None:
+            print(f"block {b}: decode skip rate {min(rates):.3f}-{max(rates):.3f} over contexts "
+                  f"{result.thresholds.lengths[0]}-{result.thresholds.lengths[-1]}")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_schedule(argv: list[str]) -> int:
+    from ftp_export.calibration.static_schedule import make_uniform_schedule
+
+    a = schedule_parser().parse_args(argv)
+    device, text = _calibration_inputs(a)
     out = make_uniform_schedule(
-        a.model, a.uniform, Path(a.output), text=text, samples=a.samples, seq_len=a.seq_len, device=device
+        a.model, a.uniform, Path(a.output), text=text, samples=a.samples, max_context=a.max_context, device=device
     )
     print(f"wrote {out}")
     return 0

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -116,6 +117,12 @@ def bracketing_drop_counts(config: Any, block_sparsity: list[float]) -> list[int
     return [hi] if abs(exact - hi) < 1e-9 or hi == 0 else [hi - 1, hi]
 
 
+def mixing_weight(flop_ratio: float, x0: float, x1: float) -> float:
+    """The share of requests served at ``x1`` (dense/pruned FLOPs) and the rest at ``x0`` that
+    costs as much as ``flop_ratio``: linear in cost (= 1 / flop_ratio)."""
+    return (1.0 / flop_ratio - 1.0 / x0) / (1.0 / x1 - 1.0 / x0)
+
+
 def interpolate_at_flops(flop_ratio: float, points: list[tuple[float, float]], log: bool = False) -> float:
     """A metric of layer dropping at ``flop_ratio`` from the bracketing drop counts'
     ``(flop_ratio, value)`` points (one point is returned as is).
@@ -123,22 +130,38 @@ def interpolate_at_flops(flop_ratio: float, points: list[tuple[float, float]], l
     Whole blocks rarely match a routed model's FLOPs. Serving a fraction of requests with each
     of the two drop counts reaches any cost in between, with mean-over-tokens metrics (KL, NLL,
     accuracy) mixing linearly, so this line is what layer dropping achieves at equal FLOPs. The
-    mixing weight is linear in cost (= 1 / flop_ratio); ``log=True`` mixes log(value) (perplexity,
-    whose log is the mean NLL)."""
+    mixing weight is linear in cost (:func:`mixing_weight`); ``log=True`` mixes log(value)
+    (perplexity, whose log is the mean NLL)."""
     pts = sorted(points)
     if len(pts) == 1:
         return pts[0][1]
     (x0, y0), (x1, y1) = pts[0], pts[-1]
-    w = (1.0 / flop_ratio - 1.0 / x0) / (1.0 / x1 - 1.0 / x0)
+    w = mixing_weight(flop_ratio, x0, x1)
     if log:
         return math.exp(math.log(y0) + w * (math.log(y1) - math.log(y0)))
     return y0 + w * (y1 - y0)
 
 
+def interpolate_replicates(flop_ratio: float, points: list[tuple[float, np.ndarray]], log: bool = False) -> np.ndarray:
+    """:func:`interpolate_at_flops` of bootstrap replicates ``[R]`` per point (same weight in every
+    resample, so the mixture is resampled with the same windows and items as its rows)."""
+    pts = sorted(points, key=lambda p: p[0])
+    if len(pts) == 1:
+        return np.asarray(pts[0][1], np.float64)
+    (x0, y0), (x1, y1) = pts[0], pts[-1]
+    w = mixing_weight(flop_ratio, x0, x1)
+    y0, y1 = np.asarray(y0, np.float64), np.asarray(y1, np.float64)
+    if log:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.exp(np.log(y0) + w * (np.log(y1) - np.log(y0)))
+    return y0 + w * (y1 - y0)
+
+
 def interpolate_metrics(flop_ratio: float, points: list[tuple[float, dict[str, Any]]], keys: tuple[str, ...]) -> dict[str, float]:
     """:func:`interpolate_at_flops` of each metric in ``keys`` that every ``(flop_ratio, metrics)``
-    point has (not None); perplexity (and its retention) mixes in log space."""
-    return {k: interpolate_at_flops(flop_ratio, [(x, m[k]) for x, m in points], log=k == "perplexity")
+    point has (not None); perplexities (and their retention: any key naming perplexity) mix in
+    log space."""
+    return {k: interpolate_at_flops(flop_ratio, [(x, m[k]) for x, m in points], log="perplexity" in k)
             for k in keys if all(m.get(k) is not None for _, m in points)}
 
 

@@ -53,6 +53,27 @@ def perplexity(
     return out
 
 
+@torch.no_grad()
+def token_nll(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    windows: torch.Tensor,
+    batch_size: int = 4,
+    *,
+    device: str | torch.device | None = None,
+    desc: str | None = None,
+) -> torch.Tensor:
+    """Next-token NLL at every position of ``windows`` [N, L] under ``forward(ids) -> logits``:
+    [N, L - 1] float64, column t = -log p(token t + 1 | tokens <= t). Summing columns gives
+    per-window NLLs, the unit the evaluation's bootstrap resamples."""
+    out = []
+    for start in tqdm(range(0, len(windows), batch_size), desc=desc, disable=desc is None, leave=False, dynamic_ncols=True):
+        ids = windows[start : start + batch_size]
+        ids = ids if device is None else ids.to(device)
+        logp = F.log_softmax(forward(ids)[:, :-1].float(), dim=-1)
+        out.append(-logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).double().cpu())
+    return torch.cat(out) if out else torch.zeros(0, max(windows.shape[-1] - 1, 0), dtype=torch.float64)
+
+
 def kl_per_token(logits: torch.Tensor, dense_logits: torch.Tensor) -> torch.Tensor:
     """KL(dense || routed) per position [B, T], in float32 (differentiable in ``logits``)."""
     logq = F.log_softmax(logits.float(), dim=-1)

@@ -73,20 +73,22 @@ def continuation_logprobs(
 
 def score_items(forward: Forward, encoder: Encoder, items: list[Item], max_tokens: int = 4096, device: str = "cpu",
                 desc: str | None = None) -> dict[str, Any]:
-    """Accuracy (``acc``) and byte-length-normalised accuracy (``acc_norm``) over ``items``."""
+    """Accuracy (``acc``) and byte-length-normalised accuracy (``acc_norm``) over ``items``, and
+    ``per_item``: each item's 0/1 correctness under both (the units the bootstrap resamples)."""
     requests, owner = [], []
     for k, item in enumerate(items):
         for choice in item.choices:
             requests.append(encoder.request(item.context, choice))
             owner.append(k)
     logprobs = continuation_logprobs(forward, requests, max_tokens, device, desc)
-    correct = correct_norm = 0
+    correct, correct_norm = [], []
     pos = 0
     for item in items:
         lp = logprobs[pos : pos + len(item.choices)]
         norm = [v / max(1, len(c.encode("utf-8"))) for v, c in zip(lp, item.choices)]
         pos += len(item.choices)
-        correct += int(max(range(len(lp)), key=lambda j: (lp[j], -j)) == item.label)
-        correct_norm += int(max(range(len(norm)), key=lambda j: (norm[j], -j)) == item.label)
+        correct.append(int(max(range(len(lp)), key=lambda j: (lp[j], -j)) == item.label))
+        correct_norm.append(int(max(range(len(norm)), key=lambda j: (norm[j], -j)) == item.label))
     n = max(len(items), 1)
-    return {"acc": correct / n, "acc_norm": correct_norm / n, "items": len(items)}
+    return {"acc": sum(correct) / n, "acc_norm": sum(correct_norm) / n, "items": len(items),
+            "per_item": {"acc": correct, "acc_norm": correct_norm}}

@@ -30,8 +30,9 @@ from ftp_export.export.manifest import parity_passed, read_manifest, write_manif
 from ftp_export.export.parity import ParityCase, format_table, pad_batch, run_parity
 from ftp_export.export.request import ExportRequest
 from ftp_export.export.targets import get_target
+from ftp_export.graph_io import LOGITS_CHOICES
 from ftp_export.routed.model import RoutedCausalLM
-from ftp_export.schedule import Schedule, load_schedule
+from ftp_export.schedule import FORMAT_VERSION, Schedule, load_schedule
 
 DEFAULT_SCHEDULE = DEFAULT_MODEL_DIR / "s40.json"
 PARITY_PROMPTS = (
@@ -99,6 +100,8 @@ def parity_cases(tokenizer: Any, new_tokens: int) -> list[ParityCase]:
 def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
     """Run the export; returns the process exit status (0 ok, 1 parity failed)."""
     target = get_target(req.target)
+    if req.logits not in LOGITS_CHOICES:
+        raise FTPError(f"logits {req.logits!r}: choose one of {', '.join(LOGITS_CHOICES)}")
     target.check(req)
     dtype = torch_dtype(req.dtype)
     device = resolve_device(req.device)
@@ -108,9 +111,13 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
     schedule_path = resolve_schedule(req, ref)
     schedule = load_schedule(schedule_path)
     schedule.check_model(fingerprint(config))
+    if schedule.format_version < FORMAT_VERSION:
+        log(f"warning: {schedule_path} is schedule format {schedule.format_version}: one decode threshold per block, "
+            f"so decode skips drift off the block sparsities as the context grows; recalibrate with "
+            f"ftp-export calibrate --schedule {schedule_path} -o NEW.json")
     out = Path(req.output) if req.output else Path("exported") / f"{ref.name}-{schedule_path.stem}-{req.target}"
     check_output(out)
-    for stale in remove_stale_partials(out.resolve().parent):
+    for stale in remove_stale_partials(out.resolve().parent, log):
         log(f"removed {stale}, left by an export that was killed (its process is gone)")
     steps = 4
     log(f"[1/{steps}] loading {ref.source} ({req.dtype}, {req.device})")
@@ -133,7 +140,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
         _copy_schedule(schedule, tmp / "schedule")
         _fault("parity")
         if result.runtime is not None:
-            log(f"[3/{steps}] parity against PyTorch ({req.parity_tokens} greedy tokens per case)")
+            log(f"[3/{steps}] parity against PyTorch ({req.parity_tokens} greedy tokens per case, prefill logits: {req.logits})")
             cases = parity_cases(tokenizer, req.parity_tokens)
             parity = run_parity(routed, result.runtime, cases, atol=req.atol, progress=lambda n: log(f"      case {n}"))
             parity["runtime"] = result.manifest.get("runtime", {})
@@ -149,7 +156,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
             "fingerprint": fingerprint(config),
             "dtype": req.dtype,
         }
-        extra = dict(result.manifest)
+        extra = {"logits": req.logits, **result.manifest}
         extra["parity"] = None if parity is None else {"passed": parity["passed"], "atol": req.atol, "report": "parity.json"}
         write_manifest(tmp, target=req.target, model=model_info, schedule=schedule, extra=extra)
     if parity is not None:

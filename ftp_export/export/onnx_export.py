@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ftp_export.errors import FTPError
-from ftp_export.graph_io import GraphSignature, trace_specs
+from ftp_export.graph_io import DEFAULT_LOGITS, GraphSignature, trace_specs
 from ftp_export.routed.model import RoutedCausalLM
 
 OPSET = 18
@@ -77,9 +77,11 @@ def export_onnx(
     model: RoutedCausalLM,
     out_dir: Path,
     custom_translation_table: dict[Any, Any] | None = None,
+    logits: str = DEFAULT_LOGITS,
 ) -> ExportedGraphs:
-    """Write ``decoder_model.onnx`` and ``decoder_with_past_model.onnx`` (+ external data)."""
-    specs = trace_specs(model)
+    """Write ``decoder_model.onnx`` and ``decoder_with_past_model.onnx`` (+ external data);
+    ``logits`` ('last' or 'all') is what the prefill graph returns (graph_io's docstring)."""
+    specs = trace_specs(model, logits)
     files = {
         graph: export_graph(spec.module, spec.args, out_dir / f"{spec.signature.stem}.onnx", spec.signature, custom_translation_table)
         for graph, spec in specs.items()

@@ -1,7 +1,12 @@
 """Parity of exported graphs against the PyTorch reference: logits at prefill and every decode
 step, routing decisions per block, greedy tokens. The runtime runs its own greedy loop (its own
 argmax feeds its next step, its own outputs its next step's cache), so token agreement is a real
-check. The reference runs on the model's device; verdict rules are the same on every device."""
+check. The reference runs on the model's device; verdict rules are the same on every device.
+
+Prefill logits are compared as the graph returns them (its signature's ``logits``): 'all' at
+every valid position, 'last' ([B, 1, V]) against the reference's all-position logits at each
+row's last valid position (:func:`last_valid_index`, computed here independently of the graph).
+A graph whose logits have another shape fails parity."""
 
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ class CaseReport:
     batch: int
     prompt_lengths: list[int]
     new_tokens: int
+    prefill_logits: str  # 'last' or 'all': what the prefill graph returns
     prefill_max_abs_diff: float
     decode_max_abs_diff: float
     routing_identical: bool
@@ -55,7 +61,7 @@ def routing_to_dict(routing: list[BlockRouting | None]) -> dict[str, np.ndarray]
 
 
 def reference_trace(model: RoutedCausalLM, case: ParityCase) -> StepTrace:
-    """The PyTorch reference on the model's own device (CPU or GPU)."""
+    """The PyTorch reference on the model's own device (CPU or GPU); prefill logits at every position."""
     res = greedy_generate(model, case.input_ids.to(model.device), case.attention_mask.to(model.device), case.new_tokens)
     return StepTrace(
         logits=[lg.float().cpu().numpy() for lg in res.step_logits],
@@ -64,13 +70,34 @@ def reference_trace(model: RoutedCausalLM, case: ParityCase) -> StepTrace:
     )
 
 
-def compare(case: ParityCase, ref: StepTrace, got: StepTrace, atol: float) -> CaseReport:
+def last_valid_index(mask: np.ndarray) -> np.ndarray:
+    """Each row's last valid position (mask != 0), T - 1 for a row with none: where a prefill
+    graph exported with ``logits='last'`` reads its logits."""
+    t = mask.shape[1]
+    rev = mask[:, ::-1].astype(bool)
+    return np.where(rev.any(-1), t - 1 - rev.argmax(-1), t - 1)
+
+
+def prefill_diff(ref_logits: np.ndarray, got_logits: np.ndarray, valid: np.ndarray, logits: str) -> tuple[float, str | None]:
+    """Max |dlogit| of the prefill step (reference: all positions [B, T, V]) and a shape mismatch, if any."""
+    if logits == "last":
+        want = ref_logits[np.arange(len(valid)), last_valid_index(valid)][:, None]
+    else:
+        want = ref_logits
+    if got_logits.shape != want.shape:
+        return float("inf"), f"step 0 logits shape {tuple(got_logits.shape)}, expected {tuple(want.shape)} (logits={logits})"
+    diff = np.abs(want - got_logits)
+    return float((diff if logits == "last" else diff[valid]).max()), None
+
+
+def compare(case: ParityCase, ref: StepTrace, got: StepTrace, atol: float, logits: str = "all") -> CaseReport:
+    """``ref`` holds all-position prefill logits; ``logits`` says what ``got``'s prefill returns."""
     valid = case.attention_mask.cpu().numpy().astype(bool)
-    prefill = float(np.abs(ref.logits[0] - got.logits[0])[valid].max())
+    prefill, bad_shape = prefill_diff(ref.logits[0], got.logits[0], valid, logits)
     decode = 0.0
     for a, b in zip(ref.logits[1:], got.logits[1:]):
         decode = max(decode, float(np.abs(a - b).max()))
-    mismatches: list[str] = []
+    mismatches: list[str] = [bad_shape] if bad_shape else []
     for step, (ra, rb) in enumerate(zip(ref.routing, got.routing)):
         for name in sorted(set(ra) | set(rb)):
             if name not in ra or name not in rb or ra[name].shape != rb[name].shape or not np.array_equal(ra[name], rb[name]):
@@ -82,6 +109,7 @@ def compare(case: ParityCase, ref: StepTrace, got: StepTrace, atol: float) -> Ca
         batch=int(case.input_ids.shape[0]),
         prompt_lengths=[int(x) for x in valid.sum(-1)],
         new_tokens=case.new_tokens,
+        prefill_logits=logits,
         prefill_max_abs_diff=prefill,
         decode_max_abs_diff=decode,
         routing_identical=not mismatches,
@@ -98,15 +126,28 @@ def run_parity(
     atol: float = DEFAULT_ATOL,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every case through the reference and the runtime; returns the parity report dict."""
+    """Run every case through the reference and the runtime; returns the parity report dict.
+    The prefill logits are compared as the runtime's prefill signature says they are ('last'/'all')."""
+    logits = runtime.signatures["prefill"].logits
     reports = []
+    kept: dict[int, int] = {}
+    decoded = 0
     for case in cases:
         if progress:
             progress(case.name)
         ref = reference_trace(model, case)
         got = runtime.generate(case.input_ids.cpu().numpy(), case.attention_mask.cpu().numpy(), case.new_tokens)
-        reports.append(compare(case, ref, got, atol))
-    return {"atol": atol, "passed": all(r.passed for r in reports), "cases": [asdict(r) for r in reports]}
+        reports.append(compare(case, ref, got, atol, logits))
+        for step in got.routing[1:]:  # decode steps: one new token per row
+            decoded += int(case.input_ids.shape[0])
+            for name, rows in step.items():
+                if name.endswith(".rows"):
+                    b = int(name.split(".")[1])
+                    kept[b] = kept.get(b, 0) + int(rows.size)
+    skip = {str(b): {"realised": round(1 - k / decoded, 4), "scheduled": model.schedule.block_sparsity[b]}
+            for b, k in sorted(kept.items())} if decoded else {}
+    return {"atol": atol, "logits": logits, "passed": all(r.passed for r in reports), "cases": [asdict(r) for r in reports],
+            "decode_skip_rate": {"decoded_tokens": decoded, "blocks": skip}}
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,5 +172,9 @@ def format_table(report: dict[str, Any]) -> str:
             f"{'same' if c['routing_identical'] else 'DIFF':>9}{'same' if c['tokens_identical'] else 'DIFF':>8}"
             f"{'ok' if c['passed'] else 'FAIL':>5}"
         )
-    lines.append(f"atol {report['atol']:.0e}: {'PASS' if report['passed'] else 'FAIL'}")
+    lines.append(f"atol {report['atol']:.0e}, prefill logits {report.get('logits', 'all')}: {'PASS' if report['passed'] else 'FAIL'}")
+    rates = report.get("decode_skip_rate", {})
+    if rates.get("blocks"):
+        per_block = ", ".join(f"{b}: {r['realised']:.2f} ({r['scheduled']:.2f})" for b, r in rates["blocks"].items())
+        lines.append(f"decode skip rate per block, realised (scheduled), over {rates['decoded_tokens']} decoded tokens: {per_block}")
     return "\n".join(lines)

@@ -17,3 +17,6 @@ class ExportRequest:
     parity_tokens: int = 16
     dtype: str = "float32"
     device: str = "cpu"
+    # prefill graph's logits: "last" = [B, 1, V] at each row's last valid token (generation),
+    # "all" = [B, T, V] (perplexity); decode graphs return every new token's logits either way
+    logits: str = "last"  # one of graph_io.LOGITS_CHOICES

@@ -13,7 +13,7 @@ from ftp_export.routed.model import BlockRouting, RoutedCausalLM
 @dataclass
 class GenerationResult:
     tokens: torch.Tensor  # [B, new] generated ids
-    step_logits: list[torch.Tensor] = field(default_factory=list)  # prefill [B,T,V], then [B,1,V] per step
+    step_logits: list[torch.Tensor] = field(default_factory=list)  # prefill [B,T,V] ([B,1,V] with logits='last'), then [B,1,V] per step
     step_routing: list[list[BlockRouting | None]] = field(default_factory=list)
 
 
@@ -29,13 +29,15 @@ def greedy_generate(
     attention_mask: torch.Tensor,
     max_new_tokens: int,
     keep_logits: bool = True,
+    logits: str = "all",
 ) -> GenerationResult:
-    """Greedy decoding; sequences keep going after EOS (fixed-length output, as parity needs)."""
+    """Greedy decoding; sequences keep going after EOS (fixed-length output, as parity needs).
+    ``logits`` is the prefill's ('all' or 'last'); the next token is read at the last position."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
     position_ids = (torch.cumsum(attention_mask, -1) - 1).clamp(min=0)
-    out = model(input_ids, attention_mask, position_ids, past_key_values=cache, mode="prefill")
+    out = model(input_ids, attention_mask, position_ids, past_key_values=cache, mode="prefill", logits=logits)
     result = GenerationResult(tokens=input_ids.new_zeros(input_ids.shape[0], 0))
     logits = out.logits
     for step in range(max_new_tokens):

@@ -17,8 +17,8 @@ from ftp_export.devices import module_device
 from ftp_export.errors import ScheduleError
 from ftp_export.routed.block import attention_mask_for, compute_rows, project_kv, zero_kv
 from ftp_export.routed.lowering import Lowering, TorchLowering
-from ftp_export.routing.factors import received_attention, router_features, update_signal
-from ftp_export.routing.selection import keep_q16, soft_topk_gate
+from ftp_export.routing.factors import diagonal_attention, received_attention, router_features, update_signal
+from ftp_export.routing.selection import decode_dither, keep_q16, soft_topk_gate
 from ftp_export.schedule import ALL_DROPPED, Schedule, all_dropped
 
 Mode = Literal["prefill", "decode", "soft"]
@@ -65,7 +65,9 @@ class _Call:
     key_valid: torch.Tensor  # [B, past + T] bool
     valid: torch.Tensor  # [B, T] bool
     n_ctx: torch.Tensor  # [B] valid tokens in the whole context
+    n_tok: torch.Tensor  # [B, T] valid tokens up to and including each new token (decode's context length)
     all_tok: torch.Tensor  # [B, T] token index within the call
+    input_ids: torch.Tensor  # [B, T]
     cos: torch.Tensor | None = None
     sin: torch.Tensor | None = None
 
@@ -125,7 +127,7 @@ class RoutedCausalLM(nn.Module):
             return "topk"
         if mode == "soft":
             return "soft"
-        return "threshold" if self.schedule.decode_thresholds[block] is not None else "dense"
+        return "threshold" if self.schedule.decode_thresholds.is_set(block) else "dense"
 
     def forward(
         self,
@@ -137,8 +139,14 @@ class RoutedCausalLM(nn.Module):
         keep_scores: bool = False,
         temperature: float = 0.1,
         stop_after_block: int | None = None,
+        logits: Literal["all", "last"] = "all",
     ) -> RoutedOutput:
         """Routed forward. ``mode`` defaults to 'prefill' without past and 'decode' with past.
+
+        'decode' routes every new token by its block's threshold at the token's own context
+        length, with features that depend only on the token and what precedes it, so one call
+        carrying D new tokens after a past equals D one-token calls (chunked prefill, multi-turn
+        chat and assisted decoding included; docs/routing.md).
 
         ``mode='soft'`` is the training relaxation of prefill: every token runs the block, and
         its update is scaled by a straight-through gate whose forward value is exactly the hard
@@ -152,6 +160,11 @@ class RoutedCausalLM(nn.Module):
         ``stop_after_block=b`` returns after block b without logits (the cache then holds blocks
         0..b only, so every call on that cache must stop at the same block): calibration needs
         one block's scores and not the rest of the model.
+
+        ``logits='all'`` returns logits [B, T, V] for every token of the call; ``'last'`` returns
+        [B, 1, V] for each row's last valid token of the call (``attention_mask[:, past:]``; left
+        or right padding; position T - 1 for a row with none): the final hidden state is gathered
+        before the final norm and the LM head, so only B rows pay the vocabulary projection.
         """
         from transformers import DynamicCache
 
@@ -174,8 +187,7 @@ class RoutedCausalLM(nn.Module):
                 keys, values = cache.update(k_new, v_new, b)
                 scores = None
                 if kind != "dense":
-                    feats = router_features(signal, call.position_ids, call.n_ctx, call.valid, self.schedule.block_sparsity[b])
-                    scores = self.routers(b, feats)
+                    scores = self._scores(b, kind, signal, call)
                 run = {"dense": self._full_block, "soft": self._full_block, "topk": self._topk_block}.get(kind, self._threshold_block)
                 h, total, count, routed = run(b, layer, h, keys, values, scores, call, temperature)
                 if routed is not None and keep_scores and kind != "soft":
@@ -184,8 +196,15 @@ class RoutedCausalLM(nn.Module):
                 signal = update_signal(signal, total, count)
             if stop_after_block is not None and b >= stop_after_block:
                 return RoutedOutput(logits=None, past_key_values=cache, routing=routing)
-        logits = self.hf.lm_head(self.hf.model.norm(h))
-        return RoutedOutput(logits=logits, past_key_values=cache, routing=routing)
+        if logits == "last":
+            # valid tokens' keys (t + T) all exceed invalid ones' (t): argmax = last valid, else T - 1
+            key = call.all_tok + call.valid * (call.all_tok[:, -1:] + 1)
+            last = key.argmax(-1, keepdim=True)  # [B, 1]
+            h = torch.gather(h, 1, last.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+        elif logits != "all":
+            raise ValueError(f"logits={logits!r}: expected 'all' or 'last'")
+        out = self.hf.lm_head(self.hf.model.norm(h))
+        return RoutedOutput(logits=out, past_key_values=cache, routing=routing)
 
     def _call_state(self, input_ids, attention_mask, position_ids, cache, mode) -> _Call:
         bsz, seq = input_ids.shape
@@ -202,8 +221,19 @@ class RoutedCausalLM(nn.Module):
             key_valid=key_valid,
             valid=key_valid[:, past:],
             n_ctx=attention_mask.to(torch.int64).sum(-1),
+            n_tok=torch.cumsum(attention_mask.to(torch.int64), dim=-1)[:, past:],
             all_tok=torch.arange(seq, device=input_ids.device).unsqueeze(0).expand(bsz, seq),
+            input_ids=input_ids,
         )
+
+    def _scores(self, b: int, kind: str, signal: torch.Tensor, call: _Call) -> torch.Tensor:
+        """Router scores [B, T] float32 (decode: per-token context lengths, no rank factor, plus
+        the positional tie-break :func:`~ftp_export.routing.selection.decode_dither`)."""
+        sparsity = self.schedule.block_sparsity[b]
+        if kind != "threshold":
+            return self.routers(b, router_features(signal, call.position_ids, call.n_ctx, call.valid, sparsity))
+        feats = router_features(signal, call.position_ids, call.n_tok, call.valid, sparsity, rank=False)
+        return self.routers(b, feats) + decode_dither(call.position_ids, call.input_ids)
 
     def _full_block(self, b, layer, h, keys, values, scores, call: _Call, temperature):
         """Dense and soft blocks: every token runs the block (soft: the update is gated)."""
@@ -215,7 +245,10 @@ class RoutedCausalLM(nn.Module):
             gate = soft_topk_gate(scores, call.valid, self.q16[b], temperature)
             h = h + gate.unsqueeze(-1).to(h.dtype) * (full - h)
             q_weight, routed = gate * call.valid, BlockRouting(scores=scores, gate=gate)
-        total, count = received_attention(probs[:, :, call.past :], call.all_tok, q_weight)
+        if call.mode == "decode":  # causal per token: a token's signal is its own query's weight on itself
+            total, count = diagonal_attention(probs, call.all_tok + call.past, q_weight)
+        else:
+            total, count = received_attention(probs[:, :, call.past :], call.all_tok, q_weight)
         return h, total, count, routed
 
     def _topk_block(self, b, layer, h, keys, values, scores, call: _Call, temperature):
@@ -233,7 +266,10 @@ class RoutedCausalLM(nn.Module):
     def _threshold_block(self, b, layer, h, keys, values, scores, call: _Call, temperature):
         """Decode routing: the tokens whose score reaches the threshold, as flat rows of the batch."""
         bsz, seq = h.shape[:2]
-        rows, flat = self.lowering.threshold_gather(h, scores, call.valid, self.schedule.threshold(b))
+        # the threshold at each token's context length is subtracted in the graph, so the
+        # gather (and its TensorRT plugin) compares with a plain 0
+        margin = scores - self.schedule.decode_thresholds.at(b, call.n_tok)
+        rows, flat = self.lowering.threshold_gather(h, margin, call.valid, 0.0)
         b_idx = torch.div(flat, seq, rounding_mode="floor")
         t_idx = flat - b_idx * seq
         pos = call.position_ids.reshape(-1).index_select(0, flat).unsqueeze(-1)
@@ -242,9 +278,11 @@ class RoutedCausalLM(nn.Module):
         allowed = attention_mask_for(call.key_valid.index_select(0, b_idx), (t_idx + call.past).unsqueeze(-1), self.windows[b])
         k_rows, v_rows = keys.index_select(0, b_idx), values.index_select(0, b_idx)
         out, probs = compute_rows(layer, rows, r_cos, r_sin, k_rows, v_rows, allowed, self.head_dim, self.scaling)
-        # rows -> their sequence: a [B, N] one-hot turns the flat queries into a batch
-        owner = (b_idx.unsqueeze(0) == torch.arange(bsz, device=h.device).unsqueeze(-1)).to(torch.float32)
-        col = probs[:, 0, call.past :].unsqueeze(0).expand(bsz, -1, -1)
-        total, count = received_attention(col, t_idx.unsqueeze(0).expand(bsz, -1), owner)
+        # each computed row's weight on its own key, moved to its (b, t) slot by a one-hot
+        # [B*T, N] product (no scatter: the trt flavour keeps every scatter in the plugins)
+        own = probs[:, 0, :].gather(1, (t_idx + call.past).unsqueeze(-1)).squeeze(-1).to(torch.float32)
+        slot = (torch.arange(bsz * seq, device=h.device).unsqueeze(-1) == flat.unsqueeze(0)).to(torch.float32)
+        total = (slot @ own.unsqueeze(-1)).view(bsz, seq)
+        count = slot.sum(-1).view(bsz, seq)
         h = self.lowering.row_scatter(h, out.squeeze(1), flat)
         return h, total, count, BlockRouting(rows=flat)

@@ -1,7 +1,9 @@
 """The four router input factors, defined once (docs/routing.md has the same text).
 
 For every token t of the current forward call (prefill: the prompt; decode: the new tokens)
-and block b, with ``n_ctx`` = number of valid tokens in the whole context (past + current):
+and block b, with ``n_ctx`` = number of valid tokens in the whole context (past + current) in
+prefill, and in decode the number of valid tokens up to and including t (t's own context
+length, so that a call of several new tokens routes each as if it were decoded alone):
 
 1. ``position``  = position_id(t) / n_ctx, in [0, 1).
 2. ``attention`` = log1p(a_t * n_ctx), where a_t is the *attention signal*: the mean, over
@@ -11,9 +13,11 @@ and block b, with ``n_ctx`` = number of valid tokens in the whole context (past 
    by more queries). Multiplying by n_ctx makes uniform attention 1 for every length. If no
    computed query of the previous block could see t, its signal is carried over from the
    block before (block 0 is dense, so every token has one; a routed block 0 sees 0).
+   In decode the only query counted is t's own (its weight on itself), so a token's factors
+   never depend on tokens after it.
 3. ``attention_rank`` = rank of the attention factor among the call's valid tokens (0 = most
-   attended; ranked with :func:`~ftp_export.routing.selection.order_key`) divided by the number of valid tokens in the call. Always 0 when one
-   token is decoded.
+   attended; ranked with :func:`~ftp_export.routing.selection.order_key`) divided by the number
+   of valid tokens in the call. Always 0 in decode.
 4. ``sparsity``  = the block's scheduled sparsity s_b.
 
 All factors are float32 whatever the model dtype, so every runtime scores identically.
@@ -34,20 +38,25 @@ def router_features(
     n_ctx: torch.Tensor,
     valid: torch.Tensor,
     sparsity: float,
+    rank: bool = True,
 ) -> torch.Tensor:
-    """Stack the four factors: ``signal`` [B, T], ``position_ids`` [B, T], ``n_ctx`` [B] -> [B, T, 4]."""
-    n = torch.clamp(n_ctx, min=1).to(torch.float32).unsqueeze(-1)
+    """Stack the four factors: ``signal`` [B, T], ``position_ids`` [B, T], ``n_ctx`` [B] (one
+    context length per row, prefill) or [B, T] (per token, decode) -> [B, T, 4]. ``rank=False``
+    (decode) makes the rank factor 0."""
+    n = torch.clamp(n_ctx, min=1).to(torch.float32)
+    n = n.unsqueeze(-1) if n.dim() == 1 else n
     position = position_ids.to(torch.float32) / n
     attention = torch.log1p(signal.to(torch.float32) * n)
+    sp = torch.full_like(position, float(sparsity))
+    if not rank:
+        return torch.stack([position, attention, torch.zeros_like(position), sp], dim=-1)
     seq_len = signal.shape[-1]
     # rank by the attention factor with the same unique key as token selection
     order = torch.topk(order_key(attention, valid), seq_len, dim=-1, largest=True, sorted=True).indices
     ranks = torch.arange(seq_len, device=signal.device, dtype=torch.float32).unsqueeze(0).expand_as(attention)
-    rank = torch.zeros_like(attention).scatter(1, order, ranks)
+    token_rank = torch.zeros_like(attention).scatter(1, order, ranks)
     n_call = torch.clamp(valid.sum(-1), min=1).to(torch.float32).unsqueeze(-1)
-    rank_frac = rank / n_call
-    sp = torch.full_like(position, float(sparsity))
-    return torch.stack([position, attention, rank_frac, sp], dim=-1)
+    return torch.stack([position, attention, token_rank / n_call, sp], dim=-1)
 
 
 def received_attention(
@@ -67,6 +76,17 @@ def received_attention(
     sees = (q_token.unsqueeze(-1) >= tok).to(torch.float32)
     count = torch.einsum("gq,gqt->gt", w, sees)
     return total, count
+
+
+def diagonal_attention(
+    probs: torch.Tensor, q_key: torch.Tensor, q_weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode's signal: each query's own weight on itself. ``probs`` [B, T, S] head-averaged,
+    ``q_key`` [B, T] each query's cache index, ``q_weight`` [B, T] 1 for a computed valid query.
+    Returns ``(sum, count)`` [B, T] as :func:`received_attention` does."""
+    w = q_weight.to(torch.float32)
+    own = probs.to(torch.float32).gather(2, q_key.unsqueeze(-1)).squeeze(-1)
+    return own * w, w
 
 
 def update_signal(signal: torch.Tensor, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

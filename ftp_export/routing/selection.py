@@ -91,6 +91,24 @@ def topk_select(scores: torch.Tensor, valid: torch.Tensor, q16: int) -> tuple[to
     return indices, active
 
 
+DITHER = 2.0**-2  # scale of decode's tie-breaking term (a power of two: the product is exact)
+_POS_HASH = 40503  # round(2^16 / golden ratio): consecutive positions get well-spread fractions
+_TOKEN_HASH = 25033  # odd, unrelated to the above: sequences decoding at the same positions differ
+
+
+def decode_dither(position_ids: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Decode's tie-break [B, T] float32 in [0, DITHER): ``DITHER * frac(h / 2^16)`` with
+    ``h = position * 40503 + token * 25033`` in exact integer arithmetic. Added to a decoded
+    token's router score so that tokens whose scores tie (a router whose output plateaus gives
+    many decoded tokens one score) are split at the threshold by a hash of position and token
+    instead of all falling on one side of it: the skip rate among them follows the threshold,
+    the way prefill's ties go to the lower position. The token term matters: many sequences
+    decode at the same positions (a batch, calibration windows), and with a position-only hash
+    they would all get the same tie-break."""
+    h = position_ids.to(torch.int64) * _POS_HASH + input_ids.to(torch.int64) * _TOKEN_HASH
+    return torch.remainder(h, 1 << 16).to(torch.float32) * (DITHER / (1 << 16))
+
+
 def threshold_select(scores: torch.Tensor, valid: torch.Tensor, threshold: float) -> torch.Tensor:
     """Decode selection. Returns the flat indices ``b * T + t`` of kept tokens, ascending."""
     thr = torch.tensor(threshold, dtype=torch.float32, device=scores.device)

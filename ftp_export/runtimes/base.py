@@ -18,7 +18,8 @@ from ftp_export.graph_io import GraphSignature
 
 @dataclass
 class StepTrace:
-    """What a greedy run produced: logits and routing per step ([B, T, V] at prefill, then [B, 1, V])."""
+    """What a greedy run produced: logits and routing per step (prefill: [B, T, V], or [B, 1, V]
+    from a graph exported with ``--logits last``; then [B, 1, V] per decode step)."""
 
     logits: list[np.ndarray] = field(default_factory=list)
     routing: list[dict[str, np.ndarray]] = field(default_factory=list)
@@ -55,7 +56,9 @@ class Runtime:
         return self.to_numpy(outs["logits"]), self.signatures[graph].past_feeds(outs), routing
 
     def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, new_tokens: int) -> StepTrace:
-        """Greedy decoding: the runtime's own argmax feeds its next step (sequences run past EOS)."""
+        """Greedy decoding: the runtime's own argmax feeds its next step (sequences run past EOS).
+        The next token comes from the last position of the returned logits: with left padding (as
+        here) that is each row's last valid token whether the prefill returns all positions or only it."""
         trace = StepTrace()
         mask = attention_mask.astype(np.int64)
         pos = np.clip(np.cumsum(mask, -1) - 1, 0, None).astype(np.int64)

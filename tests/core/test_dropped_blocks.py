@@ -44,8 +44,8 @@ def test_dropped_block_costs_nothing():
 def test_dropped_block_round_trips_and_gets_no_threshold(tiny_model, tmp_path):
     sch = new_schedule(tiny_model.config, [0.0, 1.0, 0.5, 0.0])
     routed = RoutedCausalLM(tiny_model, sch).eval()
-    seqs = torch.randint(3, 259, (2, 24), generator=torch.Generator().manual_seed(1))
-    thresholds, _ = calibrate_decode_thresholds(routed, seqs, prompt_len=12)
+    stream = torch.randint(3, 259, (500,), generator=torch.Generator().manual_seed(1))
+    thresholds = calibrate_decode_thresholds(routed, stream, max_context=24, windows=4).thresholds
     assert thresholds[1] is None and thresholds[2] is not None
     path = save_schedule(sch, tmp_path / "s.json")
     back = load_schedule(path)

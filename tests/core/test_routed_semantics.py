@@ -101,3 +101,35 @@ def test_decode_threshold_routing(tiny_model):
         assert r_skip.step_routing[step][1].rows.numel() == 0
         assert torch.allclose(r_keep.step_logits[step], r_dense.step_logits[step], atol=1e-5)
         assert not torch.allclose(r_skip.step_logits[step], r_dense.step_logits[step], atol=1e-3)
+
+
+def test_last_logits_are_each_rows_last_valid_position(tiny_model):
+    """``logits='last'`` equals the all-position logits at each row's last valid token, with left
+    and right padding; a row with no valid token reads position T - 1; decode keeps every new token."""
+    from transformers import DynamicCache
+
+    from ftp_export.export.parity import last_valid_index
+
+    routed = _routed(tiny_model, 0.4).eval()
+    g = torch.Generator().manual_seed(5)
+    rows = [torch.randint(3, 259, (n,), generator=g).tolist() for n in (11, 4, 1)] + [[77] * 7]
+    for side in ("left", "right"):
+        ids, mask = pad_batch(rows, 0, side=side)
+        mask[2] = 0  # no valid token in this row
+        with torch.no_grad():
+            full = routed(ids, mask, mode="prefill").logits
+            last = routed(ids, mask, mode="prefill", logits="last").logits
+        idx = torch.from_numpy(last_valid_index(mask.numpy()))
+        expected = {"left": [10, 10, 10, 10], "right": [10, 3, 10, 6]}[side]
+        assert idx.tolist() == expected, side
+        assert last.shape == (len(rows), 1, full.shape[-1])
+        torch.testing.assert_close(last[:, 0], full[torch.arange(len(rows)), idx], atol=1e-5, rtol=0)
+    # decode with two new tokens per row: logits for both, whatever the prefill returned
+    ids, mask = pad_batch(rows, 0, side="left")
+    cache = DynamicCache()
+    with torch.no_grad():
+        routed(ids, mask, past_key_values=cache, mode="prefill", logits="last")
+        nxt = torch.randint(3, 259, (len(rows), 2), generator=g)
+        mask2 = torch.cat([mask, torch.ones_like(nxt)], 1)
+        pos = mask.sum(-1, keepdim=True) + torch.arange(2)
+        assert routed(nxt, mask2, pos, past_key_values=cache).logits.shape[:2] == (len(rows), 2)

@@ -28,7 +28,7 @@ def test_round_trip(saved, tiny_model):
     sch = load_schedule(saved)
     assert sch.block_sparsity == pytest.approx([0.0, 0.4, 0.4, 0.4])
     assert abs(sch.target_sparsity - 0.3) < 1e-6
-    assert sch.decode_thresholds == [None, 0.5, 0.25, 0.125]
+    assert sch.format_version == 2 and sch.decode_thresholds.values == [None, [0.5], [0.25], [0.125]]
     sch.check_model(fingerprint(tiny_model.config))
     w = saved.with_name("s30.routers.safetensors")
     assert w.is_file()
@@ -50,6 +50,11 @@ def test_round_trip(saved, tiny_model):
         (lambda d: d["router"].update(weights="missing.safetensors"), "not found"),
         (lambda d: d["router"].update(hidden=32), "router.hidden"),
         (lambda d: d.update(decode_thresholds=[None]), "decode_thresholds"),
+        (lambda d: d["decode_thresholds"].update(context_lengths=[64, 32]), "strictly increasing"),
+        (lambda d: d["decode_thresholds"]["per_block"].__setitem__(1, [0.5, 0.1]), "per_block[1]"),
+        (lambda d: d["decode_thresholds"]["per_block"].__setitem__(2, ["nan"]), "per_block[2]"),
+        (lambda d: d["decode_thresholds"].pop("per_block"), "per_block"),
+        (lambda d: d["base_model"]["fingerprint"].pop("rope"), "fingerprint.rope"),
         (lambda d: d.update(target_sparsity=0.9), "target_sparsity"),
         (lambda d: d["base_model"]["fingerprint"].pop("hidden_size"), "fingerprint.hidden_size"),
     ],

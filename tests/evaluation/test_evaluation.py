@@ -160,7 +160,7 @@ def test_eval_end_to_end_on_default_model(brown, tmp_path, capsys):
 
     out = tmp_path / "eval"
     rc = main(["eval", "--schedule", str(DEFAULT_MODEL_DIR / "s40.json"), "--uniform", "0.2", "--items", "3",
-               "--ppl-windows", "1", "--seq-len", "48", "-o", str(out), "--no-progress"])
+               "--ppl-windows", "2", "--seq-len", "48", "--bootstrap-resamples", "200", "-o", str(out), "--no-progress"])
     assert rc == 0
     report = json.loads((out / "eval.json").read_text())
     assert (out / "eval.png").stat().st_size > 1000 and "| FTP s40 |" in (out / "eval.md").read_text()
@@ -194,6 +194,26 @@ def test_eval_end_to_end_on_default_model(brown, tmp_path, capsys):
     assert ftp["perplexity"]["perplexity"] != rows["dense"]["perplexity"]["perplexity"]
     assert {r["group"] for r in report["results"]} == {"dense", ftp["group"], "s=0.20"}
     assert report["tasks"]["brown-cloze"]["items"] == 3 and report["text"]["asset"] == "brown"
+    # decode-mode perplexity: FTP and layer drops (and dense); none for the static baseline (no thresholds)
+    assert report["perplexity_windows"]["decode_prefill_tokens"] == 24 and report["bootstrap"]["resamples"] == 200
+    for r in report["results"]:
+        d = r["decode_perplexity"]
+        if r["kind"] == "uniform-static":
+            assert "decode thresholds" in d["note"] and "decode_perplexity" not in r["retention"]
+            continue
+        assert d["tokens"] == 2 * 24 and d["prefill_tokens"] == 24 and d["perplexity_se"] is not None
+        if r["kind"] != "ftp":  # nothing routed: decode mode is prefill mode
+            assert d["ratio_to_prefill_mode"] == pytest.approx(1.0, rel=1e-4)
+        # every figure carries its standard error; per-window and per-item units are kept
+        assert r["perplexity"]["perplexity_se"] is not None and r["retention_se"]["perplexity"] is not None
+        assert all(f"{m}_se" in score for score in r["tasks"].values() for m in ("acc", "acc_norm"))
+        assert set(r["retention_se"]) == set(r["retention"]) and "accuracy_se" in r
+        assert len(r["per_unit"]["window_nll"]) == 2 and len(r["per_unit"]["items"]["brown-cloze"]["acc"]) == 3
+    assert rows["dense"]["retention_se"]["perplexity"] == 0.0  # dense against itself, in every resample
+    for key in ("perplexity", "decode_perplexity"):
+        assert vs[f"ftp_minus_shortgpt_{key}_se"] is not None and f"shortgpt_{key}_retention_se" in vs
+    md = (out / "eval.md").read_text()
+    assert "decode-mode PPL" in md and " ± " in md and "paired bootstrap" in md
 
 
 @pytest.mark.parametrize(
@@ -203,6 +223,8 @@ def test_eval_end_to_end_on_default_model(brown, tmp_path, capsys):
         (["eval", "--uniform", "1.2"], "must be in (0, 1)"),
         (["eval", "--uniform", "0.2", "--tasks", "hellaswag"], "unknown task hellaswag"),
         (["eval", "--uniform", "x"], "comma-separated numbers"),
+        (["eval", "--uniform", "0.2", "--decode-prefill", "1.5"], "--decode-prefill 1.5: must be in [0, 1)"),
+        (["eval", "--uniform", "0.2", "--bootstrap-resamples", "1"], "--bootstrap-resamples must be >= 2"),
         (["setup", "llama-70b"], "unknown asset 'llama-70b'"),
     ],
 )

@@ -10,41 +10,38 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftp_export.architectures import DEFAULT_MODEL_DIR, ModelRef, load_model
 from ftp_export.calibration.thresholds import calibrate_decode_thresholds
 from ftp_export.cli import main
 from ftp_export.export.job import DEFAULT_SCHEDULE
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.schedule import new_schedule, save_schedule
+from tests.helpers import EXPORT_LOGITS
 
 DROP09 = [0.0, 1.0, 0.9, 0.4, 0.4, 0.4]  # block 1 dropped, block 2 at 0.9, the rest routed at 0.4
-
-
-@pytest.fixture(scope="session")
-def default_model():
-    return load_model(ModelRef("default", str(DEFAULT_MODEL_DIR)))
 
 
 @pytest.fixture(scope="session")
 def drop09_schedule(default_model, tmp_path_factory) -> Path:
     """A dropped block, a block at sparsity 0.9 (K = 1 at short lengths), static routers, calibrated thresholds."""
     schedule = new_schedule(default_model.config, DROP09, name_or_path="default")
-    seqs = torch.randint(3, 250, (4, 48), generator=torch.Generator().manual_seed(3))
-    calibrate_decode_thresholds(RoutedCausalLM(default_model, schedule).eval(), seqs, prompt_len=24)
+    stream = torch.randint(3, 250, (4000,), generator=torch.Generator().manual_seed(3))
+    calibrate_decode_thresholds(RoutedCausalLM(default_model, schedule).eval(), stream, max_context=64, windows=16)
     return save_schedule(schedule, tmp_path_factory.mktemp("sched") / "drop09.json")
 
 
 @pytest.fixture(scope="session")
 def default_export(drop09_schedule, tmp_path_factory) -> Callable[[str, str], tuple[int, Path, dict]]:
     """``default_export(target, which)`` -> (exit status, folder, parity report); ``which`` is
-    'shipped' (the default model's s40) or 'drop+0.9'. Each export runs once per session."""
+    'shipped' (the default model's s40, default ``--logits last``) or 'drop+0.9' (``--logits all``),
+    see ``tests.helpers.EXPORT_LOGITS``. Each export runs once per session."""
     made: dict[tuple[str, str], tuple[int, Path, dict]] = {}
 
     def export(target: str, which: str) -> tuple[int, Path, dict]:
         if (target, which) not in made:
             schedule = DEFAULT_SCHEDULE if which == "shipped" else drop09_schedule
             out = tmp_path_factory.mktemp("exports") / f"{target}-{which}"
-            rc = main(["--target", target, "--schedule", str(schedule), "-o", str(out), "--parity-tokens", "6"])
+            logits = [] if EXPORT_LOGITS[which] == "last" else ["--logits", EXPORT_LOGITS[which]]  # "last": the default
+            rc = main(["--target", target, "--schedule", str(schedule), "-o", str(out), "--parity-tokens", "6", *logits])
             made[target, which] = (rc, out, json.loads((out / "parity.json").read_text()))
         return made[target, which]
 

@@ -1,131 +1,182 @@
-"""Bad inputs to ``ftp-export`` and ``ftp-export schedule`` end in exactly one ``error:`` line and
-exit 2, before any work: no traceback, nothing written into the output (issue 15). No model is
-exported here; every error must come before the export."""
+"""Bad inputs to ``ftp-export`` and ``ftp-export schedule``, driven through the command line in
+subprocesses the way a user meets them (issue 15): each argument's range and each path kind of
+``-o``, ``--model`` and ``--schedule`` (missing, a file for a folder or a folder for a file, a folder
+of the user's own files, read-only, ``.``, the current export itself) ends in exit 2, exactly one
+``error:`` line on stderr and no traceback, with the user's files (a canary) and a previous good
+export byte-identical and nothing new written. Every case fails before any model is exported; the
+cases run a few at a time (``python -m ftp_export.cli`` costs ~2 s to start), once per module.
+Parity failures (exit 1) and signals (130/143) are in test_output_safety.py."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from transformers import AutoConfig
 
-from ftp_export.cli import main
-from ftp_export.schedule import new_schedule, save_schedule
+from ftp_export.export.manifest import FORMAT
+from ftp_export.schedule import new_schedule, save_schedule, sha256_file
 from tests.helpers import build_tiny
 
+LONGROPE = {"rope_type": "longrope", "factor": 2.0, "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+            "original_max_position_embeddings": 16}
+ROOT = os.geteuid() == 0  # root writes into a chmod 555 folder: read-only is then a file as the parent
 
-def one_error(capsys, argv, *needles):
-    """Run the CLI in-process; assert exit 2 and a single ``error:`` line holding every needle."""
-    status = main(argv)
-    err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert status == 2, err
-    assert "Traceback" not in err
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], err
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
+# id: (argv, working folder inside the world, needles of the error line). Paths are relative to the
+# world (see the fixture); an export without -o gets "-o new-<id>", which must not appear.
+CASES: dict[str, tuple[list[str], str, tuple[str, ...]]] = {
+    # ranges and choices of every ftp-export argument, refused when parsed
+    "atol-negative": (["--atol", "-1"], ".", ("--atol",)),
+    "atol-nan": (["--atol", "nan"], ".", ("--atol",)),
+    "atol-inf": (["--atol", "inf"], ".", ("--atol",)),
+    "atol-text": (["--atol", "abc"], ".", ("--atol", "expected a number")),
+    "parity-tokens-0": (["--parity-tokens", "0"], ".", ("--parity-tokens",)),
+    "parity-tokens-negative": (["--parity-tokens", "-3"], ".", ("--parity-tokens",)),
+    "parity-tokens-fraction": (["--parity-tokens", "1.5"], ".", ("--parity-tokens", "integer")),
+    "dtype-unknown": (["--dtype", "float64"], ".", ("--dtype", "float64")),
+    "dtype-onnx-cpu-bfloat16": (["--dtype", "bfloat16"], ".", ("bfloat16", "float32")),
+    "dtype-trt-without-tensorrt": (["--dtype", "float16", "--target", "trt"], ".", ("needs TensorRT",)),
+    "target-unknown": (["--target", "nope"], ".", ("'nope'", "onnx")),
+    "device-cuda-absent": (["--device", "cuda"], ".", ("--device cuda", "no CUDA")),
+    "device-unknown": (["--device", "banana"], ".", ("--device banana",)),
+    "logits-unknown": (["--logits", "first"], ".", ("--logits: invalid choice: 'first' (choose from 'last', 'all')",)),
+    "flag-unknown": (["--bogus"], ".", ("unrecognized arguments: --bogus",)),
+    # -o: a file, the user's folder, `.`, the current export as `.`, an unwritable place, the working folder's parent
+    "out-is-a-file": (["-o", "afile"], ".", ("afile", "not a folder")),
+    "out-user-folder": (["-o", "mine"], ".", ("mine", "not an ftp-export output")),
+    "out-dot": (["-o", "."], "mine", ("current folder",)),
+    "out-current-export": (["-o", "."], "prev", ("current folder",)),
+    "out-holds-working-folder": (["-o", ".."], "mine", ("current folder",)),
+    "out-under-a-file": (["-o", "afile/sub/out"], ".", ("cannot write",)),
+    "out-read-only": (["-o", "ro/out"], ".", ("cannot write",)),
+    # --model: missing, a file, the user's folder, `.`, the current export, corrupt weights, refused RoPE
+    "model-missing": (["--model", "missing"], ".", ("--model missing", "no such directory")),
+    "model-is-a-file": (["--model", "afile"], ".", ("--model afile", "config.json")),
+    "model-user-folder": (["--model", "mine"], ".", ("--model mine", "config.json")),
+    "model-dot": (["--model", "."], "mine", ("--model .", "config.json")),
+    "model-current-export": (["--model", "prev"], ".", ("--model prev", "config.json")),
+    "model-truncated-weights": (["--model", "broken", "--schedule", "sched/s.json"], ".", ("model.safetensors", "truncated")),
+    "model-rope-dynamic": (["--model", "dynamic"], ".", ("'dynamic'", "supported: default")),
+    "model-rope-longrope": (["--model", "longrope"], ".", ("'longrope'", "supported: default")),
+    # --schedule: missing, a folder, the user's files, `.`, the current export, and schedules refused on load
+    "schedule-missing": (["--model", "tiny", "--schedule", "missing.json"], ".", ("missing.json", "not found")),
+    "schedule-is-a-folder": (["--model", "tiny", "--schedule", "mine"], ".", ("mine",)),
+    "schedule-user-file": (["--model", "tiny", "--schedule", "mine/canary.txt"], ".", ("canary.txt", "not valid JSON")),
+    "schedule-other-json": (["--model", "tiny", "--schedule", "mine/notes.json"], ".", ("notes.json", "not an ftp-export schedule")),
+    "schedule-dot": (["--model", "../tiny", "--schedule", "."], "mine", ("--schedule",)),
+    "schedule-current-export": (["--model", "tiny", "--schedule", "prev"], ".", ("prev",)),
+    "schedule-all-blocks-dropped": (["--model", "tiny", "--schedule", "dropped/s.json"], ".", ("no block would run",)),
+    "schedule-nan-routers": (["--model", "tiny", "--schedule", "nan/s.json"], ".", ("NaN or inf",)),
+    "schedule-other-model": (["--model", "theta", "--schedule", "sched/s.json"], ".", ("rope",)),
+    # ftp-export schedule: ranges, calibration text, device, and -o as a folder, `.`, an unwritable place
+    "uniform-0": (["schedule", "--uniform", "0", "-o", "s.json"], ".", ("--uniform",)),
+    "uniform-1": (["schedule", "--uniform", "1", "-o", "s.json"], ".", ("--uniform",)),
+    "uniform-negative": (["schedule", "--uniform", "-0.2", "-o", "s.json"], ".", ("--uniform",)),
+    "uniform-nan": (["schedule", "--uniform", "nan", "-o", "s.json"], ".", ("--uniform",)),
+    "uniform-missing": (["schedule", "-o", "s.json"], ".", ("--uniform",)),
+    "samples-0": (["schedule", "--uniform", "0.4", "--samples", "0", "-o", "s.json"], ".", ("--samples",)),
+    "max-context-1": (["schedule", "--uniform", "0.4", "--max-context", "1", "-o", "s.json"], ".", ("--max-context",)),
+    "calibrate-samples-0": (["calibrate", "--schedule", "s.json", "--samples", "0", "-o", "t.json"], ".", ("--samples",)),
+    "calibration-text-missing": (["schedule", "--uniform", "0.4", "--calibration-text", "missing.txt", "-o", "s.json"], ".",
+                                 ("--calibration-text", "not found")),
+    "calibration-text-empty": (["schedule", "--uniform", "0.4", "--calibration-text", "blank.txt", "-o", "s.json"], ".",
+                               ("--calibration-text", "empty")),
+    "schedule-device-unknown": (["schedule", "--uniform", "0.4", "--device", "banana", "-o", "s.json"], ".", ("--device banana",)),
+    "schedule-out-folder": (["schedule", "--uniform", "0.4", "-o", "mine"], ".", ("existing folder",)),
+    "schedule-out-dot": (["schedule", "--uniform", "0.4", "-o", "."], "mine", ("existing folder",)),
+    "schedule-out-under-a-file": (["schedule", "--uniform", "0.4", "-o", "afile/sub/s.json"], ".", ("cannot write",)),
+}
+if ROOT:
+    CASES.pop("out-read-only")
 
 
-@pytest.fixture()
-def out(tmp_path):
-    folder = tmp_path / "out"
-    yield folder
-    assert not folder.exists(), "nothing may be written for a bad input"
-
-
-@pytest.mark.parametrize(
-    "flags,needle",
-    [
-        (["--atol", "-1"], "--atol"),
-        (["--atol", "nan"], "--atol"),
-        (["--atol", "inf"], "--atol"),
-        (["--parity-tokens", "0"], "--parity-tokens"),
-        (["--parity-tokens", "-3"], "--parity-tokens"),
-        (["--dtype", "bfloat16"], "bfloat16"),
-        (["--dtype", "bfloat16", "--target", "onnx", "--device", "cpu"], "float32"),
-        (["--dtype", "float16", "--target", "trt"], "needs TensorRT"),
-    ],
-)
-def test_export_flags(capsys, out, flags, needle):
-    one_error(capsys, [*flags, "-o", str(out)], needle)
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder``: a file's bytes, None for a folder."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
 
 
 @pytest.fixture(scope="module")
-def tiny_with_schedule(tmp_path_factory):
-    """A tiny model folder and a valid schedule JSON for it."""
-    folder = build_tiny(tmp_path_factory.mktemp("tiny"))
-    config = AutoConfig.from_pretrained(folder)
-    schedule = save_schedule(new_schedule(config, [0.0, 0.4, 0.4, 0.4]), tmp_path_factory.mktemp("sched") / "s.json")
-    return folder, schedule
-
-
-def test_truncated_safetensors_names_the_file(capsys, out, tmp_path, tiny_with_schedule):
-    import shutil
-
-    folder, schedule = tiny_with_schedule
-    broken = tmp_path / "broken"
-    shutil.copytree(folder, broken)
-    weights = broken / "model.safetensors"
-    data = weights.read_bytes()
-    weights.write_bytes(data[: len(data) // 2])
-    one_error(capsys, ["--model", str(broken), "--schedule", str(schedule), "-o", str(out)], str(weights), "truncated")
-
-
-@pytest.mark.parametrize("with_target", [True, False])
-def test_all_blocks_dropped_schedule(capsys, out, tmp_path, tiny_with_schedule, with_target):
-    folder, schedule = tiny_with_schedule
-    doc = json.loads(schedule.read_text())
+def world(tmp_path_factory) -> Path:
+    """A working folder as a user has it: tiny models, a schedule, a previous good export, a folder
+    of the user's own files (with a canary), a plain file, a read-only folder."""
+    w = tmp_path_factory.mktemp("world")
+    tiny = build_tiny(w / "tiny")
+    config = AutoConfig.from_pretrained(tiny)
+    sched = save_schedule(new_schedule(config, [0.0, 0.4, 0.4, 0.4]), w / "sched" / "s.json")
+    build_tiny(w / "theta", rope_parameters={"rope_type": "default", "rope_theta": 500000.0})  # same shape, other RoPE
+    build_tiny(w / "dynamic", rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    build_tiny(w / "longrope", rope_parameters={**LONGROPE, "rope_theta": 10000.0})
+    shutil.copytree(tiny, w / "broken")
+    weights = w / "broken" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for name in ("dropped", "nan"):
+        shutil.copytree(w / "sched", w / name)
+    doc = json.loads((w / "dropped" / "s.json").read_text())
     doc["block_sparsity"] = [1.0] * 4
-    if with_target:
-        doc["target_sparsity"] = 1.0
-    else:
-        doc.pop("target_sparsity")
-    edited = schedule.parent / f"all-dropped-{with_target}.json"
-    edited.write_text(json.dumps(doc))
-    one_error(capsys, ["--model", str(folder), "--schedule", str(edited), "-o", str(out)], "no block would run")
+    doc.pop("target_sparsity")
+    (w / "dropped" / "s.json").write_text(json.dumps(doc))
+    from safetensors.torch import load_file, save_file
+
+    routers = w / "nan" / sched.with_name(json.loads(sched.read_text())["router"]["weights"]).name
+    tensors = load_file(str(routers))
+    first = sorted(tensors)[0]
+    tensors[first].view(-1)[0] = float("nan")
+    save_file(tensors, str(routers))
+    doc = json.loads((w / "nan" / "s.json").read_text())
+    doc["router"]["sha256"] = sha256_file(routers)  # the weights' digest matches: only the values are wrong
+    (w / "nan" / "s.json").write_text(json.dumps(doc))
+    prev = w / "prev"  # a previous export whose parity passed (as its manifest says)
+    shutil.copytree(w / "sched", prev / "schedule")
+    (prev / "model.onnx").write_bytes(b"\x08\x07onnx-bytes")
+    (prev / "manifest.json").write_text(json.dumps({"format": FORMAT, "parity": {"passed": True}}))
+    (w / "mine").mkdir()
+    (w / "mine" / "canary.txt").write_bytes(b"the user's own \x00 bytes\n")
+    (w / "mine" / "notes.json").write_text('{"mine": true}')
+    (w / "afile").write_text("a plain file\n")
+    (w / "blank.txt").write_text(" \n\n")
+    (w / "ro").mkdir()
+    (w / "ro").chmod(0o555)
+    return w
 
 
-@pytest.mark.parametrize("rope", [{"rope_type": "dynamic", "factor": 2.0}])
-def test_position_dependent_rope_refused(capsys, out, tmp_path, rope):
-    folder = build_tiny(tmp_path / "rope", rope_parameters={**rope, "rope_theta": 10000.0})
-    one_error(capsys, ["--model", str(folder), "-o", str(out)], "'dynamic'", "supported: default")
+@pytest.fixture(scope="module")
+def results(world, request) -> tuple[dict[str, subprocess.CompletedProcess], dict[str, bytes | None], dict[str, bytes | None]]:
+    """Run the selected cases, a few at a time; (results by id, the world before, the world after)."""
+    wanted = [item.callspec.params["case"] for item in request.session.items
+              if item.originalname == "test_bad_input" and item.path == request.path]
+    before = _snapshot(world)
+
+    def run(case: str) -> subprocess.CompletedProcess:
+        argv, cwd, _ = CASES[case]
+        if argv[0] != "schedule" and "-o" not in argv:
+            argv = [*argv, "-o", f"new-{case}"]
+        return subprocess.run([sys.executable, "-m", "ftp_export.cli", *argv], cwd=world / cwd,
+                              capture_output=True, text=True, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        done = dict(zip(wanted, pool.map(run, wanted)))
+    (world / "ro").chmod(0o755)
+    return done, before, _snapshot(world)
 
 
-def schedule_error(capsys, tmp_path, flags, *needles):
-    before = sorted(p.name for p in tmp_path.iterdir())
-    line = one_error(capsys, ["schedule", *flags], *needles)
-    assert sorted(p.name for p in tmp_path.iterdir()) == before, "nothing may be written"
-    return line
-
-
-@pytest.mark.parametrize(
-    "flags,needle",
-    [
-        (["--uniform", "0"], "--uniform"),
-        (["--uniform", "1"], "--uniform"),
-        (["--uniform", "1.5"], "--uniform"),
-        (["--uniform", "-0.2"], "--uniform"),
-        (["--uniform", "nan"], "--uniform"),
-        (["--uniform", "0.4", "--samples", "0"], "--samples"),
-        (["--uniform", "0.4", "--seq-len", "3"], "--seq-len"),
-    ],
-)
-def test_schedule_flags(capsys, tmp_path, flags, needle):
-    schedule_error(capsys, tmp_path, [*flags, "-o", str(tmp_path / "s.json")], needle)
-
-
-def test_schedule_output_is_a_folder(capsys, tmp_path):
-    (tmp_path / "existing").mkdir()
-    schedule_error(capsys, tmp_path, ["--uniform", "0.4", "-o", str(tmp_path / "existing")], "existing folder")
-    assert not any((tmp_path / "existing").iterdir())
-
-
-def test_schedule_output_in_unwritable_place(capsys, tmp_path):
-    # a regular file as the parent: unwritable even for root, unlike a chmod'ed folder
-    (tmp_path / "afile").write_text("x")
-    schedule_error(
-        capsys, tmp_path, ["--uniform", "0.4", "-o", str(tmp_path / "afile" / "sub" / "s.json")], "cannot write"
-    )
-    assert (tmp_path / "afile").read_text() == "x"
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input(case, results):
+    done, before, after = results
+    proc = done[case]
+    err = proc.stderr
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    for needle in CASES[case][2]:
+        assert needle in errors[0], errors[0]
+    assert "[2/4]" not in proc.stdout  # refused before anything is exported
+    # nothing written anywhere, the canary and the previous export byte-identical
+    assert after == before, sorted(set(after) ^ set(before)) or [k for k in after if after[k] != before[k]]

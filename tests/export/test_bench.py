@@ -17,8 +17,12 @@ def test_bench_writes_json_table_and_plot(tmp_path, capsys):
     for r in doc["prefill"]:
         assert r["dense_ms"] > 0 and r["routed_ms"] > 0 and r["ideal"] > 1.0
     assert doc["decode"][0]["batch"] == 2
+    assert 0.0 <= doc["decode"][0]["skip_rate"] <= 1.0  # realised, printed beside the decode timing
+    assert sorted(map(int, doc["decode"][0]["skip_rate_per_block"])) == [1, 2, 3]  # tiny: 4 blocks, block 0 dense
     assert (tmp_path / "bench.png").stat().st_size > 1000
-    assert "speedup" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "speedup" in out and "realised decode skip rate" in out
+    assert doc["logits"] == "last" and "logits: last" in out  # both sides: last position's logits only
 
 
 def test_bench_rejects_bad_sparsity(capsys):

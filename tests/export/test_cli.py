@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ftp_export.atomic import atomic_dir
 from ftp_export.cli import main
@@ -29,12 +30,35 @@ def _no_leftovers(folder: Path) -> None:
 
 def test_uniform_schedule_command(tmp_path):
     out = tmp_path / "s30.json"
-    assert main(["schedule", "--uniform", "0.3", "-o", str(out), "--samples", "2", "--seq-len", "24"]) == 0
+    assert main(["schedule", "--uniform", "0.3", "-o", str(out), "--samples", "2", "--max-context", "24"]) == 0
     from ftp_export.schedule import load_schedule
 
     sch = load_schedule(out)
     assert abs(sch.target_sparsity - 0.3) < 1e-6 and sch.block_sparsity[0] == 0.0
     assert all(t is not None for t in sch.decode_thresholds[1:])
+    assert 22 <= sch.decode_thresholds.lengths[-1] <= 24 and len(sch.decode_thresholds.lengths) >= 3  # last knot: the longest context
+
+
+def test_calibrate_command_upgrades_a_format_1_schedule(tmp_path, capsys):
+    """Routers and sparsities kept, thresholds become curves, the fingerprint gets the format-2 fields."""
+    from ftp_export.schedule import load_schedule
+
+    doc = json.loads(DEFAULT_SCHEDULE.read_text())
+    shutil.copy2(DEFAULT_SCHEDULE.parent / doc["router"]["weights"], tmp_path / doc["router"]["weights"])
+    routed = [b for b, v in enumerate(doc["decode_thresholds"]["per_block"]) if v is not None]
+    doc["format_version"] = 1
+    doc["decode_thresholds"] = [0.0 if b in routed else None for b in range(len(doc["block_sparsity"]))]
+    for key in ("head_dim", "rope", "sliding_window", "tie_word_embeddings"):
+        doc["base_model"]["fingerprint"].pop(key)
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    out = tmp_path / "new" / "s40.json"
+    assert main(["calibrate", "--schedule", str(tmp_path / "old.json"), "-o", str(out), "--samples", "2", "--max-context", "32"]) == 0
+    old, new = load_schedule(tmp_path / "old.json"), load_schedule(out)
+    assert new.format_version == 2 and new.block_sparsity == old.block_sparsity
+    assert new.base_model["fingerprint"]["rope"]["rope_type"] == "default"
+    assert all(torch.equal(a, b) for a, b in zip(old.routers.state_dict().values(), new.routers.state_dict().values(), strict=True))
+    assert 30 <= new.decode_thresholds.lengths[-1] <= 32 and [t is not None for t in new.decode_thresholds] == [b in routed for b in range(6)]
+    assert "decode skip rate" in capsys.readouterr().out
 
 
 @pytest.fixture()

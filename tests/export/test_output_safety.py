@@ -7,14 +7,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from ftp_export import atomic
 from ftp_export.atomic import atomic_dir, remove_stale_partials
 from ftp_export.cli import main
+from ftp_export.cli.parser import Terminated, _raise_terminated
 from ftp_export.export.job import DEFAULT_SCHEDULE, FAULT_ENV, _failed_beside, check_output
 
 
@@ -101,6 +105,105 @@ def test_stale_partials_of_dead_processes_only(tmp_path):
         p.mkdir()
     assert remove_stale_partials(tmp_path) == [dead]
     assert alive.is_dir() and unrelated.is_dir() and not dead.exists()
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_replacing_an_export_leaves_no_old_folder(exchange, tmp_path, monkeypatch):
+    if not exchange:  # a kernel or file system without RENAME_EXCHANGE
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    target = _fake_export(tmp_path / "out", passed=True)
+    (target / "stale.bin").write_bytes(b"old")
+    with atomic_dir(target) as tmp:
+        (tmp / "model.onnx").write_bytes(b"new")
+    assert _snapshot(target) == {"model.onnx": b"new"}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_sigterm_while_swapping_is_held_until_the_new_export_is_in_place(tmp_path, monkeypatch):
+    def exchange(a: Path, b: Path) -> bool:  # the signal arrives between the two renames of the fallback
+        os.kill(os.getpid(), signal.SIGTERM)
+        return False
+
+    monkeypatch.setattr(atomic, "_exchange", exchange)
+    target = _fake_export(tmp_path / "out", passed=True)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        with pytest.raises(Terminated), atomic_dir(target) as tmp:
+            (tmp / "model.onnx").write_bytes(b"new")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert _snapshot(target) == {"model.onnx": b"new"}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_old_folders_of_dead_processes_are_removed_or_restored(tmp_path):
+    """A SIGKILL between the fallback's two renames leaves ``.NAME.old-PID-*`` (and the partial):
+    the next export restores it when NAME is missing, else removes it; a live owner's is kept."""
+    dead = _dead_pid()
+    kept = _fake_export(tmp_path / "kept", passed=True)
+    old_beside_kept = _fake_export(tmp_path / f".kept.old-{dead}-0123abcd", passed=True)
+    lost_old = _fake_export(tmp_path / f".lost.old-{dead}-4567cdef", passed=True)
+    (lost_old / "model.onnx").write_bytes(b"previous")
+    lost_partial = _fake_export(tmp_path / f".lost.partial-{dead}-89abcdef", passed=True)
+    alive = _fake_export(tmp_path / f".busy.old-{os.getpid()}-0123abcd", passed=True)
+    said: list[str] = []
+    assert remove_stale_partials(tmp_path, said.append) == [old_beside_kept, lost_partial]
+    assert kept.is_dir() and alive.is_dir() and not lost_old.exists()
+    assert (tmp_path / "lost" / "model.onnx").read_bytes() == b"previous"
+    assert said == [f"restored {tmp_path / 'lost'} from {lost_old}, left by a process killed while replacing it"]
+
+
+def _start_export(cwd: Path, *args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    return subprocess.Popen([sys.executable, "-m", "ftp_export.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _signal_mid_export(proc: subprocess.Popen, parent: Path, sig: int) -> Path:
+    """Wait until the export has made its partial folder, then a short delay, then ``sig``."""
+    deadline = time.monotonic() + 240
+    while not (partials := [p for p in parent.iterdir() if ".partial-" in p.name]):
+        assert proc.poll() is None and time.monotonic() < deadline, "the export ended before its partial folder appeared"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the export ended before the signal"
+    proc.send_signal(sig)
+    return partials[0]
+
+
+def _export_then_signal(default_export, tmp_path, sig):
+    """A previous good export at tmp_path/out, then a new export into it stopped by ``sig`` once its
+    partial folder exists. Returns (process, the partial folder, snapshot of the previous export)."""
+    rc, made, _ = default_export("onnx", "shipped")
+    assert rc == 0
+    shutil.copytree(made, tmp_path / "out")
+    before = _snapshot(tmp_path / "out")
+    proc = _start_export(tmp_path, "-o", "out", "--parity-tokens", "2")
+    return proc, _signal_mid_export(proc, tmp_path, sig), before
+
+
+def test_timed_sigterm_keeps_the_previous_export(default_export, tmp_path):
+    proc, _, before = _export_then_signal(default_export, tmp_path, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    (line,) = _error_lines(err)
+    assert "SIGTERM" in line and "Traceback" not in err
+    assert _snapshot(tmp_path / "out") == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_timed_sigkill_partial_is_removed_by_the_next_export(default_export, tmp_path):
+    proc, stale, before = _export_then_signal(default_export, tmp_path, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and stale.is_dir()
+    assert _snapshot(tmp_path / "out") == before
+    # the next export into the same parent (stopped once it starts loading, to stay cheap)
+    nxt = subprocess.run([sys.executable, "-m", "ftp_export.cli", "-o", "other"], cwd=tmp_path,
+                         env={**os.environ, FAULT_ENV: "loading"}, capture_output=True, text=True, timeout=300)
+    assert nxt.returncode == 143, nxt.stderr
+    assert f"removed {stale}, left by an export that was killed" in nxt.stdout
+    assert _snapshot(tmp_path / "out") == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_failing_rerun_keeps_the_passing_export(default_export, tmp_path, capsys):

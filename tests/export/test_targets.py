@@ -1,5 +1,6 @@
 """Every registered target on the embedded default model passes parity through the CLI, with its
-shipped schedule and with a schedule holding a dropped block and a block at sparsity 0.9."""
+shipped schedule (default prefill logits: each row's last valid token) and with a schedule holding
+a dropped block and a block at sparsity 0.9 (``--logits all``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import pytest
 
 from ftp_export.export.targets import target_names
+from tests.helpers import EXPORT_LOGITS
 
 EXPECTED_FILES = {
     "onnx": {"decoder_model.onnx", "decoder_with_past_model.onnx"},
@@ -25,8 +27,13 @@ def test_target_passes_parity_on_the_default_model(default_export, target, which
     for case in parity["cases"]:
         assert case["prefill_max_abs_diff"] <= 1e-4 and case["decode_max_abs_diff"] <= 1e-4, case
         assert case["routing_identical"] and case["tokens_identical"], case
+    logits = EXPORT_LOGITS[which]
+    assert parity["logits"] == logits and all(c["prefill_logits"] == logits for c in parity["cases"])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["target"] == target and manifest["parity"]["passed"]
+    assert manifest["logits"] == logits
+    assert manifest["graphs"]["prefill"]["logits"].startswith("[batch, 1, vocab]" if logits == "last" else "[batch, tokens, vocab]")
+    assert manifest["graphs"]["decode"]["logits"] == "[batch, tokens, vocab]"
     files = {f["path"] for f in manifest["files"]}
     assert EXPECTED_FILES[target] <= files
     assert any(p.startswith("schedule/") and p.endswith(".safetensors") for p in files)

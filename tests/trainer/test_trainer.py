@@ -91,7 +91,7 @@ def test_output_schedule_is_valid(first_run):
     assert 0 not in removal["order"] and all(k > 0 for k in removal["kl"])
     for png in ("s40.sparsity.png", "s40.losses.png"):
         assert first_run.with_name(png).stat().st_size > 1000
-    assert (first_run.parent / "s40.json.ckpt" / "ga3.json").is_file()
+    assert not (first_run.parent / "s40.json.ckpt").exists()  # a finished run removes its checkpoints
 
 
 @pytest.mark.parametrize("stop", ["ga1:1", "step1", "step2", "ga3:1"])
@@ -122,6 +122,7 @@ def test_bad_inputs(tiny_dir, text_file, tmp_path, capsys):
     for bad in ("0", "1", "1.5", "-0.2"):
         assert "(0, 1)" in _error(capsys, [*base, "--data", str(text_file), "--sparsity", bad])
     assert "not found" in _error(capsys, [*base, "--data", str(tmp_path / "missing.txt"), "--sparsity", "0.4"])
+    assert "--threads -1" in _error(capsys, [*base, "--data", str(text_file), "--sparsity", "0.4", "--threads", "-1"])
     one = build_tiny(tmp_path / "one-block", num_hidden_layers=1)
     msg = _error(capsys, ["--model", str(one), "-o", str(tmp_path / "y.json"), "--data", str(text_file), "--sparsity", "0.4"])
     assert "blocks" in msg

@@ -3,13 +3,16 @@
 ``meta.json`` (settings that determine the result), ``removal.json`` (greedy block-removal
 order), ``ga1.json`` / ``ga3.json`` (GA state), ``step2.json`` + ``step2.routers.safetensors``
 (trained routers, losses, decode thresholds). ``--resume`` continues from them; a run with
-different settings or unreadable files is refused.
+different settings or unreadable files is refused. A run without ``--resume`` discards them (and
+says so); a finished run removes the folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,10 @@ from ftp_export.errors import FTPError
 from ftp_export.routing.router import RouterBank
 from ftp_export_trainer import distributed as dist
 
-INTERRUPT_ENV = "FTP_TRAIN_INTERRUPT"  # test hook: "ga1:<gen>", "step1", "step2", "ga3:<gen>"
+# Test hook: FTP_TRAIN_INTERRUPT=<point>[@<signal>] with <point> one of "ga1:<gen>", "step1",
+# "step2", "ga3:<gen>" (each right after its checkpoint is written): raise Interrupted there, or,
+# with @KILL (@TERM, ...), send the process that signal, as a real kill at that point would.
+INTERRUPT_ENV = "FTP_TRAIN_INTERRUPT"
 
 
 class Interrupted(Exception):
@@ -26,9 +32,14 @@ class Interrupted(Exception):
 
 
 def maybe_interrupt(tag: str) -> None:
-    """Raise :class:`Interrupted` when :data:`INTERRUPT_ENV` names this point of the run."""
-    if os.environ.get(INTERRUPT_ENV) == tag:
-        raise Interrupted(f"simulated interrupt at {tag} ({INTERRUPT_ENV})")
+    """Raise :class:`Interrupted` (or send the named signal) when :data:`INTERRUPT_ENV` names this point."""
+    point, _, sig = os.environ.get(INTERRUPT_ENV, "").partition("@")
+    if point != tag:
+        return
+    if sig:
+        os.kill(os.getpid(), getattr(signal, "SIG" + sig.upper()))
+        time.sleep(1)  # give the signal time to arrive; a Python handler runs right after os.kill
+    raise Interrupted(f"simulated interrupt at {tag} ({INTERRUPT_ENV})")
 
 
 class Checkpoints:
@@ -39,12 +50,34 @@ class Checkpoints:
     def __init__(self, output: Path) -> None:
         self.dir = output.with_name(output.name + ".ckpt")
 
-    def reset(self) -> None:
-        """Forget an earlier run's checkpoints (a fresh run must not resume from them later)."""
+    def _ours(self) -> list[Path]:
+        """The checkpoint files present, and temporary files a killed write left behind."""
+        if not self.dir.is_dir():
+            return []
+        tmp = [p for name in self.FILES for p in self.dir.glob(f".{name}.*.tmp")]
+        return [self.path(name) for name in self.FILES if self.path(name).is_file()] + sorted(tmp)
+
+    def reset(self) -> list[str]:
+        """Forget an earlier run's checkpoints (a fresh run must not resume from them later);
+        returns the names of the checkpoint files discarded (temporary leftovers not named)."""
+        found = self._ours()
         if dist.is_main():
-            for name in self.FILES:
-                self.path(name).unlink(missing_ok=True)
+            for p in found:
+                p.unlink(missing_ok=True)
         dist.barrier()
+        return [p.name for p in found if not p.name.endswith(".tmp")]
+
+    def remove(self) -> None:
+        """After a finished run: delete the checkpoint files, and the folder unless it holds
+        files of someone else's (it is then left as it is)."""
+        if not dist.is_main():
+            return
+        for p in self._ours():
+            p.unlink(missing_ok=True)
+        try:
+            self.dir.rmdir()
+        except OSError:  # absent, or not empty: never delete files that are not ours
+            pass
 
     def path(self, name: str) -> Path:
         return self.dir / name

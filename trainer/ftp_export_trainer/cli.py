@@ -44,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity-weight", type=float, default=d.sparsity_weight, help="router loss: keep-rate constraint")
     p.add_argument("--select-every", type=int, default=d.select_every,
                    help="score the hard-routed routers every N steps and keep the best (0: keep the last)")
-    p.add_argument("--calib-samples", type=int, default=d.calib_samples, help="sequences for decode thresholds")
+    p.add_argument("--calib-samples", type=int, default=d.calib_samples,
+                   help="windows of text per context length for the decode thresholds (2 tokens decoded in each)")
+    p.add_argument("--calib-max-context", type=int, default=d.calib_max_context,
+                   help="longest context the decode thresholds are calibrated at (0: the model's limit, at most 2048)")
     p.add_argument("--route-first-block", action="store_true", help="also route block 0 (dense by default)")
     p.add_argument("--no-greedy-seeds", dest="greedy_seeds", action="store_false",
                    help="do not seed the GA with the greedy KL block-removal order")
@@ -55,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "by KL to dense (0: always step 3)")
     p.add_argument("--no-influence-seeds", dest="influence_seeds", action="store_false",
                    help="start the GA from the even spread only (default: also from ShortGPT block influence)")
-    p.add_argument("--resume", action="store_true", help="continue from <output>.ckpt/")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from <output>.ckpt/ (without it the checkpoints are discarded; a finished run removes them)")
     p.add_argument("--no-eval", dest="evaluate", action="store_false", help="skip the held-out comparison")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--device", default=d.device, help="cpu or cuda[:i] (cuda untested in CI)")

@@ -31,6 +31,7 @@ class CalibrationData:
     held_out: torch.Tensor  # [M, L] int64: the comparison table's windows
     validation: torch.Tensor  # [V, L] int64 (V may be 0): held-out windows after those, picks the final schedule
     source: dict[str, Any]
+    stream: torch.Tensor | None = None  # [N] int64: the training text's ids, for decode-threshold calibration
 
 
 class ByteTokenizer:
@@ -141,4 +142,5 @@ def load_data(
     validation = all_held[held_out_samples : held_out_samples + validation_samples]
     source.update(train_tokens=len(train_ids), held_out_tokens=len(held_ids), tokenizer=type(tokenizer).__name__,
                   validation_windows=len(validation))
-    return CalibrationData(train=train, held_out=held, validation=validation, source=source)
+    return CalibrationData(train=train, held_out=held, validation=validation, source=source,
+                           stream=torch.tensor(train_ids, dtype=torch.int64))

@@ -18,6 +18,7 @@ from ftp_export.devices import torch_dtype
 from ftp_export.errors import FTPError
 from ftp_export.evaluation.baselines import block_influence
 from ftp_export.flops import routed_linear_flop_ratio
+from ftp_export.routing.decode_thresholds import DecodeThresholds
 from ftp_export.routing.router import RouterBank, static_router_bank
 from ftp_export.schedule import Schedule, new_schedule, save_schedule
 from ftp_export_trainer import __version__
@@ -47,7 +48,7 @@ class Trained:
     selection: dict[str, Any]
     final: list[float]
     routers: RouterBank
-    thresholds: list[float | None]
+    thresholds: dict[str, Any]  # the schedule's decode_thresholds object + "calibration" (router_step.calibrate)
 
 
 def run(s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -78,6 +79,7 @@ def run(s: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
         save_schedule(schedule, output)
         report["schedule"] = str(output)
         write_report(report, output)
+        ctx.ckpt.remove()  # the run is finished: nothing left to resume
     dist.barrier()
     return report
 
@@ -117,7 +119,9 @@ def open_checkpoints(s: Settings, ref: ModelRef, log: Callable[[str], None]) -> 
         elif not isinstance(old, dict) or old.get("settings") != meta["settings"]:
             raise FTPError(f"--resume: checkpoint {ckpt.dir} was made with other settings (or is corrupt); use the same flags or delete it")
     else:
-        ckpt.reset()
+        discarded = ckpt.reset()
+        if discarded:
+            log(f"starting over without --resume: discarded checkpoints {', '.join(discarded)} in {ckpt.dir}")
     ckpt.write_json("meta.json", meta)
     return ckpt
 
@@ -136,7 +140,7 @@ def train(ctx: Context, timings: dict[str, float]) -> Trained:
     timings["step1_s"] = time.perf_counter() - t
     maybe_interrupt("step1")
     t = time.perf_counter()
-    bank, step2, thresholds = run_router_training(ctx, step1)
+    bank, step2 = run_router_training(ctx, step1)
     timings["step2_s"] = time.perf_counter() - t
     t = time.perf_counter()
     ga3 = run_search(ctx, "ga3", bank, s.seed + 3, step1)
@@ -145,9 +149,10 @@ def train(ctx: Context, timings: dict[str, float]) -> Trained:
     candidates = [("step 1", step1, static), ("step 2", step1, bank), ("step 3", step3, bank)]
     selection = select_final(ctx, candidates)
     _, final, routers = next(c for c in candidates if c[0] == selection["chosen"])
-    if not (routers is bank and final == step1):  # step 2's thresholds belong to step 1's sparsities and the trained routers
-        thresholds = calibrate(ctx, final, routers)
     timings["step3_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    thresholds = calibrate(ctx, final, routers)  # once, for the schedule written
+    timings["decode_thresholds_s"] = time.perf_counter() - t
     return Trained(uniform, ga1, ga3, step2, candidates, selection, final, routers, thresholds)
 
 
@@ -162,7 +167,7 @@ def build_schedule(ctx: Context, ref: ModelRef, trained: Trained) -> Schedule:
         ctx.hf.config,
         trained.final,
         routers=trained.routers.cpu(),
-        decode_thresholds=trained.thresholds,
+        decode_thresholds=DecodeThresholds(trained.thresholds["context_lengths"], trained.thresholds["per_block"]),
         name_or_path=ref.source if ref.name != "ftp-tiny-llama" else ref.name,
         produced_by={
             "tool": "ftp-train",
@@ -170,7 +175,7 @@ def build_schedule(ctx: Context, ref: ModelRef, trained: Trained) -> Schedule:
             "method": METHOD,
             "settings": _settings_doc(s),
             "data": ctx.data.source,
-            "calibration": {"decode_thresholds": {"samples": s.calib_samples, "prompt_len": s.seq_len // 2, "order": "block by block"}},
+            "calibration": {"decode_thresholds": trained.thresholds.get("calibration", {})},
             "seed": s.seed,
             "world_size": dist.world(),
             # ftp-export eval drops these blocks as a second layer-dropping baseline

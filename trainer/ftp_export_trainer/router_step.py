@@ -1,12 +1,12 @@
 """Step 2: dynamic routers for step 1's sparsities - fitted to per-token skip costs (2a),
-fine-tuned with the FTP losses (2b, straight-through) - and their decode thresholds;
-checkpointed when done."""
+fine-tuned with the FTP losses (2b, straight-through); checkpointed when done. Decode thresholds
+are calibrated once, for the final schedule (:func:`calibrate`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ftp_export.calibration.thresholds import calibrate_decode_thresholds
+from ftp_export.calibration.thresholds import calibrate_decode_thresholds, context_grid, default_max_context
 from ftp_export.routing.router import RouterBank, static_router_bank
 from ftp_export.schedule import routed_sparsity
 from ftp_export_trainer.checkpoints import maybe_interrupt
@@ -16,12 +16,11 @@ from ftp_export_trainer.router_fitting import RouterFitConfig, fit_routers
 from ftp_export_trainer.router_training import RouterTrainConfig, train_routers
 from ftp_export_trainer.skip_costs import skip_costs
 
-Step2 = tuple[RouterBank, dict[str, Any], list[float | None]]  # routers, record, decode thresholds
+Step2 = tuple[RouterBank, dict[str, Any]]  # routers, record
 
 
 def run_router_training(ctx: Context, sparsity: list[float]) -> Step2:
-    """Step 2; returns the bank, the step's record (fit, selection and loss history) and the
-    decode thresholds."""
+    """Step 2; returns the bank and the step's record (fit, selection and loss history)."""
     resumed = _resume(ctx)
     if resumed is not None:
         return resumed
@@ -53,11 +52,10 @@ def run_router_training(ctx: Context, sparsity: list[float]) -> Step2:
             evaluate=hard_kl if s.select_every > 0 else None, init=start if start is not static else None,
         )
     record["history"] = history
-    thresholds = calibrate(ctx, sparsity, bank)
     ctx.ckpt.write_routers("step2.routers.safetensors", bank)
-    ctx.ckpt.write_json("step2.json", {"done": True, "record": record, "decode_thresholds": thresholds})
+    ctx.ckpt.write_json("step2.json", {"done": True, "record": record})
     maybe_interrupt("step2")
-    return bank, record, thresholds
+    return bank, record
 
 
 def _resume(ctx: Context) -> Step2 | None:
@@ -68,7 +66,7 @@ def _resume(ctx: Context) -> Step2 | None:
     ctx.log("step 2: resuming with the trained routers")
     bank = ctx.ckpt.read_routers("step2.routers.safetensors", ctx.n)
     try:
-        return bank.to(ctx.data.train.device), doc["record"], doc["decode_thresholds"]
+        return bank.to(ctx.data.train.device), doc["record"]
     except KeyError as exc:
         raise ctx.ckpt.corrupt("step2.json", f"missing {exc}") from None
 
@@ -83,11 +81,16 @@ def _fit(ctx: Context, sparsity: list[float]) -> tuple[RouterBank, Any]:
                            progress=lambda b, v: bar.update(1))
 
 
-def calibrate(ctx: Context, sparsity: list[float], bank: RouterBank) -> list[float | None]:
-    """Decode thresholds of the routed blocks, calibrated on the first ``--calib-samples`` windows."""
+def calibrate(ctx: Context, sparsity: list[float], bank: RouterBank) -> dict[str, Any]:
+    """Decode threshold curves of the routed blocks, calibrated on ``--calib-samples`` windows of
+    the training text per context length up to ``--calib-max-context``. Returns the schedule's
+    ``decode_thresholds`` object plus ``"calibration"`` (what was measured), JSON-ready."""
     s = ctx.settings
-    seqs = ctx.data.train[: s.calib_samples]
     model = routed_model(ctx.hf, sparsity, bank)
-    with ctx.bar(sum(map(routed_sparsity, sparsity)), "decode thresholds") as bar:
-        thresholds, _ = calibrate_decode_thresholds(model, seqs, max(1, seqs.shape[1] // 2), progress=lambda p, n: bar.update(1))
-    return thresholds
+    stream = ctx.data.stream if ctx.data.stream is not None else ctx.data.train.reshape(-1)
+    max_context = s.calib_max_context or default_max_context(ctx.hf.config)
+    steps = len(context_grid(max_context)) * sum(map(routed_sparsity, sparsity))
+    with ctx.bar(steps, "decode thresholds") as bar:
+        result = calibrate_decode_thresholds(model, stream.to(model.device), max_context, windows=s.calib_samples,
+                                             batch_size=s.batch_size, progress=lambda p, n: bar.update(1))
+    return {**result.thresholds.to_json(), "calibration": result.record()}

@@ -44,7 +44,8 @@ class Settings:
     distill_weight: float = DEFAULT_WEIGHTS["distill"]
     guide_weight: float = DEFAULT_WEIGHTS["guide"]
     sparsity_weight: float = DEFAULT_WEIGHTS["sparsity"]
-    calib_samples: int = 4
+    calib_samples: int = 128  # windows per context length for the decode thresholds (ftp-export calibrate: 256)
+    calib_max_context: int = 0  # 0: the model's limit, at most 2048
     route_first_block: bool = False
     influence_seeds: bool = True
     greedy_seeds: bool = True
@@ -83,6 +84,10 @@ def validate(s: Settings) -> None:
         raise FTPError("--generations, --fit-steps, --router-steps and --validation-samples must be >= 0")
     if not (0.0 < s.max_block_sparsity <= 1.0):
         raise FTPError("--max-block-sparsity must be in (0, 1]")
+    if s.calib_max_context != 0 and s.calib_max_context < 2:
+        raise FTPError(f"--calib-max-context {s.calib_max_context}: must be >= 2 (or 0: the model's limit, at most 2048)")
+    if s.threads < 0:
+        raise FTPError(f"--threads {s.threads}: must be >= 0 (0: half the cores per process)")
 
 
 def default_threads() -> int:

@@ -3,7 +3,7 @@
 ``decoder_model.pt2`` / ``decoder_with_past_model.pt2`` load without the model code:
 
     runner = torch._inductor.aoti_load_package("decoder_model.pt2")
-    logits, *present_and_routing = runner(input_ids, attention_mask, position_ids)
+    logits, *present_and_routing = runner(input_ids, attention_mask, position_ids)  # logits [B, 1, V] by default
 
 From C++: ``torch::inductor::AOTIModelPackageLoader loader("decoder_model.pt2");
 auto outputs = loader.run({input_ids, attention_mask, position_ids});`` (link libtorch). Inputs
@@ -57,7 +57,7 @@ class AotiTarget(Target):
     def export(self, model: RoutedCausalLM, out: Path, req: ExportRequest, log: Log) -> TargetResult:
         from ftp_export.runtimes.aoti import AotiRuntime
 
-        specs = trace_specs(model)
+        specs = trace_specs(model, req.logits)
         files = {}
         for graph, spec in specs.items():
             log(f"      AOTInductor: {graph} graph")

@@ -30,7 +30,7 @@ class OnnxTarget(Target):
     def export(self, model: RoutedCausalLM, out: Path, req: ExportRequest, log: Log) -> TargetResult:
         from ftp_export.runtimes.ort import OrtRuntime
 
-        graphs = export_onnx(model, out)
+        graphs = export_onnx(model, out, logits=req.logits)
         runtime = OrtRuntime(graphs.files, graphs.signatures, device=req.device)
         return TargetResult(
             manifest={"opset": OPSET, "graphs": graphs.manifest(out), "runtime": runtime.info()},

@@ -76,7 +76,7 @@ class TrtTarget(Target):
         from ftp_export.trt.reference_ops import reference_session
 
         plugin_model = RoutedCausalLM(model.hf, model.schedule, lowering=PluginLowering()).eval()
-        graphs = export_onnx(plugin_model, out, custom_translation_table=onnx_translation_table())
+        graphs = export_onnx(plugin_model, out, custom_translation_table=onnx_translation_table(), logits=req.logits)
         write_build_kit(out, model, graphs.signatures)
         engine = _maybe_build_engines(out, log)
         if engine["built"]:  # parity on the engines themselves
