@@ -214,7 +214,7 @@ def decode_case(args: argparse.Namespace, ext: Any, b: int, *, device: str = "cu
     scores = torch.full((b, 1), abs(thr) + 1.0, device=device, dtype=torch.float32)
     gathered = torch.empty(b, d, device=device, dtype=dtype)
     flat_rows = torch.empty(b, device=device, dtype=torch.int64)
-    count = torch.empty((), device=device, dtype=torch.int64)
+    count = torch.empty((), device=device, dtype=torch.int32)
     out = torch.empty_like(hidden)
     ws_gather = workspace(ext, "threshold_gather", b, 1, device)
     ws_scatter = workspace(ext, "row_scatter", b, 1, device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -136,7 +137,8 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
     with atomic_dir(out, divert) as tmp:
         _fault("exporting")
         log(f"[2/{steps}] exporting target {req.target} (overall sparsity {schedule.target_sparsity:.2f})")
-        result = target.export(routed, tmp, req, log)
+        # the target builds in `tmp`; what it tells the user (notes, commands) names the final folder `out`
+        result = target.export(routed, tmp, dataclasses.replace(req, output=str(out)), log)
         _copy_schedule(schedule, tmp / "schedule")
         _fault("parity")
         if result.runtime is not None:

@@ -116,7 +116,7 @@ def register_onnx_schemas() -> None:
         (NODE_TOPK_SCATTER, [("residual", "T"), ("rows", "T"), ("indices", "tensor(int64)"), ("active", "tensor(bool)")],
          [("out", "T")], []),
         (NODE_THRESHOLD_GATHER, [("hidden", "T"), ("scores", "tensor(float)"), ("valid", "tensor(bool)")],
-         [("gathered", "T"), ("rows", "tensor(int64)"), ("count", "tensor(int64)")],
+         [("gathered", "T"), ("rows", "tensor(int64)"), ("count", "tensor(int32)")],
          [OpSchema.Attribute("threshold", OpSchema.AttrType.FLOAT, "keep iff score >= threshold", required=True)]),
         (NODE_ROW_SCATTER, [("residual", "T"), ("rows_data", "T"), ("rows", "tensor(int64)")], [("out", "T")], []),
     ]

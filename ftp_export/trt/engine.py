@@ -31,13 +31,14 @@ def _shapes(name: str, batch: int, seq: int, past: int, kv_heads: int, head_dim:
     return (batch, kv_heads, past, head_dim)  # past_key_values.*
 
 
-def build_engines(folder: Path, log: Any, precision: str = "bf16") -> dict[str, Any]:
-    """Build decoder_model.engine and decoder_with_past_model.engine in ``folder``."""
+def build_engines(folder: Path, log: Any, precision: str = "bf16", shown: Path | None = None) -> dict[str, Any]:
+    """Build decoder_model.engine and decoder_with_past_model.engine in ``folder``; the message names
+    ``shown`` (default ``folder``): the folder the user gets when ``folder`` is a temporary build folder."""
     import tensorrt as trt
 
     lib = find_plugin_library(folder)
     if lib is None:
-        return {"built": False, "message": f"TensorRT engine not built: no libftp_plugins.so; run {folder}/build_engines.sh"}
+        return {"built": False, "message": f"TensorRT engine not built: no libftp_plugins.so; run {(shown or folder) / 'build_engines.sh'}"}
     logger = trt.Logger(trt.Logger.WARNING)
     registry = trt.get_plugin_registry()
     registry.load_library(str(lib))
@@ -71,4 +72,4 @@ def build_engines(folder: Path, log: Any, precision: str = "bf16") -> dict[str, 
         engine.write_bytes(bytes(blob))
         built[onnx_file] = engine.name
         log(f"      built {engine.name}")
-    return {"built": True, "engines": built, "precision": precision, "message": "TensorRT engines built"}
+    return {"built": True, "engines": built, "precision": precision, "message": f"TensorRT engines built in {shown or folder}"}

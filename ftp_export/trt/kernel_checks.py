@@ -198,7 +198,7 @@ def check_threshold_gather(
     check_float(threshold, "threshold")
     if b * t > INT32_MAX:
         raise value_error(f"B*T = {b}*{t} is too large")
-    specs = [("gathered", gathered, (h.dtype,), (b * t, d)), ("rows", rows, (torch.int64,), (b * t,)), ("count", count, (torch.int64,), ())]
+    specs = [("gathered", gathered, (h.dtype,), (b * t, d)), ("rows", rows, (torch.int64,), (b * t,)), ("count", count, (torch.int32,), ())]
     _check_outputs(specs, [("hidden", h), ("scores", s), ("valid", v)], h.device, require_cuda, upper_bound=True)
     return b, t, d
 

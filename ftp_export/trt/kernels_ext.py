@@ -272,13 +272,13 @@ def topk_scatter(
 def threshold_gather_padded(
     hidden: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, threshold: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """No host sync: ``gathered [B*T,D]`` and ``rows [B*T]`` of which the first ``count`` (0-d int64
+    """No host sync: ``gathered [B*T,D]`` and ``rows [B*T]`` of which the first ``count`` (0-d int32
     on the device) are written."""
     hidden, scores, valid = _dense(hidden), _scores(scores), _dense(valid)
     b, t, d = check_threshold_gather(hidden, scores, valid, threshold)
     gathered = hidden.new_empty(b * t, d)
     rows = torch.empty(b * t, dtype=torch.int64, device=hidden.device)
-    count = torch.empty((), dtype=torch.int64, device=hidden.device)
+    count = torch.empty((), dtype=torch.int32, device=hidden.device)
     threshold_gather_out(hidden, scores, valid, threshold, gathered, rows, count)
     return gathered, rows, count
 

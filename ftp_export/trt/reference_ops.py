@@ -55,10 +55,10 @@ def register() -> str:
         return _np(_ref.topk_scatter(*args))
 
     @onnx_op(op_type="FtpThresholdGather", inputs=[d.dt_float, d.dt_float, d.dt_bool],
-             outputs=[d.dt_float, d.dt_int64, d.dt_int64], attrs={"threshold": d.dt_float, **plugin})
+             outputs=[d.dt_float, d.dt_int64, d.dt_int32], attrs={"threshold": d.dt_float, **plugin})
     def _threshold_gather(hidden, scores, valid, **kw):
         g, r = _ref.threshold_gather(torch.from_numpy(hidden), torch.from_numpy(scores), torch.from_numpy(valid), float(kw["threshold"]))
-        return _np(g), _np(r), np.array(r.numel(), dtype=np.int64)
+        return _np(g), _np(r), np.array(r.numel(), dtype=np.int32)
 
     @onnx_op(op_type="FtpRowScatter", inputs=[d.dt_float, d.dt_float, d.dt_int64], outputs=[d.dt_float], attrs=plugin)
     def _row_scatter(residual, rows_data, rows, **kw):

@@ -12,7 +12,9 @@
  *     0 = false, anything else = true.
  *   - Every launch is asynchronous on `stream`: no host synchronisation, no device-to-host copy,
  *     no allocation. Scratch memory comes from `workspace` (at least *_workspace_size() bytes,
- *     256-byte aligned; may be NULL when the size query returns 0).
+ *     256-byte aligned; may be NULL when the size query returns 0). Sizing it is the caller's
+ *     job: `workspace_size` is not checked by the launches (TensorRT's enqueue does not say how
+ *     much it allocated; the PyTorch extension checks its workspace tensor before launching).
  *   - Return value: cudaSuccess, cudaErrorInvalidValue for bad arguments (nothing is launched),
  *     or the launch error reported by cudaGetLastError().
  *
@@ -85,13 +87,13 @@ cudaError_t ftp_topk_scatter_launch(void const* residual, void const* rows, int6
 
 /* ---- FtpThresholdGather -------------------------------------------------------------------
  * hidden [B,T,D], scores [B,T] float32, valid [B,T] bool, threshold
- *   -> gathered [N,D], rows [N] int64 (flat b*T+t, ascending), count [] int64 = N.
- * `gathered` and `rows` must have room for the upper bound B*T rows; only the first N are
+ *   -> gathered [N,D], rows [N] int64 (flat b*T+t, ascending), count [] int32 = N
+ * (int32: TensorRT size tensors are kINT32; B*T must be < 2^31). `gathered` and `rows` must have room for the upper bound B*T rows; only the first N are
  * written. N stays on the device (count); the row copy reads it there.
  */
 size_t ftp_threshold_gather_workspace_size(int64_t B, int64_t T);
 cudaError_t ftp_threshold_gather_launch(void const* hidden, float const* scores, uint8_t const* valid,
-    float threshold, void* gathered, int64_t* rows, int64_t* count, ftp_dtype_t dtype, int64_t B, int64_t T,
+    float threshold, void* gathered, int64_t* rows, int32_t* count, ftp_dtype_t dtype, int64_t B, int64_t T,
     int64_t D, void* workspace, size_t workspace_size, cudaStream_t stream);
 
 /* ---- FtpRowScatter ------------------------------------------------------------------------

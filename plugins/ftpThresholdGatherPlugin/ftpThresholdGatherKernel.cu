@@ -2,7 +2,7 @@
  * FtpThresholdGather kernels.
  *
  * A token is kept iff valid && score >= threshold (float32). Kept flat indices b*T+t are compacted
- * in ascending order into `rows`, their number N into `count` (device memory, int64), then the
+ * in ascending order into `rows`, their number N into `count` (device memory, int32: TensorRT size tensors are kINT32), then the
  * kept hidden rows are copied to `gathered`. N never reaches the host: the row copy is launched
  * for the upper bound B*T rows and reads N on the device.
  *
@@ -30,7 +30,7 @@ __device__ __forceinline__ bool keep(float const* scores, uint8_t const* valid, 
 
 __global__ void __launch_bounds__(kSelectThreads) thresholdSelectBlockKernel(float const* __restrict__ scores,
     uint8_t const* __restrict__ valid, float threshold, int64_t M, int64_t* __restrict__ rows,
-    int64_t* __restrict__ count)
+    int32_t* __restrict__ count)
 {
     using Scan = cub::BlockScan<int, kSelectThreads>;
     __shared__ typename Scan::TempStorage storage;
@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(kSelectThreads) thresholdSelectBlockKernel(flo
     }
     if (threadIdx.x == 0)
     {
-        *count = carry;
+        *count = static_cast<int32_t>(carry); // carry <= M < 2^31 (checked by the launch)
     }
 }
 
@@ -70,7 +70,7 @@ size_t cubSelectBytes(int64_t M)
 {
     size_t bytes = 0;
     cub::DeviceSelect::Flagged(nullptr, bytes, static_cast<int64_t const*>(nullptr),
-        static_cast<uint8_t const*>(nullptr), static_cast<int64_t*>(nullptr), static_cast<int64_t*>(nullptr), M);
+        static_cast<uint8_t const*>(nullptr), static_cast<int64_t*>(nullptr), static_cast<int32_t*>(nullptr), M);
     return bytes;
 }
 
@@ -79,12 +79,12 @@ struct FlatGatherSrc
 {
     char const* hidden;
     int64_t const* flatRows;
-    int64_t const* count;
+    int32_t const* count;
     int64_t rowBytes;
 
     __device__ __forceinline__ int64_t numRows(int64_t maxRows) const
     {
-        int64_t const n = *count;
+        int64_t const n = *count;  // int32 on the device, widened
         return n < maxRows ? n : maxRows;
     }
     __device__ __forceinline__ char const* source(int64_t r) const
@@ -109,18 +109,18 @@ extern "C" size_t ftp_threshold_gather_workspace_size(int64_t B, int64_t T)
 }
 
 extern "C" cudaError_t ftp_threshold_gather_launch(void const* hidden, float const* scores, uint8_t const* valid,
-    float threshold, void* gathered, int64_t* rows, int64_t* count, ftp_dtype_t dtype, int64_t B, int64_t T,
-    int64_t D, void* workspace, size_t workspace_size, cudaStream_t stream)
+    float threshold, void* gathered, int64_t* rows, int32_t* count, ftp_dtype_t dtype, int64_t B, int64_t T,
+    int64_t D, void* workspace, size_t /*workspace_size*/, cudaStream_t stream)
 {
     using namespace ftp;
-    if (!validDtype(dtype) || B < 0 || T < 0 || D < 0 || count == nullptr)
+    if (!validDtype(dtype) || B < 0 || T < 0 || D < 0 || B * T > 0x7fffffff || count == nullptr)
     {
         return cudaErrorInvalidValue;
     }
     int64_t const M = B * T;
     if (M == 0)
     {
-        return cudaMemsetAsync(count, 0, sizeof(int64_t), stream);
+        return cudaMemsetAsync(count, 0, sizeof(int32_t), stream);
     }
     if (scores == nullptr || valid == nullptr || rows == nullptr || (D > 0 && (hidden == nullptr || gathered == nullptr)))
     {
@@ -134,8 +134,8 @@ extern "C" cudaError_t ftp_threshold_gather_launch(void const* hidden, float con
     }
     else
     {
-        size_t const need = ftp_threshold_gather_workspace_size(B, T);
-        if (workspace == nullptr || workspace_size < need)
+        // the caller sized `workspace` (ftp_kernels.h: workspace_size is not checked here)
+        if (workspace == nullptr)
         {
             return cudaErrorInvalidValue;
         }

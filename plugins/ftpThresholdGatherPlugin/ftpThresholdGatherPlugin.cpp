@@ -2,7 +2,7 @@
  * FtpThresholdGather TensorRT glue (IPluginV3). See ftpThresholdGatherPlugin.h and plugins/README.md.
  *
  * Inputs : 0 hidden [B,T,D] float/half/bf16, 1 scores [B,T] float, 2 valid [B,T] bool
- * Outputs: 0 gathered [N,D] (hidden's type), 1 rows [N] int64, 2 count [] int64 = N (size tensor,
+ * Outputs: 0 gathered [N,D] (hidden's type), 1 rows [N] int64, 2 count [] int32 = N (size tensor, kINT32 as TensorRT requires;
  *          declared with IExprBuilder::declareSizeTensor(2, opt = B*T, upper = B*T))
  * Fields : threshold (float, required)
  */
@@ -70,7 +70,7 @@ cudaError_t FtpThresholdGatherPlugin::launch(PluginTensorDesc const* inputDesc, 
     // outputs 0/1 are allocated by TensorRT for the upper bound B*T rows; N is written to output 2
     return ftp_threshold_gather_launch(inputs[0], static_cast<float const*>(inputs[1]),
         static_cast<uint8_t const*>(inputs[2]), mThreshold, outputs[0], static_cast<int64_t*>(outputs[1]),
-        static_cast<int64_t*>(outputs[2]), dtype, d.d[0], d.d[1], d.d[2], workspace, workspaceSize, stream);
+        static_cast<int32_t*>(outputs[2]), dtype, d.d[0], d.d[1], d.d[2], workspace, workspaceSize, stream);
 }
 
 } // namespace plugin

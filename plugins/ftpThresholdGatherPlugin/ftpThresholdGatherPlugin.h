@@ -19,9 +19,9 @@ public:
     static constexpr char const* kNAME = "FtpThresholdGather";
     static constexpr int32_t kNB_INPUTS = 3;
     static constexpr int32_t kNB_OUTPUTS = 3;
-    //! hidden, scores, valid -> gathered, rows, count (size tensor)
+    //! hidden, scores, valid -> gathered, rows, count (size tensor: TensorRT requires kINT32; N <= B*T < 2^31)
     static constexpr IoType kIO[] = {IoType::kHIDDEN, IoType::kFLOAT, IoType::kBOOL, IoType::kHIDDEN, IoType::kINT64,
-        IoType::kINT64};
+        IoType::kINT32};
     static constexpr int32_t kINPUT_RANKS[] = {3, 2, 2};
     static constexpr char const* kEXPECTS = "hidden [B,T,D], scores [B,T], valid [B,T]";
     static constexpr size_t (*kWORKSPACE_SIZE)(int64_t, int64_t) = &ftp_threshold_gather_workspace_size;

@@ -356,7 +356,7 @@ std::string thresholdGatherOut(at::Tensor const& hidden, at::Tensor const& score
         FTP_RETURN_IF_ERROR(checkShape(valid, "valid", {B, T}));
         FTP_RETURN_IF_ERROR(checkTensor(gathered, "gathered", hidden.scalar_type(), 2, dev));
         FTP_RETURN_IF_ERROR(checkTensor(rows, "rows", at::kLong, 1, dev));
-        FTP_RETURN_IF_ERROR(checkTensor(count, "count", at::kLong, 0, dev));
+        FTP_RETURN_IF_ERROR(checkTensor(count, "count", at::kInt, 0, dev));
         FTP_RETURN_IF_ERROR(checkShape(gathered, "gathered (upper bound B*T rows)", {B * T, D}));
         FTP_RETURN_IF_ERROR(checkShape(rows, "rows (upper bound B*T)", {B * T}));
         FTP_RETURN_IF_ERROR(checkDisjoint({{&gathered, "gathered"}, {&rows, "rows"}, {&count, "count"}},
@@ -368,7 +368,7 @@ std::string thresholdGatherOut(at::Tensor const& hidden, at::Tensor const& score
             ftp_threshold_gather_launch(hidden.const_data_ptr(), static_cast<float const*>(scores.const_data_ptr()),
                 static_cast<uint8_t const*>(valid.const_data_ptr()), static_cast<float>(threshold),
                 gathered.mutable_data_ptr(), static_cast<int64_t*>(rows.mutable_data_ptr()),
-                static_cast<int64_t*>(count.mutable_data_ptr()), dtype, B, T, D, workspace.mutable_data_ptr(), static_cast<size_t>(workspace.numel()),
+                static_cast<int32_t*>(count.mutable_data_ptr()), dtype, B, T, D, workspace.mutable_data_ptr(), static_cast<size_t>(workspace.numel()),
                 c10::cuda::getCurrentCUDAStream().stream()),
             "ftp_threshold_gather_launch");
     });

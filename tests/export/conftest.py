@@ -3,7 +3,10 @@ tests that read them (parity verdicts, manifests, the AOTInductor packages thems
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +36,8 @@ def drop09_schedule(default_model, tmp_path_factory) -> Path:
 def default_export(drop09_schedule, tmp_path_factory) -> Callable[[str, str], tuple[int, Path, dict]]:
     """``default_export(target, which)`` -> (exit status, folder, parity report); ``which`` is
     'shipped' (the default model's s40, default ``--logits last``) or 'drop+0.9' (``--logits all``),
-    see ``tests.helpers.EXPORT_LOGITS``. Each export runs once per session."""
+    see ``tests.helpers.EXPORT_LOGITS``. Each export runs once per session; what it printed is kept in
+    ``folder.parent / "stdout.txt"``."""
     made: dict[tuple[str, str], tuple[int, Path, dict]] = {}
 
     def export(target: str, which: str) -> tuple[int, Path, dict]:
@@ -41,7 +45,13 @@ def default_export(drop09_schedule, tmp_path_factory) -> Callable[[str, str], tu
             schedule = DEFAULT_SCHEDULE if which == "shipped" else drop09_schedule
             out = tmp_path_factory.mktemp("exports") / f"{target}-{which}"
             logits = [] if EXPORT_LOGITS[which] == "last" else ["--logits", EXPORT_LOGITS[which]]  # "last": the default
-            rc = main(["--target", target, "--schedule", str(schedule), "-o", str(out), "--parity-tokens", "6", *logits])
+            printed = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(printed):
+                    rc = main(["--target", target, "--schedule", str(schedule), "-o", str(out), "--parity-tokens", "6", *logits])
+            finally:
+                sys.stdout.write(printed.getvalue())
+            (out.parent / "stdout.txt").write_text(printed.getvalue())  # what the user saw, for tests that read it
             made[target, which] = (rc, out, json.loads((out / "parity.json").read_text()))
         return made[target, which]
 

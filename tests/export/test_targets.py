@@ -5,6 +5,7 @@ a dropped block and a block at sparsity 0.9 (``--logits all``)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,19 @@ def test_target_passes_parity_on_the_default_model(default_export, target, which
         outputs = manifest["graphs"]["prefill"]["outputs"]
         assert "routing.1.indices" not in outputs and "routing.2.indices" in outputs
     assert not [p for p in out.parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+def test_trt_note_names_paths_that_exist(default_export):
+    """The note printed after ``--target trt`` (the manifest's ``engine.message``) names the folder the
+    export ends in, not the hidden temporary folder it was built in: every path it names exists."""
+    rc, out, _ = default_export("trt", "shipped")
+    assert rc == 0
+    message = json.loads((out / "manifest.json").read_text())["engine"]["message"]
+    printed = (out.parent / "stdout.txt").read_text()
+    assert message in printed.splitlines()
+    assert ".partial-" not in printed
+    paths = [w.rstrip(".,;:") for w in message.split() if "/" in w or w.endswith(".sh")]
+    assert paths, message
+    for path in paths:
+        assert Path(path).exists(), f"{path} (named by {message!r}) does not exist"
+    assert any(Path(p).resolve() in (out.resolve(), (out / "build_engines.sh").resolve()) for p in paths), message

@@ -65,7 +65,7 @@ def threshold_args(b=3, t=5, d=4, dtype=torch.float32, device=CPU):
         threshold=0.5,
         gathered=torch.empty(b * t, d, dtype=dtype, device=device),
         rows=torch.empty(b * t, dtype=torch.int64, device=device),
-        count=torch.empty((), dtype=torch.int64, device=device),
+        count=torch.empty((), dtype=torch.int32, device=device),
     )
 
 

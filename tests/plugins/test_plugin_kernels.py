@@ -280,7 +280,7 @@ def test_threshold_gather_and_row_scatter(ext, shape, dtype):
         assert torch.equal(exp_rows.cpu(), selection.threshold_select(scores_cpu, valid_cpu, threshold))
         n = exp_rows.numel()
         gathered, rows = poisoned((b * t, d), dtype), torch.full((b * t,), -7, dtype=torch.int64, device=DEV)
-        count = torch.full((), -7, dtype=torch.int64, device=DEV)
+        count = torch.full((), -7, dtype=torch.int32, device=DEV)
         kernels_ext.threshold_gather_out(hidden, scores, valid, threshold, gathered, rows, count)
         assert int(count) == n, f"count for threshold {threshold}"
         assert_bits_equal(rows[:n], exp_rows, f"rows (threshold {threshold})")
@@ -343,7 +343,7 @@ def test_launches_are_graph_capturable(ext):
     out = torch.empty_like(hidden)
     tg = torch.empty(b * t, d, dtype=hidden.dtype, device=DEV)
     rows = torch.empty(b * t, dtype=torch.int64, device=DEV)
-    count = torch.empty((), dtype=torch.int64, device=DEV)
+    count = torch.empty((), dtype=torch.int32, device=DEV)
     rs_rows = torch.arange(0, b * t, 3, device=DEV)
     rs_data = make_hidden((rs_rows.numel(), d), torch.bfloat16, seed=2)
     out2 = torch.empty_like(hidden)
@@ -353,7 +353,7 @@ def test_launches_are_graph_capturable(ext):
     big_g = torch.empty(2 * 9000, 8, dtype=big_h.dtype, device=DEV)
     big_rows, big_count = (
         torch.empty(2 * 9000, dtype=torch.int64, device=DEV),
-        torch.empty((), dtype=torch.int64, device=DEV),
+        torch.empty((), dtype=torch.int32, device=DEV),
     )
     ws_gather = kernels_ext.new_workspace("topk_gather", b, t, DEV)
     ws_tg = kernels_ext.new_workspace("threshold_gather", b, t, DEV)
@@ -412,7 +412,7 @@ def _raw_calls(dev: torch.device):
     ws0 = torch.empty(0, dtype=torch.uint8, device=dev)
     ws = torch.empty(4096, dtype=torch.uint8, device=dev)
     out = torch.empty_like(h)
-    cnt = torch.empty((), dtype=torch.int64, device=dev)
+    cnt = torch.empty((), dtype=torch.int32, device=dev)
     tg, tr = torch.empty(4, 8, device=dev), torch.empty(4, dtype=torch.int64, device=dev)
     long_h = torch.zeros(1, 131073, 1, device=dev)
     long_s, long_v = long_h[..., 0].contiguous(), torch.ones(1, 131073, dtype=torch.bool, device=dev)

@@ -78,7 +78,8 @@ class TrtTarget(Target):
         plugin_model = RoutedCausalLM(model.hf, model.schedule, lowering=PluginLowering()).eval()
         graphs = export_onnx(plugin_model, out, custom_translation_table=onnx_translation_table(), logits=req.logits)
         write_build_kit(out, model, graphs.signatures)
-        engine = _maybe_build_engines(out, log)
+        # `out` is the temporary build folder; messages name the folder the user gets (req.output)
+        engine = _maybe_build_engines(out, Path(req.output) if req.output else out, log)
         if engine["built"]:  # parity on the engines themselves
             from ftp_export.runtimes.tensorrt import TensorrtRuntime
 
@@ -108,13 +109,14 @@ def _tensorrt_importable() -> bool:
     return True
 
 
-def _maybe_build_engines(out: Path, log: Log) -> dict[str, Any]:
+def _maybe_build_engines(out: Path, final: Path, log: Log) -> dict[str, Any]:
+    """Build in ``out``; messages name ``final``, the folder the export ends in."""
     if not _tensorrt_importable():
         return {
             "built": False,
             "message": "TensorRT engine not built: the tensorrt package is not importable here; "
-            "run build_engines.sh in the export folder on a machine with TensorRT",
+            f"run {final / 'build_engines.sh'} on a machine with TensorRT",
         }
     from ftp_export.trt.engine import build_engines
 
-    return build_engines(out, log)
+    return build_engines(out, log, shown=final)
