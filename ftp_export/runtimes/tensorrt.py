@@ -93,35 +93,57 @@ def _torch_dtype(trt_dtype: Any) -> torch.dtype:
     }[trt_dtype]
 
 
-def _torch_output_allocator(dtype: torch.dtype) -> Any:
-    """An IOutputAllocator backed by one growing torch CUDA buffer, allocated in elements.
+class OutputBuffer:
+    """The memory logic of the output allocator, free of TensorRT so it can be tested anywhere.
 
     TensorRT may ask for a positive byte size even for an empty tensor, and the size need not be
-    a multiple of the element size: the buffer holds ceil(size / itemsize) elements and the
-    result is sliced to the notified shape (so N = 0 rows gives an empty tensor)."""
-    import tensorrt as trt
+    a multiple of the element size: the buffer holds ceil(size / itemsize) elements (at least
+    one), grows only when a request exceeds it (one upper-bound buffer reused across steps), and
+    the result is sliced to the notified shape (so N = 0 rows gives an empty tensor)."""
 
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    def __init__(self, dtype: torch.dtype, device: str | torch.device = "cuda") -> None:
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.itemsize = torch.empty((), dtype=dtype).element_size()
+        self.buffer = torch.empty(0, dtype=dtype, device=self.device)
+        self.shape: tuple[int, ...] = (0,)
+
+    def reserve(self, size_bytes: int) -> int:
+        """Room for ``size_bytes``; returns the buffer's address."""
+        elements = max(1, math.ceil(int(size_bytes) / self.itemsize))
+        if self.buffer.numel() < elements:
+            self.buffer = torch.empty(elements, dtype=self.dtype, device=self.device)
+        return self.buffer.data_ptr()
+
+    def set_shape(self, shape: tuple[int, ...]) -> None:
+        self.shape = tuple(int(d) for d in shape)
+
+    def result(self) -> torch.Tensor:
+        need = math.prod(self.shape)
+        if need > self.buffer.numel():
+            raise FTPError(f"TensorRT reported output shape {self.shape} but allocated only {self.buffer.numel()} elements")
+        return self.buffer[:need].view(self.shape)
+
+
+def _torch_output_allocator(dtype: torch.dtype) -> Any:
+    """An IOutputAllocator backed by one growing torch CUDA buffer (:class:`OutputBuffer`)."""
+    import tensorrt as trt
 
     class Allocator(trt.IOutputAllocator):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
             super().__init__()
-            self.buffer = torch.empty(0, dtype=dtype, device="cuda")
-            self.shape: tuple[int, ...] = (0,)
+            self.memory = OutputBuffer(dtype, "cuda")
 
         def reallocate_output_async(self, name, memory, size, alignment, stream):  # noqa: ARG002
-            elements = max(1, math.ceil(int(size) / itemsize))
-            if self.buffer.numel() < elements:  # reuse the upper-bound buffer across steps
-                self.buffer = torch.empty(elements, dtype=dtype, device="cuda")
-            return self.buffer.data_ptr()
+            return self.memory.reserve(size)
 
         def reallocate_output(self, name, memory, size, alignment):  # TensorRT < 10 fallback
-            return self.reallocate_output_async(name, memory, size, alignment, None)
+            return self.memory.reserve(size)
 
         def notify_shape(self, name, shape):  # noqa: ARG002
-            self.shape = tuple(shape)
+            self.memory.set_shape(tuple(shape))
 
         def result(self) -> torch.Tensor:
-            return self.buffer[: math.prod(self.shape)].view(self.shape)
+            return self.memory.result()
 
     return Allocator()
