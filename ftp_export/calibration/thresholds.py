@@ -15,7 +15,7 @@ linear in the context length (:mod:`ftp_export.routing.decode_thresholds`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -161,6 +161,16 @@ def calibrate_decode_thresholds(
     return CalibrationResult(result, block_rates, [p.ids.shape[0] * p.decode for p in plans], decode_tokens, windows)
 
 
+def _prefilled(model: RoutedCausalLM, ids: torch.Tensor, prompt: int, batch_size: int, last: int) -> Iterator[tuple[torch.Tensor, list]]:
+    """Windows ``ids`` in batches: (the batch, its cache after prefilling ``prompt`` tokens). Blocks
+    after ``last`` (the last routed block) and the LM head are never needed, so never run."""
+    for i in range(0, ids.shape[0], batch_size):
+        part = ids[i : i + batch_size]
+        cache = TensorCache()
+        model(part[:, :prompt], torch.ones_like(part[:, :prompt]), past_key_values=cache, mode="prefill", stop_after_block=last)
+        yield part, cache.present
+
+
 def _calibrate_knot(model, ids, prompt, routed, batch_size, tick) -> tuple[list[float | None], list[float | None]]:
     """Block-by-block thresholds at one knot: the windows are prefilled once; per block, the
     decode call runs up to that block (its threshold at -inf, i.e. keeping every token)."""
@@ -168,13 +178,7 @@ def _calibrate_knot(model, ids, prompt, routed, batch_size, tick) -> tuple[list[
     n = schedule.num_blocks
     thr: list[float | None] = [None] * n
     rate: list[float | None] = [None] * n
-    chunks = []
-    for i in range(0, ids.shape[0], batch_size):
-        part = ids[i : i + batch_size]
-        cache = TensorCache()  # blocks after the last routed one (and the LM head) are never needed
-        model(part[:, :prompt], torch.ones_like(part[:, :prompt]), past_key_values=cache, mode="prefill",
-              stop_after_block=routed[-1])
-        chunks.append((part, cache.present))
+    chunks = list(_prefilled(model, ids, prompt, batch_size, routed[-1]))
     for b in routed:
         schedule.decode_thresholds = DecodeThresholds.constant([thr[j] if j < b else (-math.inf if j == b else None) for j in range(n)])
         scores = []
@@ -230,12 +234,8 @@ def measure_decode_skip_rates(
             raise FTPError(f"text has {stream.numel()} tokens; measuring decode at context {length} needs more")
         ids = plan.ids.to(model.device)
         tokens.append(ids.shape[0] * plan.decode)
-        for i in range(0, ids.shape[0], batch_size):
-            part = ids[i : i + batch_size]
-            cache = TensorCache()
-            model(part[:, : plan.prompt], torch.ones_like(part[:, : plan.prompt]), past_key_values=cache, mode="prefill",
-                  stop_after_block=last)
-            out = model(part[:, plan.prompt :], torch.ones_like(part), past_key_values=TensorCache(cache.present), mode="decode",
+        for part, past in _prefilled(model, ids, plan.prompt, batch_size, last):
+            out = model(part[:, plan.prompt :], torch.ones_like(part), past_key_values=TensorCache(past), mode="decode",
                         stop_after_block=last)
             for b, r in enumerate(out.routing):
                 if r is not None and r.rows is not None:
