@@ -7,18 +7,38 @@ device, float32), so every command that takes ``--device`` runs wherever the mod
 
 from __future__ import annotations
 
+import argparse
+import re
+
 import torch
 
 from ftp_export.errors import FTPError
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # optimum's spellings
+DTYPE_CHOICES = ("float32", "fp32", "float16", "fp16", "bfloat16", "bf16")
+DEVICE_CHOICES = ("cpu", "cuda", "cuda:N")
+
+
+def canonical_dtype(name: str) -> str:
+    """``fp16`` -> ``float16`` (optimum's spellings); other names unchanged."""
+    return DTYPE_ALIASES.get(name, name)
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    """``--dtype`` name -> torch dtype, or one clear error line."""
+    """``--dtype`` name (``float16`` or ``fp16``, ...) -> torch dtype, or one clear error line."""
+    name = canonical_dtype(name)
     if name not in DTYPES:
-        raise FTPError(f"unknown --dtype {name!r}; choose one of: {', '.join(DTYPES)}")
+        raise FTPError(f"unknown --dtype {name!r}; choose one of: {', '.join(DTYPE_CHOICES)}")
     return DTYPES[name]
+
+
+def device_choice(text: str) -> str:
+    """argparse ``type=`` of ``--device``: ``cpu``, ``cuda`` or ``cuda:N`` (whether that GPU exists
+    is :func:`resolve_device`'s check, made before any work)."""
+    if text in ("cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(map(repr, DEVICE_CHOICES))})")
 
 
 def resolve_device(name: str | torch.device) -> torch.device:

@@ -34,6 +34,11 @@ LOGITS = "logits"
 GRAPH_FILES = {"prefill": "decoder_model", "decode": "decoder_with_past_model"}  # graph -> file stem (optimum)
 LOGITS_CHOICES = ("last", "all")  # prefill logits: each row's last valid token, or every token
 DEFAULT_LOGITS = "last"
+# dynamic dimension names, as optimum names them (shared by every layer's cache)
+BATCH = "batch_size"
+SEQUENCE = "sequence_length"
+PAST = "past_sequence_length"
+TOTAL = f"{PAST} + {SEQUENCE}"
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -95,6 +100,27 @@ class GraphSignature:
         if self.with_past:
             shapes["past"] = tuple({0: Dim.DYNAMIC, 2: Dim.DYNAMIC} for _ in range(2 * self.num_layers))
         return shapes
+
+    def axis_names(self) -> dict[str, dict[int, str]]:
+        """Names of the dynamic dimensions of every input and output, as optimum names them:
+        ``batch_size``, ``sequence_length`` (the call's tokens), ``past_sequence_length`` (every
+        layer's cache), ``past_sequence_length + sequence_length`` (the attention mask and the
+        present cache of a call with a past); the prefill's mask and present are ``sequence_length``
+        long. Routing outputs: batch, and ``routed_tokens_<block>`` for a decode block's rows."""
+        total = TOTAL if self.with_past else SEQUENCE
+        names: dict[str, dict[int, str]] = {
+            "input_ids": {0: BATCH, 1: SEQUENCE},
+            "attention_mask": {0: BATCH, 1: total},
+            "position_ids": {0: BATCH, 1: SEQUENCE},
+            LOGITS: {0: BATCH, 1: SEQUENCE} if self.logits == "all" else {0: BATCH},
+        }
+        if self.with_past:
+            names.update({name: {0: BATCH, 2: PAST} for name in past_names(self.num_layers)})
+        names.update({name: {0: BATCH, 2: total} for name in self.present})
+        for name in self.routing:
+            block = name.split(".")[1]
+            names[name] = {0: f"routed_tokens_{block}"} if name.endswith(".rows") else {0: BATCH}
+        return names
 
     def named(self, values: Sequence[Any]) -> dict[str, Any]:
         """Positional outputs (as a runtime returns them) -> {output name: value}."""

@@ -78,7 +78,7 @@ export_target() {  # export_target TARGET DEVICE
 }
 
 # small shapes of every node, the edge cases, graph capture and the error paths (memcheck is ~100x slower)
-SANITIZER_SUBSET="ties_and_padding or misaligned or graph_capturable or raw_functions or invalid_arguments or B3xT7xD1 or B1xT7xD65 or B2xT1025xD8 or B1xT7xD3 or B8xT1xD65"
+SANITIZER_SUBSET="flag_conversions or ties_and_padding or misaligned or graph_capturable or raw_functions or invalid_arguments or B3xT7xD1 or B1xT7xD65 or B2xT1025xD8 or B1xT7xD3 or B8xT1xD65"
 export SANITIZER_SUBSET
 
 exception_probe() {  # why a C++ throw through the binding crashed the first GPU run (kernels_ext.py)

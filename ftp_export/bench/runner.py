@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
+from ftp_export.bench.models import bench_schedule
 from ftp_export.calibration.thresholds import threshold_between
 from ftp_export.flops import routed_linear_flop_ratio
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.routing.decode_thresholds import DecodeThresholds
-from ftp_export.schedule import new_schedule, uniform_sparsity
 
 
 @dataclass
@@ -99,7 +99,7 @@ def bench_prefill(
         raise ValueError(f"logits={logits!r}: expected 'last' or 'all'")
     keep = {"logits_to_keep": 1} if logits == "last" else {}
     cfg = model.config
-    schedule = new_schedule(cfg, uniform_sparsity(cfg.num_hidden_layers, sparsity))
+    schedule = bench_schedule(cfg, sparsity)
     routed = RoutedCausalLM(model, schedule).eval()
     ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
     mask = torch.ones_like(ids)
@@ -123,7 +123,7 @@ def bench_decode(model: Any, batch: int, context: int, sparsity: float, device: 
     from transformers import DynamicCache
 
     cfg = model.config
-    schedule = new_schedule(cfg, uniform_sparsity(cfg.num_hidden_layers, sparsity))
+    schedule = bench_schedule(cfg, sparsity)
     routed = RoutedCausalLM(model, schedule).eval()
     ids = torch.randint(0, cfg.vocab_size, (batch, context), device=device)
     mask = torch.ones(batch, context + 1, dtype=torch.long, device=device)

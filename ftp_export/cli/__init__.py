@@ -28,7 +28,23 @@ def _command(name: str) -> Callable[[list[str]], int]:
     return getattr(module, f"cmd_{name}")
 
 
-COMMANDS = ("export", "schedule", "calibrate", "bench", "eval", "setup")
+# every command with its one-line description (`ftp-export --help` lists them)
+COMMANDS: dict[str, str] = {
+    "export": "export a routed model and check parity against PyTorch (the default command)",
+    "schedule": "make a schedule with static (position-priority) routers and calibrated decode thresholds",
+    "calibrate": "recalibrate a schedule's decode thresholds (also upgrades format-1 schedules)",
+    "bench": "time dense vs routed prefill and decode on one runtime (table, JSON, PNG)",
+    "eval": "accuracy retention vs equal-FLOP layer-dropping baselines (perplexity, multiple choice)",
+    "setup": "fetch the evaluation model and corpus into the offline cache",
+}
+
+
+def commands_help() -> str:
+    """The command list shown by ``ftp-export --help``: one line per command."""
+    width = max(map(len, COMMANDS))
+    lines = ["commands (ftp-export COMMAND --help for each; without a command, ftp-export exports):"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,12 +7,12 @@ import math
 from pathlib import Path
 
 from ftp_export.cli.parser import Parser
-from ftp_export.devices import DTYPES
+from ftp_export.devices import DEVICE_CHOICES, DTYPE_CHOICES, device_choice
 from ftp_export.errors import FTPError
 
 
 def tolerance(text: str) -> float:
-    """``--atol``: a finite number >= 0."""
+    """``--atol`` / ``--rtol``: a finite number >= 0."""
     try:
         value = float(text)
     except ValueError:
@@ -50,22 +50,33 @@ def open_fraction(text: str) -> float:
 
 
 def export_parser() -> Parser:
-    from ftp_export.export.targets import target_names
+    from ftp_export.cli import commands_help
+    from ftp_export.export.targets import REGISTRY
+    from ftp_export.export.tolerance import DEFAULT_TOLERANCES
     from ftp_export.graph_io import DEFAULT_LOGITS, LOGITS_CHOICES
 
+    tolerances = ", ".join(f"{t.atol:g} / {t.rtol:.2g} for {d}" for d, t in DEFAULT_TOLERANCES.items())
     p = Parser(
         prog="ftp-export",
         description="Export a token-routed LLM and check parity against PyTorch.",
-        epilog="other commands: ftp-export schedule | bench | eval | setup (each with --help)",
+        epilog=commands_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", help="local Hugging Face folder, alias (llama2-7b) or hub id; default: embedded tiny model")
     p.add_argument("--schedule", help="schedule JSON (from ftp-train or ftp-export schedule)")
-    p.add_argument("--target", default="onnx", help=f"one of {', '.join(target_names())} (default onnx)")
+    p.add_argument("--target", default="onnx", choices=list(REGISTRY),
+                   help="; ".join(f"{name}: {t.description}" for name, t in REGISTRY.items()) + " (default onnx)")
     p.add_argument("-o", "--output", help="output folder (default exported/<model>-<schedule>-<target>)")
-    p.add_argument("--atol", type=tolerance, default=1e-4, help="parity tolerance on logits (default 1e-4)")
+    p.add_argument("--atol", type=tolerance, default=None,
+                   help="parity: a step passes iff max|dlogit| <= atol + rtol * max|reference logit| "
+                   f"(default atol / rtol: {tolerances})")
+    p.add_argument("--rtol", type=tolerance, default=None, help="parity: relative tolerance, see --atol")
     p.add_argument("--parity-tokens", type=int_at_least(1), default=16, help="greedy tokens per parity case (default 16)")
-    p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)}")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where the model, the reference and the runtime run")
+    p.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES,
+                   help="weights and activations of the export (fp32, fp16, bf16: optimum's spellings); parity of "
+                   "float16/bfloat16 is against the float32 PyTorch model (default float32)")
+    p.add_argument("--device", default="cpu", type=device_choice, metavar="{" + ",".join(DEVICE_CHOICES) + "}",
+                   help="where the model, the reference and the runtime run (default cpu)")
     p.add_argument(
         "--logits", choices=LOGITS_CHOICES, default=DEFAULT_LOGITS,
         help="prefill logits: last = [batch, 1, vocab] at each row's last valid token (generation; default), "
@@ -100,11 +111,12 @@ def _calibration_arguments(p: Parser) -> None:
                    help="calibration windows per context length for the decode thresholds (default 256)")
     p.add_argument("--max-context", type=int_at_least(2), default=None,
                    help="longest context the decode thresholds are calibrated at (default: the model's limit, at most 2048)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device_choice, metavar="{" + ",".join(DEVICE_CHOICES) + "}",
+                   help="where calibration runs (default cpu)")
 
 
 def cmd_export(argv: list[str]) -> int:
-    from ftp_export.export.job import ExportRequest, run_export
+    from ftp_export.export.job import ExportRequest, run_export, validate_request
 
     a = export_parser().parse_args(argv)
     req = ExportRequest(
@@ -113,12 +125,14 @@ def cmd_export(argv: list[str]) -> int:
         target=a.target,
         output=a.output,
         atol=a.atol,
+        rtol=a.rtol,
         parity_tokens=a.parity_tokens,
         dtype=a.dtype,
         device=a.device,
         logits=a.logits,
     )
-    return run_export(req)
+    # refused with the arguments, before anything is loaded: a dtype the target's runtime cannot run here, ...
+    return run_export(validate_request(req))
 
 
 def _calibration_inputs(a) -> tuple[str, str | None]:

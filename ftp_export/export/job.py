@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ftp_export.architectures import (
     DEFAULT_MODEL_DIR,
     DEFAULT_MODEL_NAME,
@@ -25,12 +27,15 @@ from ftp_export.architectures import (
     resolve_model,
 )
 from ftp_export.atomic import atomic_dir, check_writable, remove_stale_partials
-from ftp_export.devices import resolve_device, torch_dtype
+from ftp_export.devices import canonical_dtype, resolve_device, torch_dtype
 from ftp_export.errors import FTPError
+from ftp_export.export.folder import write_model_files
 from ftp_export.export.manifest import parity_passed, read_manifest, write_manifest
 from ftp_export.export.parity import ParityCase, format_table, pad_batch, run_parity
+from ftp_export.export.progress import elapsed
 from ftp_export.export.request import ExportRequest
 from ftp_export.export.targets import get_target
+from ftp_export.export.tolerance import tolerance_for
 from ftp_export.graph_io import LOGITS_CHOICES
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.schedule import FORMAT_VERSION, Schedule, load_schedule
@@ -98,14 +103,25 @@ def parity_cases(tokenizer: Any, new_tokens: int) -> list[ParityCase]:
     ]
 
 
-def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
-    """Run the export; returns the process exit status (0 ok, 1 parity failed)."""
+def validate_request(req: ExportRequest) -> ExportRequest:
+    """Check what can be checked from the arguments alone (target, dtype spelling, logits, whether the
+    target's runtime can run the dtype here, the device) and return the request with the dtype's
+    canonical name. Called when the arguments are parsed, and again by :func:`run_export`."""
+    req = dataclasses.replace(req, dtype=canonical_dtype(req.dtype))
     target = get_target(req.target)
+    torch_dtype(req.dtype)
     if req.logits not in LOGITS_CHOICES:
         raise FTPError(f"logits {req.logits!r}: choose one of {', '.join(LOGITS_CHOICES)}")
     target.check(req)
-    dtype = torch_dtype(req.dtype)
-    device = resolve_device(req.device)
+    resolve_device(req.device)
+    return req
+
+
+def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
+    """Run the export; returns the process exit status (0 ok, 1 parity failed)."""
+    req = validate_request(req)
+    target = get_target(req.target)
+    dtype, device = torch_dtype(req.dtype), resolve_device(req.device)
     ref = resolve_model(req.model)
     config = load_config(ref)
     check_supported(config)
@@ -137,30 +153,23 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
     with atomic_dir(out, divert) as tmp:
         _fault("exporting")
         log(f"[2/{steps}] exporting target {req.target} (overall sparsity {schedule.target_sparsity:.2f})")
-        # the target builds in `tmp`; what it tells the user (notes, commands) names the final folder `out`
-        result = target.export(routed, tmp, dataclasses.replace(req, output=str(out)), log)
+        with elapsed("exported", log) as say:
+            # the target builds in `tmp`; what it tells the user (notes, commands) names the final folder `out`
+            result = target.export(routed, tmp, dataclasses.replace(req, output=str(out)), say)
+        write_model_files(tmp, model, ref.source, tokenizer)
         _copy_schedule(schedule, tmp / "schedule")
         _fault("parity")
         if result.runtime is not None:
             log(f"[3/{steps}] parity against PyTorch ({req.parity_tokens} greedy tokens per case, prefill logits: {req.logits})")
-            cases = parity_cases(tokenizer, req.parity_tokens)
-            parity = run_parity(routed, result.runtime, cases, atol=req.atol, progress=lambda n: log(f"      case {n}"))
+            with elapsed("parity checked", log) as say:
+                parity = _parity(req, ref, routed, result.runtime, tokenizer, say)
             parity["runtime"] = result.manifest.get("runtime", {})
             (tmp / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
         else:
             log(f"[3/{steps}] parity skipped: {result.note}")
         log(f"[4/{steps}] writing manifest")
         _fault("manifest")
-        model_info = {
-            "name": ref.name,
-            "source": ref.source,
-            "architecture": (config.architectures or [config.model_type])[0],
-            "fingerprint": fingerprint(config),
-            "dtype": req.dtype,
-        }
-        extra = {"logits": req.logits, **result.manifest}
-        extra["parity"] = None if parity is None else {"passed": parity["passed"], "atol": req.atol, "report": "parity.json"}
-        write_manifest(tmp, target=req.target, model=model_info, schedule=schedule, extra=extra)
+        _write_manifest(tmp, req, ref, config, schedule, result.manifest, parity)
     if parity is not None:
         log(format_table(parity))
     if result.note:
@@ -169,6 +178,36 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
         print(f"parity failed: kept the passing export in {out}; this one is in {diverted[0]}", file=sys.stderr)
     log(f"wrote {diverted[0] if diverted else out}")
     return 0 if parity is None or parity["passed"] else 1
+
+
+def _parity(req: ExportRequest, ref: ModelRef, routed: RoutedCausalLM, runtime: Any, tokenizer: Any,
+            log: Callable[[str], None]) -> dict[str, Any]:
+    """Parity against the float32 PyTorch routed model: ``routed`` itself for a float32 export, else
+    the model loaded again in float32 on the same device, with the dtype's tolerance."""
+    reference, tol = routed, tolerance_for(req.dtype, req.atol, req.rtol)
+    if req.dtype != "float32":
+        log(f"      reference: the float32 PyTorch model ({req.dtype} export: {tol.describe()})")
+        reference = RoutedCausalLM(load_model(ref, torch.float32, routed.device), routed.schedule).eval()
+    cases = parity_cases(tokenizer, req.parity_tokens)
+    return run_parity(reference, runtime, cases, tol, progress=lambda n: log(f"      case {n}"), dtype=req.dtype)
+
+
+def _write_manifest(tmp: Path, req: ExportRequest, ref: ModelRef, config: Any, schedule: Schedule,
+                    target_manifest: dict[str, Any], parity: dict[str, Any] | None) -> None:
+    model_info = {
+        "name": ref.name,
+        "source": ref.source,
+        "architecture": (config.architectures or [config.model_type])[0],
+        "fingerprint": fingerprint(config),
+        "dtype": req.dtype,
+    }
+    extra = {"logits": req.logits, **target_manifest}
+    extra["parity"] = None if parity is None else {
+        "passed": parity["passed"], "atol": parity["atol"], "rtol": parity["rtol"],
+        "routing_agreement_min": parity["routing_agreement_min"], "reference_dtype": parity["reference_dtype"],
+        "report": "parity.json",
+    }
+    write_manifest(tmp, target=req.target, model=model_info, schedule=schedule, extra=extra)
 
 
 def _copy_schedule(schedule: Schedule, dest: Path) -> None:

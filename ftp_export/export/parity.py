@@ -6,7 +6,11 @@ check. The reference runs on the model's device; verdict rules are the same on e
 Prefill logits are compared as the graph returns them (its signature's ``logits``): 'all' at
 every valid position, 'last' ([B, 1, V]) against the reference's all-position logits at each
 row's last valid position (:func:`last_valid_index`, computed here independently of the graph).
-A graph whose logits have another shape fails parity."""
+A graph whose logits have another shape fails parity.
+
+Verdict (:mod:`.tolerance`): each step passes iff ``max|d| <= atol + rtol * max|ref|``; routing
+identical (float32) or agreeing on at least ``routing_agreement`` of its decisions (reduced
+precision, against the float32 reference, :mod:`.agreement`); greedy tokens identical."""
 
 from __future__ import annotations
 
@@ -17,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ftp_export.export.agreement import routing_agreement
+from ftp_export.export.tolerance import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
 from ftp_export.routed.generation import greedy_generate
 from ftp_export.routed.model import BlockRouting, RoutedCausalLM
 from ftp_export.runtimes.base import Runtime, StepTrace
-
-DEFAULT_ATOL = 1e-4
 
 
 @dataclass
@@ -40,10 +44,16 @@ class CaseReport:
     new_tokens: int
     prefill_logits: str  # 'last' or 'all': what the prefill graph returns
     prefill_max_abs_diff: float
-    decode_max_abs_diff: float
+    prefill_max_abs_ref: float  # max |reference logit| over the compared positions: the scale rtol applies to
+    decode_max_abs_diff: float  # over every decode step
+    decode_max_abs_ref: float
+    steps_over_tolerance: list[int]  # 0 = prefill, i = decode step i: max|d| > atol + rtol * max|ref|
     routing_identical: bool
     routing_mismatches: list[str]
+    routing_agreement: float  # fraction of routing decisions (block x token x step) that agree
+    routing_decisions: int
     tokens_identical: bool
+    token_agreement: float
     passed: bool
 
 
@@ -78,32 +88,54 @@ def last_valid_index(mask: np.ndarray) -> np.ndarray:
     return np.where(rev.any(-1), t - 1 - rev.argmax(-1), t - 1)
 
 
-def prefill_diff(ref_logits: np.ndarray, got_logits: np.ndarray, valid: np.ndarray, logits: str) -> tuple[float, str | None]:
-    """Max |dlogit| of the prefill step (reference: all positions [B, T, V]) and a shape mismatch, if any."""
+def prefill_diff(ref_logits: np.ndarray, got_logits: np.ndarray, valid: np.ndarray, logits: str) -> tuple[float, float, str | None]:
+    """Max |dlogit| of the prefill step (reference: all positions [B, T, V]), the reference's max
+    |logit| over the same positions, and a shape mismatch, if any."""
     if logits == "last":
         want = ref_logits[np.arange(len(valid)), last_valid_index(valid)][:, None]
     else:
         want = ref_logits
     if got_logits.shape != want.shape:
-        return float("inf"), f"step 0 logits shape {tuple(got_logits.shape)}, expected {tuple(want.shape)} (logits={logits})"
-    diff = np.abs(want - got_logits)
-    return float((diff if logits == "last" else diff[valid]).max()), None
+        return float("inf"), float(np.abs(want).max()), f"step 0 logits shape {tuple(got_logits.shape)}, expected {tuple(want.shape)} (logits={logits})"
+    diff, scale = np.abs(want - got_logits), np.abs(want)
+    if logits != "last":
+        diff, scale = diff[valid], scale[valid]
+    return float(diff.max()), float(scale.max()), None
 
 
-def compare(case: ParityCase, ref: StepTrace, got: StepTrace, atol: float, logits: str = "all") -> CaseReport:
-    """``ref`` holds all-position prefill logits; ``logits`` says what ``got``'s prefill returns."""
-    valid = case.attention_mask.cpu().numpy().astype(bool)
-    prefill, bad_shape = prefill_diff(ref.logits[0], got.logits[0], valid, logits)
-    decode = 0.0
-    for a, b in zip(ref.logits[1:], got.logits[1:]):
-        decode = max(decode, float(np.abs(a - b).max()))
-    mismatches: list[str] = [bad_shape] if bad_shape else []
+def _routing_mismatches(ref: StepTrace, got: StepTrace) -> list[str]:
+    """Every routing output of every step that is not identical (missing, other shape or values)."""
+    found = []
     for step, (ra, rb) in enumerate(zip(ref.routing, got.routing)):
         for name in sorted(set(ra) | set(rb)):
             if name not in ra or name not in rb or ra[name].shape != rb[name].shape or not np.array_equal(ra[name], rb[name]):
-                mismatches.append(f"step {step} {name}")
+                found.append(f"step {step} {name}")
+    return found
+
+
+def _token_agreement(ref: StepTrace, got: StepTrace) -> float:
+    if ref.tokens is None or got.tokens is None or ref.tokens.shape != got.tokens.shape:
+        return 0.0
+    return float((ref.tokens == got.tokens).mean()) if ref.tokens.size else 1.0
+
+
+def compare(
+    case: ParityCase, ref: StepTrace, got: StepTrace, atol: float | Tolerance = DEFAULT_ATOL, logits: str = "all"
+) -> CaseReport:
+    """``ref`` holds all-position prefill logits; ``logits`` says what ``got``'s prefill returns;
+    ``atol`` is a :class:`Tolerance` or an absolute tolerance (with float32's default rtol)."""
+    tol = atol if isinstance(atol, Tolerance) else Tolerance(atol=atol, rtol=DEFAULT_RTOL)
+    valid = case.attention_mask.cpu().numpy().astype(bool)
+    prefill, prefill_ref, bad_shape = prefill_diff(ref.logits[0], got.logits[0], valid, logits)
+    steps = [(prefill, prefill_ref)]
+    for a, b in zip(ref.logits[1:], got.logits[1:]):
+        steps.append((float(np.abs(a - b).max()), float(np.abs(a).max())) if a.shape == b.shape else (float("inf"), 0.0))
+    over = [i for i, (d, scale) in enumerate(steps) if not d <= tol.bound(scale)]
+    mismatches = _routing_mismatches(ref, got)
+    agreement, decisions = routing_agreement(ref.routing, got.routing, valid, [int(np.prod(x.shape[:2])) for x in got.logits[1:]])
+    routing_ok = not mismatches if tol.exact_routing else agreement >= tol.routing_agreement
     tokens_ok = ref.tokens is not None and got.tokens is not None and np.array_equal(ref.tokens, got.tokens)
-    ok = prefill <= atol and decode <= atol and not mismatches and tokens_ok
+    ok = not over and not bad_shape and routing_ok and tokens_ok and len(got.logits) == len(ref.logits)
     return CaseReport(
         name=case.name,
         batch=int(case.input_ids.shape[0]),
@@ -111,10 +143,16 @@ def compare(case: ParityCase, ref: StepTrace, got: StepTrace, atol: float, logit
         new_tokens=case.new_tokens,
         prefill_logits=logits,
         prefill_max_abs_diff=prefill,
-        decode_max_abs_diff=decode,
-        routing_identical=not mismatches,
-        routing_mismatches=mismatches[:20],
+        prefill_max_abs_ref=prefill_ref,
+        decode_max_abs_diff=max((d for d, _ in steps[1:]), default=0.0),
+        decode_max_abs_ref=max((s for _, s in steps[1:]), default=0.0),
+        steps_over_tolerance=over,
+        routing_identical=not mismatches and not bad_shape,
+        routing_mismatches=([bad_shape] if bad_shape else []) + mismatches[:20],
+        routing_agreement=round(agreement, 6),
+        routing_decisions=decisions,
         tokens_identical=bool(tokens_ok),
+        token_agreement=round(_token_agreement(ref, got), 6),
         passed=bool(ok),
     )
 
@@ -123,11 +161,17 @@ def run_parity(
     model: RoutedCausalLM,
     runtime: Runtime,
     cases: list[ParityCase],
-    atol: float = DEFAULT_ATOL,
+    atol: float | Tolerance = DEFAULT_ATOL,
     progress: Callable[[str], None] | None = None,
+    *,
+    dtype: str = "float32",
 ) -> dict[str, Any]:
-    """Run every case through the reference and the runtime; returns the parity report dict.
-    The prefill logits are compared as the runtime's prefill signature says they are ('last'/'all')."""
+    """Run every case through the reference ``model`` (float32 for a reduced-precision export) and
+    the runtime; returns the parity report dict. ``atol``: a :class:`Tolerance` or an absolute
+    tolerance (float32's rtol); ``dtype``: the export's, for the report. The prefill logits are
+    compared as the runtime's prefill signature says they are ('last'/'all'). An output whose
+    run-time shape contradicts its declared shape (``runtime.shape_problems``) fails parity."""
+    tol = atol if isinstance(atol, Tolerance) else Tolerance(atol=atol, rtol=DEFAULT_RTOL)
     logits = runtime.signatures["prefill"].logits
     reports = []
     kept: dict[int, int] = {}
@@ -137,7 +181,7 @@ def run_parity(
             progress(case.name)
         ref = reference_trace(model, case)
         got = runtime.generate(case.input_ids.cpu().numpy(), case.attention_mask.cpu().numpy(), case.new_tokens)
-        reports.append(compare(case, ref, got, atol, logits))
+        reports.append(compare(case, ref, got, tol, logits))
         for step in got.routing[1:]:  # decode steps: one new token per row
             decoded += int(case.input_ids.shape[0])
             for name, rows in step.items():
@@ -146,8 +190,12 @@ def run_parity(
                     kept[b] = kept.get(b, 0) + int(rows.size)
     skip = {str(b): {"realised": round(1 - k / decoded, 4), "scheduled": model.schedule.block_sparsity[b]}
             for b, k in sorted(kept.items())} if decoded else {}
-    return {"atol": atol, "logits": logits, "passed": all(r.passed for r in reports), "cases": [asdict(r) for r in reports],
-            "decode_skip_rate": {"decoded_tokens": decoded, "blocks": skip}}
+    shapes = list(getattr(runtime, "shape_problems", []))
+    reference_dtype = str(next(model.hf.parameters()).dtype).removeprefix("torch.")
+    return {"atol": tol.atol, "rtol": tol.rtol, "routing_agreement_min": tol.routing_agreement, "criterion": tol.describe(),
+            "dtype": dtype, "reference_dtype": reference_dtype, "logits": logits,
+            "passed": all(r.passed for r in reports) and not shapes, "shape_problems": shapes,
+            "cases": [asdict(r) for r in reports], "decode_skip_rate": {"decoded_tokens": decoded, "blocks": skip}}
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,15 +212,21 @@ def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "left") -> tu
 
 def format_table(report: dict[str, Any]) -> str:
     """A short fixed-width parity table for the terminal."""
-    head = f"{'case':<22}{'batch':>6}{'prefill |dlogit|':>18}{'decode |dlogit|':>17}{'routing':>9}{'tokens':>8}{'':>3}"
+    head = (f"{'case':<20}{'batch':>6}{'prefill |dlogit|':>18}{'decode |dlogit|':>17}{'max|ref|':>10}"
+            f"{'routing':>9}{'tokens':>8}{'':>3}")
     lines = [head, "-" * len(head)]
     for c in report["cases"]:
+        routing = "same" if c["routing_identical"] else f"{c.get('routing_agreement', 0.0):.1%}"
+        scale = max(c.get("prefill_max_abs_ref", 0.0), c.get("decode_max_abs_ref", 0.0))
         lines.append(
-            f"{c['name']:<22}{c['batch']:>6}{c['prefill_max_abs_diff']:>18.2e}{c['decode_max_abs_diff']:>17.2e}"
-            f"{'same' if c['routing_identical'] else 'DIFF':>9}{'same' if c['tokens_identical'] else 'DIFF':>8}"
-            f"{'ok' if c['passed'] else 'FAIL':>5}"
+            f"{c['name']:<20}{c['batch']:>6}{c['prefill_max_abs_diff']:>18.2e}{c['decode_max_abs_diff']:>17.2e}{scale:>10.3g}"
+            f"{routing:>9}{'same' if c['tokens_identical'] else 'DIFF':>8}{'ok' if c['passed'] else 'FAIL':>5}"
         )
-    lines.append(f"atol {report['atol']:.0e}, prefill logits {report.get('logits', 'all')}: {'PASS' if report['passed'] else 'FAIL'}")
+    for problem in report.get("shape_problems", [])[:5]:
+        lines.append(f"declared shape contradicted: {problem}")
+    reference = f"{report.get('dtype', 'float32')} export vs {report.get('reference_dtype', 'float32')} PyTorch"
+    criterion = report.get("criterion", f"atol {report['atol']:.0e}")
+    lines.append(f"{criterion} ({reference}), prefill logits {report.get('logits', 'all')}: {'PASS' if report['passed'] else 'FAIL'}")
     rates = report.get("decode_skip_rate", {})
     if rates.get("blocks"):
         per_block = ", ".join(f"{b}: {r['realised']:.2f} ({r['scheduled']:.2f})" for b, r in rates["blocks"].items())

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_ATOL = 1e-4
-
 
 @dataclass
 class ExportRequest:
@@ -13,9 +11,11 @@ class ExportRequest:
     schedule: str | None = None
     target: str = "onnx"
     output: str | None = None
-    atol: float = DEFAULT_ATOL
+    # parity tolerances; None: the export dtype's default (export/tolerance.py)
+    atol: float | None = None
+    rtol: float | None = None
     parity_tokens: int = 16
-    dtype: str = "float32"
+    dtype: str = "float32"  # devices.DTYPE_CHOICES; optimum's fp16/fp32/bf16 spellings too
     device: str = "cpu"
     # prefill graph's logits: "last" = [B, 1, V] at each row's last valid token (generation),
     # "all" = [B, T, V] (perplexity); decode graphs return every new token's logits either way

@@ -3,7 +3,8 @@
 K and V are produced for *every* token of the call (skipped ones included: their incoming
 hidden state after the input norm, RoPE at their own position), so the cache stays dense and
 aligned with positions. Queries, attention output, o_proj and the MLP run only for the rows
-handed in. Attention is written out (not SDPA) because the router needs the probabilities.
+handed in. Attention is :mod:`ftp_export.routed.attention`'s: it returns the router's attention
+signal with the output.
 A dropped block (sparsity 1) never gets here: no query reads its cache, so it projects nothing
 (:class:`~ftp_export.routed.model.RoutedCausalLM` fills its cache slot with zeros).
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from ftp_export.routed.attention import attend
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -55,24 +58,6 @@ def attention_mask_for(
     return allowed
 
 
-def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scaling: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eager attention as Hugging Face computes it. Returns output [G, Q, H*Dh] and
-    head-averaged probabilities [G, Q, S] (float32)."""
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        g, hkv, s, dh = k.shape
-        k = k[:, :, None].expand(g, hkv, groups, s, dh).reshape(g, hkv * groups, s, dh)
-        v = v[:, :, None].expand(g, hkv, groups, s, dh).reshape(g, hkv * groups, s, dh)
-    scores = torch.matmul(q, k.transpose(2, 3)) * scaling
-    scores = scores.masked_fill(~allowed.unsqueeze(1), torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
-    out = torch.matmul(probs.to(q.dtype), v)
-    out = out.transpose(1, 2).reshape(q.shape[0], q.shape[2], q.shape[1] * q.shape[3])
-    return out, probs.mean(dim=1)
-
-
 def compute_rows(
     layer: Any,
     rows: torch.Tensor,
@@ -81,18 +66,27 @@ def compute_rows(
     keys: torch.Tensor,
     values: torch.Tensor,
     allowed: torch.Tensor,
+    q_index: torch.Tensor,
     head_dim: int,
     scaling: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the block (attention + MLP, residuals) for ``rows`` [G, Q, D] against ``keys``/``values``
-    [G, Hkv, S, Dh]. Returns new rows [G, Q, D] and head-averaged attention probabilities [G, Q, S]."""
+    col_weight: torch.Tensor | None = None,
+    own: bool = False,
+    causal: bool = False,
+    traced_chunks: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Run the block (attention + MLP, residuals) for ``rows`` [G, Q, D] at cache indices
+    ``q_index`` [G, Q] against ``keys``/``values`` [G, Hkv, S, Dh]. Returns new rows [G, Q, D] and
+    the attention signal :func:`~ftp_export.routed.attention.attend` was asked for: weighted
+    column sums [G, S] (``col_weight``) or each query's weight on itself [G, Q] (``own``);
+    ``causal``: ``allowed`` is exactly the lower triangle (attend's fast path);
+    ``traced_chunks``: :func:`~ftp_export.routed.attention.attend`'s."""
     attn = layer.self_attn
     g, nq, _ = rows.shape
     x = layer.input_layernorm(rows)
     n_heads = attn.q_proj.out_features // head_dim
     q = attn.q_proj(x).view(g, nq, n_heads, head_dim).transpose(1, 2)
     q = apply_rope(q, cos, sin)
-    out, probs = attend(q, keys, values, allowed, scaling)
+    out, colsum, own_w = attend(q, keys, values, allowed, scaling, q_index, col_weight, own, causal, traced_chunks)
     h = rows + attn.o_proj(out)
     h = h + layer.mlp(layer.post_attention_layernorm(h))
-    return h, probs
+    return h, colsum, own_w

@@ -17,7 +17,7 @@ from ftp_export.devices import module_device
 from ftp_export.errors import ScheduleError
 from ftp_export.routed.block import attention_mask_for, compute_rows, project_kv, zero_kv
 from ftp_export.routed.lowering import Lowering, TorchLowering
-from ftp_export.routing.factors import diagonal_attention, received_attention, router_features, update_signal
+from ftp_export.routing.factors import query_count, router_features, update_signal
 from ftp_export.routing.selection import decode_dither, keep_q16, soft_topk_gate
 from ftp_export.schedule import ALL_DROPPED, Schedule, all_dropped
 
@@ -68,6 +68,8 @@ class _Call:
     n_tok: torch.Tensor  # [B, T] valid tokens up to and including each new token (decode's context length)
     all_tok: torch.Tensor  # [B, T] token index within the call
     input_ids: torch.Tensor  # [B, T]
+    unpadded: bool = False  # eager only: every key valid (lets attention run causal SDPA)
+    signal: bool = True  # the current block's attention signal is read by a later routed block
     cos: torch.Tensor | None = None
     sin: torch.Tensor | None = None
 
@@ -107,6 +109,8 @@ class RoutedCausalLM(nn.Module):
         self.head_dim = attn0.head_dim
         self.scaling = attn0.scaling
         n = config.num_hidden_layers
+        # query chunks of attention in a traced graph: the ONNX exporter sets 4 (attention.py)
+        self.traced_attention_chunks = 1
         self.q16 = [keep_q16(schedule.keep_ratio(b)) if schedule and schedule.is_routed(b) else 65536 for b in range(n)]
 
     @property
@@ -174,8 +178,11 @@ class RoutedCausalLM(nn.Module):
         call.cos, call.sin = self.hf.model.rotary_emb(h, call.position_ids)
         signal = torch.zeros(input_ids.shape, dtype=torch.float32, device=h.device)
         routing: list[BlockRouting | None] = []
+        kinds = [self.block_mode(b, call.mode) for b in range(len(self.layers))]
         for b, layer in enumerate(self.layers):
-            kind = self.block_mode(b, call.mode)
+            kind = kinds[b]
+            # only a block some later routed block reads needs its attention signal
+            call.signal = any(k not in ("dense", "dropped") for k in kinds[b + 1 :])
             if kind == "dropped":
                 # No query ever reads this block's cache, so nothing is projected: zeros keep
                 # the cache layout (every layer the same length) at no FLOPs; h and the
@@ -193,7 +200,8 @@ class RoutedCausalLM(nn.Module):
                 if routed is not None and keep_scores and kind != "soft":
                     routed.scores = scores
                 routing.append(routed)
-                signal = update_signal(signal, total, count)
+                if total is not None:
+                    signal = update_signal(signal, total, count)
             if stop_after_block is not None and b >= stop_after_block:
                 return RoutedOutput(logits=None, past_key_values=cache, routing=routing)
         if logits == "last":
@@ -214,6 +222,7 @@ class RoutedCausalLM(nn.Module):
         if position_ids is None:
             position_ids = (torch.cumsum(attention_mask, dim=-1) - 1).clamp(min=0)[:, past:]
         key_valid = attention_mask.to(torch.bool)
+        unpadded = not torch.compiler.is_compiling() and not key_valid.is_meta and bool(key_valid.all())
         return _Call(
             mode=mode or ("prefill" if past == 0 else "decode"),
             past=past,
@@ -224,6 +233,7 @@ class RoutedCausalLM(nn.Module):
             n_tok=torch.cumsum(attention_mask.to(torch.int64), dim=-1)[:, past:],
             all_tok=torch.arange(seq, device=input_ids.device).unsqueeze(0).expand(bsz, seq),
             input_ids=input_ids,
+            unpadded=unpadded,
         )
 
     def _scores(self, b: int, kind: str, signal: torch.Tensor, call: _Call) -> torch.Tensor:
@@ -237,31 +247,49 @@ class RoutedCausalLM(nn.Module):
 
     def _full_block(self, b, layer, h, keys, values, scores, call: _Call, temperature):
         """Dense and soft blocks: every token runs the block (soft: the update is gated)."""
-        allowed = attention_mask_for(call.key_valid, call.all_tok + call.past, self.windows[b])
-        full, probs = compute_rows(layer, h, call.cos, call.sin, keys, values, allowed, self.head_dim, self.scaling)
+        q_index = call.all_tok + call.past
+        allowed = attention_mask_for(call.key_valid, q_index, self.windows[b])
         if scores is None:
-            h, q_weight, routed = full, call.valid, None
+            gate, q_weight = None, call.valid
         else:
             gate = soft_topk_gate(scores, call.valid, self.q16[b], temperature)
-            h = h + gate.unsqueeze(-1).to(h.dtype) * (full - h)
-            q_weight, routed = gate * call.valid, BlockRouting(scores=scores, gate=gate)
-        if call.mode == "decode":  # causal per token: a token's signal is its own query's weight on itself
-            total, count = diagonal_attention(probs, call.all_tok + call.past, q_weight)
+            q_weight = gate * call.valid
+        # decode is causal per token: a token's signal is its own query's weight on itself
+        decode = call.mode == "decode"
+        causal = call.unpadded and call.past == 0 and self.windows[b] is None
+        full, colsum, own = compute_rows(
+            layer, h, call.cos, call.sin, keys, values, allowed, q_index, self.head_dim, self.scaling,
+            col_weight=q_weight if call.signal and not decode else None, own=call.signal and decode, causal=causal,
+            traced_chunks=self.traced_attention_chunks,
+        )
+        if gate is None:
+            h, routed = full, None
         else:
-            total, count = received_attention(probs[:, :, call.past :], call.all_tok, q_weight)
-        return h, total, count, routed
+            h = h + gate.unsqueeze(-1).to(h.dtype) * (full - h)
+            routed = BlockRouting(scores=scores, gate=gate)
+        if not call.signal:
+            return h, None, None, routed
+        if decode:
+            w = q_weight.to(torch.float32)
+            return h, own * w, w, routed
+        return h, colsum[:, call.past :], query_count(call.all_tok, q_weight, h.shape[1]), routed
 
     def _topk_block(self, b, layer, h, keys, values, scores, call: _Call, temperature):
         """Prefill routing: the top-k tokens per sequence are gathered, computed and scattered back."""
         rows, idx, active = self.lowering.topk_gather(h, scores, call.valid, self.q16[b])
         pos = torch.gather(call.position_ids, 1, idx)
         r_cos, r_sin = self.hf.model.rotary_emb(rows, pos)
-        allowed = attention_mask_for(call.key_valid, idx + call.past, self.windows[b])
-        out, probs = compute_rows(layer, rows, r_cos, r_sin, keys, values, allowed, self.head_dim, self.scaling)
+        q_index = idx + call.past
+        allowed = attention_mask_for(call.key_valid, q_index, self.windows[b])
         q_weight = active & torch.gather(call.valid, 1, idx)
-        total, count = received_attention(probs[:, :, call.past :], idx, q_weight)
+        out, colsum, _ = compute_rows(
+            layer, rows, r_cos, r_sin, keys, values, allowed, q_index, self.head_dim, self.scaling,
+            col_weight=q_weight if call.signal else None, traced_chunks=self.traced_attention_chunks,
+        )
         h = self.lowering.topk_scatter(h, out, idx, active)
-        return h, total, count, BlockRouting(indices=idx, active=active)
+        if not call.signal:
+            return h, None, None, BlockRouting(indices=idx, active=active)
+        return h, colsum[:, call.past :], query_count(idx, q_weight, h.shape[1]), BlockRouting(indices=idx, active=active)
 
     def _threshold_block(self, b, layer, h, keys, values, scores, call: _Call, temperature):
         """Decode routing: the tokens whose score reaches the threshold, as flat rows of the batch."""
@@ -275,12 +303,21 @@ class RoutedCausalLM(nn.Module):
         pos = call.position_ids.reshape(-1).index_select(0, flat).unsqueeze(-1)
         rows = rows.unsqueeze(1)
         r_cos, r_sin = self.hf.model.rotary_emb(rows, pos)
-        allowed = attention_mask_for(call.key_valid.index_select(0, b_idx), (t_idx + call.past).unsqueeze(-1), self.windows[b])
-        k_rows, v_rows = keys.index_select(0, b_idx), values.index_select(0, b_idx)
-        out, probs = compute_rows(layer, rows, r_cos, r_sin, k_rows, v_rows, allowed, self.head_dim, self.scaling)
+        q_index = (t_idx + call.past).unsqueeze(-1)
+        allowed = attention_mask_for(call.key_valid.index_select(0, b_idx), q_index, self.windows[b])
+        if bsz == 1 and not torch.compiler.is_compiling():
+            # eager batch 1: every row reads the one cache, so a view replaces the copy per row
+            k_rows, v_rows = keys.expand(len(flat), -1, -1, -1), values.expand(len(flat), -1, -1, -1)
+        else:
+            k_rows, v_rows = keys.index_select(0, b_idx), values.index_select(0, b_idx)
+        out, _, own = compute_rows(
+            layer, rows, r_cos, r_sin, k_rows, v_rows, allowed, q_index, self.head_dim, self.scaling, own=call.signal
+        )
+        if not call.signal:
+            return self.lowering.row_scatter(h, out.squeeze(1), flat), None, None, BlockRouting(rows=flat)
         # each computed row's weight on its own key, moved to its (b, t) slot by a one-hot
         # [B*T, N] product (no scatter: the trt flavour keeps every scatter in the plugins)
-        own = probs[:, 0, :].gather(1, (t_idx + call.past).unsqueeze(-1)).squeeze(-1).to(torch.float32)
+        own = own[:, 0]
         slot = (torch.arange(bsz * seq, device=h.device).unsqueeze(-1) == flat.unsqueeze(0)).to(torch.float32)
         total = (slot @ own.unsqueeze(-1)).view(bsz, seq)
         count = slot.sum(-1).view(bsz, seq)

@@ -59,34 +59,15 @@ def router_features(
     return torch.stack([position, attention, token_rank / n_call, sp], dim=-1)
 
 
-def received_attention(
-    col_probs: torch.Tensor, q_token: torch.Tensor, q_weight: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention each current token receives from a block's computed queries.
-
-    ``col_probs`` [G, Q, T]: head-averaged probabilities of Q queries on the T current tokens;
-    ``q_token`` [G, Q]: each query's token index within the call; ``q_weight`` [G, Q]: 1 for a
-    computed (active, valid) query, else 0. Returns ``(sum, count)`` [G, T], count = number of
-    weighted queries at or after each token.
-    """
-    seq_len = col_probs.shape[-1]
-    w = q_weight.to(torch.float32)
-    total = torch.einsum("gq,gqt->gt", w, col_probs.to(torch.float32))
-    tok = torch.arange(seq_len, device=col_probs.device).view(1, 1, seq_len)
+def query_count(q_token: torch.Tensor, q_weight: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """How many weighted queries can see each current token (causal: the query's token index
+    within the call at or after the token's). ``q_token`` [G, Q] token index of each query within
+    the call, ``q_weight`` [G, Q] 1 for a computed (active, valid) query, else 0 (soft mode: the
+    gate) -> [G, seq_len]. The attention signal's sum is the attention's column sum
+    (:func:`ftp_export.routed.attention.attend`); its mean divides by this count."""
+    tok = torch.arange(seq_len, device=q_token.device).view(1, 1, seq_len)
     sees = (q_token.unsqueeze(-1) >= tok).to(torch.float32)
-    count = torch.einsum("gq,gqt->gt", w, sees)
-    return total, count
-
-
-def diagonal_attention(
-    probs: torch.Tensor, q_key: torch.Tensor, q_weight: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode's signal: each query's own weight on itself. ``probs`` [B, T, S] head-averaged,
-    ``q_key`` [B, T] each query's cache index, ``q_weight`` [B, T] 1 for a computed valid query.
-    Returns ``(sum, count)`` [B, T] as :func:`received_attention` does."""
-    w = q_weight.to(torch.float32)
-    own = probs.to(torch.float32).gather(2, q_key.unsqueeze(-1)).squeeze(-1)
-    return own * w, w
+    return torch.einsum("gq,gqt->gt", q_weight.to(torch.float32), sees)
 
 
 def update_signal(signal: torch.Tensor, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:

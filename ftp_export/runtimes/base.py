@@ -34,6 +34,8 @@ class Runtime:
 
     def __init__(self, signatures: dict[str, GraphSignature]) -> None:
         self.signatures = signatures
+        # run-time shapes that contradict the graphs' declared shapes (parity fails on any)
+        self.shape_problems: list[str] = []
 
     def run(self, graph: str, feeds: dict[str, Any]) -> dict[str, Any]:
         """Run ``graph`` ('prefill' or 'decode') on named feeds; returns {output name: value}."""
@@ -50,8 +52,14 @@ class Runtime:
         """What ran, for the manifest and the parity report."""
         return {"name": self.name}
 
+    def check_shapes(self, graph: str, feeds: dict[str, Any], outputs: dict[str, Any]) -> None:
+        """Add to :attr:`shape_problems` where a step's shapes contradict ``graph``'s declared ones
+        (runtimes whose graphs declare shapes); called on every step of :meth:`generate`, not by
+        :meth:`run`, so timing loops do not pay for it."""
+
     def _step(self, graph: str, feeds: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
         outs = self.run(graph, feeds)
+        self.check_shapes(graph, feeds, outs)
         routing = {k: self.to_numpy(v) for k, v in outs.items() if k.startswith("routing.")}
         return self.to_numpy(outs["logits"]), self.signatures[graph].past_feeds(outs), routing
 

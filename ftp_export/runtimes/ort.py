@@ -7,6 +7,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ftp_export.graph_io import GraphSignature
@@ -33,6 +34,35 @@ def ort_session(path: Path, providers: list[str]) -> Any:
     return ort.InferenceSession(str(path), opts, providers=providers)
 
 
+def shape_contradictions(declared: dict[str, list[Any]], actual: dict[str, tuple[int, ...]]) -> list[str]:
+    """Where run-time shapes contradict the declared ones (what onnxruntime warns about): another
+    rank, a static dimension of another size, one dimension name with two sizes in a call, or a
+    ``A + B`` dimension that is not the sum of ``A`` and ``B``. Other expressions are not checked."""
+    problems: list[str] = []
+    sizes: dict[str, int] = {}
+    sums: list[tuple[str, int, str, int]] = []
+    for name, dims in declared.items():
+        shape = actual.get(name)
+        if shape is None:
+            continue
+        if len(dims) != len(shape):
+            problems.append(f"{name} declared rank {len(dims)} {list(dims)}, got shape {list(shape)}")
+            continue
+        for axis, (dim, size) in enumerate(zip(dims, shape)):
+            if isinstance(dim, int) and dim != size:
+                problems.append(f"{name} dim {axis} declared {dim}, got {size}")
+            elif isinstance(dim, str) and dim.isidentifier():
+                if sizes.setdefault(dim, size) != size:
+                    problems.append(f"{name} dim {axis} '{dim}' is {size}, elsewhere {sizes[dim]}")
+            elif isinstance(dim, str) and all(t.strip().isidentifier() for t in dim.split("+")):
+                sums.append((name, axis, dim, size))
+    for name, axis, dim, size in sums:
+        terms = [t.strip() for t in dim.split("+")]
+        if all(t in sizes for t in terms) and sum(sizes[t] for t in terms) != size:
+            problems.append(f"{name} dim {axis} '{dim}' is {size}, not {sum(sizes[t] for t in terms)}")
+    return problems
+
+
 class OrtRuntime(Runtime):
     """The prefill and decode ONNX graphs in onnxruntime (``session_factory`` may add custom ops)."""
 
@@ -53,6 +83,14 @@ class OrtRuntime(Runtime):
         sess = self.sessions[graph]
         names = [o.name for o in sess.get_outputs()]
         return dict(zip(names, sess.run(None, feeds)))
+
+    def check_shapes(self, graph: str, feeds: dict[str, Any], outputs: dict[str, Any]) -> None:
+        sess = self.sessions[graph]
+        declared = {v.name: v.shape for v in (*sess.get_inputs(), *sess.get_outputs())}
+        actual = {name: tuple(np.shape(v)) for name, v in (*feeds.items(), *outputs.items())}
+        for problem in shape_contradictions(declared, actual):
+            if f"{graph}: {problem}" not in self.shape_problems:
+                self.shape_problems.append(f"{graph}: {problem}")
 
     def info(self) -> dict[str, Any]:
         used = self.sessions["prefill"].get_providers()

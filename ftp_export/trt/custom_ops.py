@@ -1,6 +1,11 @@
 """The ``ftp`` custom ops: torch ops whose eager implementation is the reference lowering and
 whose ONNX translation is one node in domain ``ftp`` named after the TensorRT plugin
 (plugins/README.md has the spec). The routed model uses them through :class:`PluginLowering`.
+
+The token flags ``valid`` / ``active`` are int32 (0 / 1) at the nodes, not bool: TensorRT does not
+support kBOOL (or kUINT8) plugin tensors. :class:`PluginLowering` casts bool -> int32 before a node
+and int32 -> bool after it, so the exported graph has a Cast on each side and the model keeps its
+bool flags (same results: the nodes read any non-zero flag as true and write 0 / 1).
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ _ref = TorchLowering()
 
 @torch.library.custom_op("ftp::topk_gather", mutates_args=())
 def topk_gather(hidden: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, keep_q16: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    g, i, a = _ref.topk_gather(hidden, scores, valid, keep_q16)
-    return g.contiguous(), i.contiguous(), a.contiguous()
+    """valid [B,T] int32 -> gathered, indices int64, active [B,K] int32."""
+    g, i, a = _ref.topk_gather(hidden, scores, valid != 0, keep_q16)
+    return g.contiguous(), i.contiguous(), a.to(torch.int32)
 
 
 @topk_gather.register_fake
@@ -37,13 +43,14 @@ def _(hidden, scores, valid, keep_q16):
     return (
         hidden.new_empty(b, k, d),
         hidden.new_empty(b, k, dtype=torch.int64),
-        hidden.new_empty(b, k, dtype=torch.bool),
+        hidden.new_empty(b, k, dtype=torch.int32),
     )
 
 
 @torch.library.custom_op("ftp::topk_scatter", mutates_args=())
 def topk_scatter(residual: torch.Tensor, rows: torch.Tensor, indices: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    return _ref.topk_scatter(residual, rows, indices, active).contiguous()
+    """active [B,K] int32."""
+    return _ref.topk_scatter(residual, rows, indices, active != 0).contiguous()
 
 
 @topk_scatter.register_fake
@@ -53,7 +60,8 @@ def _(residual, rows, indices, active):
 
 @torch.library.custom_op("ftp::threshold_gather", mutates_args=())
 def threshold_gather(hidden: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    g, r = _ref.threshold_gather(hidden, scores, valid, threshold)
+    """valid [B,T] int32 -> gathered [N,D], rows [N] int64."""
+    g, r = _ref.threshold_gather(hidden, scores, valid != 0, threshold)
     return g.contiguous(), r.contiguous()
 
 
@@ -75,16 +83,18 @@ def _(residual, rows_data, rows):
 
 
 class PluginLowering:
-    """Gather/scatter through the ``ftp`` custom ops (exported as plugin nodes)."""
+    """Gather/scatter through the ``ftp`` custom ops (exported as plugin nodes); bool flags are
+    cast to and from the nodes' int32 flags here (ONNX Cast nodes around the plugin nodes)."""
 
     def topk_gather(self, hidden, scores, valid, q16):
-        return topk_gather(hidden, scores.float(), valid, int(q16))
+        g, i, a = topk_gather(hidden, scores.float(), valid.to(torch.int32), int(q16))
+        return g, i, a.to(torch.bool)
 
     def topk_scatter(self, residual, rows, indices, active):
-        return topk_scatter(residual, rows, indices, active)
+        return topk_scatter(residual, rows, indices, active.to(torch.int32))
 
     def threshold_gather(self, hidden, scores, valid, threshold):
-        return threshold_gather(hidden, scores.float(), valid, float(threshold))
+        return threshold_gather(hidden, scores.float(), valid.to(torch.int32), float(threshold))
 
     def row_scatter(self, residual, rows_data, rows):
         return row_scatter(residual, rows_data, rows)
@@ -110,12 +120,12 @@ def register_onnx_schemas() -> None:
         return [OpSchema.FormalParameter(n, t) for n, t in names_types]
 
     specs = [
-        (NODE_TOPK_GATHER, [("hidden", "T"), ("scores", "tensor(float)"), ("valid", "tensor(bool)")],
-         [("gathered", "T"), ("indices", "tensor(int64)"), ("active", "tensor(bool)")],
+        (NODE_TOPK_GATHER, [("hidden", "T"), ("scores", "tensor(float)"), ("valid", "tensor(int32)")],
+         [("gathered", "T"), ("indices", "tensor(int64)"), ("active", "tensor(int32)")],
          [OpSchema.Attribute("keep_q16", OpSchema.AttrType.INT, "keep ratio * 65536", required=True)]),
-        (NODE_TOPK_SCATTER, [("residual", "T"), ("rows", "T"), ("indices", "tensor(int64)"), ("active", "tensor(bool)")],
+        (NODE_TOPK_SCATTER, [("residual", "T"), ("rows", "T"), ("indices", "tensor(int64)"), ("active", "tensor(int32)")],
          [("out", "T")], []),
-        (NODE_THRESHOLD_GATHER, [("hidden", "T"), ("scores", "tensor(float)"), ("valid", "tensor(bool)")],
+        (NODE_THRESHOLD_GATHER, [("hidden", "T"), ("scores", "tensor(float)"), ("valid", "tensor(int32)")],
          [("gathered", "T"), ("rows", "tensor(int64)"), ("count", "tensor(int32)")],
          [OpSchema.Attribute("threshold", OpSchema.AttrType.FLOAT, "keep iff score >= threshold", required=True)]),
         (NODE_ROW_SCATTER, [("residual", "T"), ("rows_data", "T"), ("rows", "tensor(int64)")], [("out", "T")], []),

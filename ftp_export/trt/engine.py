@@ -64,7 +64,6 @@ def build_engines(folder: Path, log: Any, precision: str = "bf16", shown: Path |
                 _shapes(tensor.name, *hi, kv_heads, head_dim),
             )
         config.add_optimization_profile(profile)
-        config.plugins_to_serialize = [str(lib)]
         blob = builder.build_serialized_network(network, config)
         if blob is None:
             raise FTPError(f"TensorRT failed to build an engine for {onnx_file}")

@@ -224,6 +224,17 @@ def check_row_scatter(
     return b, t, n, d
 
 
+def check_flags(flags: object, out: object, *, require_cuda: bool = True) -> None:
+    """The TensorRT glue's flag conversion: int32 ``flags`` -> bool ``out`` or bool -> int32, same shape."""
+    if not isinstance(flags, torch.Tensor):
+        raise type_error(f"flags must be a torch.Tensor, got {type(flags).__name__}")
+    f = check_tensor(flags, "flags", (torch.int32, torch.bool), flags.dim(), require_cuda=require_cuda)
+    want = torch.bool if f.dtype == torch.int32 else torch.int32
+    o = check_tensor(out, "out", (want,), f.dim(), f.device, require_cuda=require_cuda)
+    check_shape(o, "out", tuple(f.shape))
+    check_disjoint([("out", o)], [("flags", f)])
+
+
 def check_workspace(workspace: object, nbytes: int, device: torch.device, *, require_cuda: bool = True) -> None:
     """``workspace`` is a 1-D uint8 tensor of at least ``nbytes`` bytes (256-byte aligned on the GPU)."""
     ws = check_tensor(workspace, "workspace", (torch.uint8,), 1, device, require_cuda=require_cuda)

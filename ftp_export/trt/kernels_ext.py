@@ -17,6 +17,8 @@ Wrappers mirror the four nodes (plugins/README.md has the spec):
 - :func:`threshold_gather` -> ``gathered [N,D], rows [N] int64`` (reads N back: one host sync;
   :func:`threshold_gather_padded` returns upper-bound buffers and the device count instead)
 - :func:`row_scatter` -> ``out [B,T,D]``
+- :func:`convert_flags` / :func:`flags_out`: int32 <-> bool flags, the conversions the TensorRT glue
+  runs around the kernels (TensorRT plugin tensors cannot be bool)
 
 and ``*_out`` variants write into caller-provided tensors (no allocation when a ``workspace`` from
 :func:`new_workspace` is passed, no host synchronisation: safe inside CUDA graph capture).
@@ -54,6 +56,7 @@ from ftp_export.trt.kernel_checks import (
     INT32_MAX,
     MAX_TOKENS,
     Q16,
+    check_flags,
     check_int,
     check_row_scatter,
     check_status,
@@ -296,6 +299,23 @@ def row_scatter(residual: torch.Tensor, rows_data: torch.Tensor, rows: torch.Ten
     check_row_scatter(residual, rows_data, rows)
     out = torch.empty_like(residual, memory_format=torch.contiguous_format)
     row_scatter_out(residual, rows_data, rows, out)
+    return out
+
+
+def flags_out(flags: torch.Tensor, out: torch.Tensor) -> None:
+    """int32 ``flags`` -> bool ``out`` (non-zero = true), or bool -> int32 (0 / 1): the TensorRT glue's
+    ``ftp_flags_from_int32`` / ``ftp_flags_to_int32``. No allocation, no host sync."""
+    check_flags(flags, out)
+    check_status(load().flags_out(flags, out), "flags_out")
+
+
+def convert_flags(flags: torch.Tensor) -> torch.Tensor:
+    """int32 flags as bool, bool flags as int32 (see :func:`flags_out`)."""
+    flags = _dense(flags)
+    if not isinstance(flags, torch.Tensor):
+        check_flags(flags, None)  # raises the TypeError
+    out = torch.empty(flags.shape, dtype=torch.bool if flags.dtype == torch.int32 else torch.int32, device=flags.device)
+    flags_out(flags, out)
     return out
 
 

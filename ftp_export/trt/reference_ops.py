@@ -4,7 +4,8 @@ TensorRT-flavoured graph runs and is parity-checked where TensorRT is absent.
 onnxruntime-extensions runs Python ops only in its own domain, so parity sessions load a copy
 of the graph with the ``ftp`` nodes re-homed to ``ai.onnx.contrib``; the artefact itself keeps
 domain ``ftp`` for TensorRT's parser. Each op calls the same torch reference lowering as the
-PyTorch model, so these nodes cannot drift from the routing semantics.
+PyTorch model, so these nodes cannot drift from the routing semantics. The flags ``valid`` /
+``active`` are int32 at the nodes (as at the TensorRT plugins, which cannot take bool).
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
+def _flags(x: np.ndarray) -> torch.Tensor:
+    """An int32 flag tensor of a node (0 / non-zero) as the bool flags of the torch lowering."""
+    return torch.from_numpy(np.asarray(x) != 0)
+
+
 def register() -> str:
     """Register the Python ops once; returns the extensions library path."""
     global _registered
@@ -42,22 +48,22 @@ def register() -> str:
     d = PyCustomOpDef
     plugin = {"plugin_version": d.dt_string, "plugin_namespace": d.dt_string}
 
-    @onnx_op(op_type="FtpTopKGather", inputs=[d.dt_float, d.dt_float, d.dt_bool],
-             outputs=[d.dt_float, d.dt_int64, d.dt_bool], attrs={"keep_q16": d.dt_int64, **plugin})
+    @onnx_op(op_type="FtpTopKGather", inputs=[d.dt_float, d.dt_float, d.dt_int32],
+             outputs=[d.dt_float, d.dt_int64, d.dt_int32], attrs={"keep_q16": d.dt_int64, **plugin})
     def _topk_gather(hidden, scores, valid, **kw):
-        g, i, a = _ref.topk_gather(torch.from_numpy(hidden), torch.from_numpy(scores), torch.from_numpy(valid), int(kw["keep_q16"]))
-        return _np(g), _np(i), _np(a)
+        g, i, a = _ref.topk_gather(torch.from_numpy(hidden), torch.from_numpy(scores), _flags(valid), int(kw["keep_q16"]))
+        return _np(g), _np(i), _np(a).astype(np.int32)
 
-    @onnx_op(op_type="FtpTopKScatter", inputs=[d.dt_float, d.dt_float, d.dt_int64, d.dt_bool],
+    @onnx_op(op_type="FtpTopKScatter", inputs=[d.dt_float, d.dt_float, d.dt_int64, d.dt_int32],
              outputs=[d.dt_float], attrs=plugin)
     def _topk_scatter(residual, rows, indices, active, **kw):
-        args = (torch.from_numpy(x) for x in (residual, rows, indices, active))
-        return _np(_ref.topk_scatter(*args))
+        args = (torch.from_numpy(x) for x in (residual, rows, indices))
+        return _np(_ref.topk_scatter(*args, _flags(active)))
 
-    @onnx_op(op_type="FtpThresholdGather", inputs=[d.dt_float, d.dt_float, d.dt_bool],
+    @onnx_op(op_type="FtpThresholdGather", inputs=[d.dt_float, d.dt_float, d.dt_int32],
              outputs=[d.dt_float, d.dt_int64, d.dt_int32], attrs={"threshold": d.dt_float, **plugin})
     def _threshold_gather(hidden, scores, valid, **kw):
-        g, r = _ref.threshold_gather(torch.from_numpy(hidden), torch.from_numpy(scores), torch.from_numpy(valid), float(kw["threshold"]))
+        g, r = _ref.threshold_gather(torch.from_numpy(hidden), torch.from_numpy(scores), _flags(valid), float(kw["threshold"]))
         return _np(g), _np(r), np.array(r.numel(), dtype=np.int32)
 
     @onnx_op(op_type="FtpRowScatter", inputs=[d.dt_float, d.dt_float, d.dt_int64], outputs=[d.dt_float], attrs=plugin)

@@ -71,13 +71,16 @@ nvinfer1::PluginField const* findField(nvinfer1::PluginFieldCollection const* fc
 bool checkLaunch(cudaError_t err, char const* plugin) noexcept;
 
 //! Type of one plugin input/output: kHIDDEN is input 0's type (float32, float16 or bfloat16).
+//! There is deliberately no bool: TensorRT does not support kBOOL or kUINT8 plugin tensors
+//! (NvInferRuntimePlugin.h), so the flags `valid` / `active` are kINT32 (0 / 1) at the plugin
+//! boundary, the ONNX graph casts bool <-> int32 around the nodes, and FlagStaging converts them to
+//! the kernels' byte flags.
 enum class IoType : int32_t
 {
     kHIDDEN,
     kFLOAT,
     kINT32,
-    kINT64,
-    kBOOL
+    kINT64
 };
 
 inline nvinfer1::DataType resolveIoType(IoType io, nvinfer1::DataType hidden) noexcept
@@ -87,11 +90,60 @@ inline nvinfer1::DataType resolveIoType(IoType io, nvinfer1::DataType hidden) no
     case IoType::kFLOAT: return nvinfer1::DataType::kFLOAT;
     case IoType::kINT32: return nvinfer1::DataType::kINT32;
     case IoType::kINT64: return nvinfer1::DataType::kINT64;
-    case IoType::kBOOL: return nvinfer1::DataType::kBOOL;
     case IoType::kHIDDEN: break;
     }
     return hidden;
 }
+
+constexpr size_t kWORKSPACE_ALIGN = 256; // what the kernels' workspace needs (ftp_kernels.h)
+
+//! Bytes of one byte-flag buffer for a [B, T] problem (K <= T, so it holds [B, K] flags too),
+//! rounded up so that whatever follows it stays kWORKSPACE_ALIGN-aligned.
+inline size_t flagBufferBytes(int64_t B, int64_t T) noexcept
+{
+    size_t const n = static_cast<size_t>(B) * static_cast<size_t>(T);
+    return (n + kWORKSPACE_ALIGN - 1) / kWORKSPACE_ALIGN * kWORKSPACE_ALIGN;
+}
+
+//! Workspace of a plugin with `FlagBuffers` int32 <-> byte flag conversions: the flag buffers first,
+//! then the kernel's own workspace (see FlagStaging).
+template <size_t (*KernelWorkspace)(int64_t, int64_t), int32_t FlagBuffers>
+size_t stagedWorkspaceSize(int64_t B, int64_t T) noexcept
+{
+    return static_cast<size_t>(FlagBuffers) * flagBufferBytes(B, T) + KernelWorkspace(B, T);
+}
+
+//! Splits a workspace sized by stagedWorkspaceSize<..., nBuffers>(B, T) into the byte-flag buffers
+//! and the kernel's workspace behind them.
+class FlagStaging
+{
+public:
+    FlagStaging(void* workspace, size_t workspaceSize, int64_t B, int64_t T, int32_t nBuffers) noexcept
+        : mBase(static_cast<uint8_t*>(workspace))
+        , mStride(flagBufferBytes(B, T))
+        , mUsed(static_cast<size_t>(nBuffers) * mStride)
+        , mSize(workspaceSize)
+    {
+    }
+    uint8_t* buffer(int32_t i) const noexcept
+    {
+        return mBase == nullptr ? nullptr : mBase + static_cast<size_t>(i) * mStride;
+    }
+    void* kernelWorkspace() const noexcept
+    {
+        return mBase == nullptr ? nullptr : mBase + mUsed;
+    }
+    size_t kernelWorkspaceSize() const noexcept
+    {
+        return mSize > mUsed ? mSize - mUsed : 0;
+    }
+
+private:
+    uint8_t* mBase;
+    size_t mStride;
+    size_t mUsed;
+    size_t mSize;
+};
 
 /*!
  * IPluginV3 / IPluginV3OneCore / IPluginV3OneBuild / IPluginV3OneRuntime for an ftp plugin, driven by

@@ -8,8 +8,9 @@
  *   - All pointers are device pointers; all tensors are dense row-major (TensorRT kLINEAR).
  *   - Hidden rows are copied as raw bits: the dtype only sets the element size (bit-exact for
  *     float32 / float16 / bfloat16, NaN payloads included).
- *   - `valid` / `active` are one byte per element (C++ bool / TensorRT kBOOL / torch.bool):
- *     0 = false, anything else = true.
+ *   - `valid` / `active` are one byte per element (C++ bool / torch.bool): 0 = false, anything
+ *     else = true. TensorRT plugin tensors cannot be kBOOL or kUINT8, so the TensorRT plugins take
+ *     and give them as int32 and convert with ftp_flags_from_int32 / ftp_flags_to_int32 (below).
  *   - Every launch is asynchronous on `stream`: no host synchronisation, no device-to-host copy,
  *     no allocation. Scratch memory comes from `workspace` (at least *_workspace_size() bytes,
  *     256-byte aligned; may be NULL when the size query returns 0). Sizing it is the caller's
@@ -104,6 +105,12 @@ size_t ftp_row_scatter_workspace_size(int64_t B, int64_t T);
 cudaError_t ftp_row_scatter_launch(void const* residual, void const* rows_data, int64_t const* rows, void* out,
     ftp_dtype_t dtype, int64_t B, int64_t T, int64_t N, int64_t D, void* workspace, size_t workspace_size,
     cudaStream_t stream);
+
+/* ---- int32 <-> byte flags (the TensorRT glue: `valid` / `active` are int32 plugin tensors) ------
+ * out[i] = in[i] != 0 for i < n, as 1 / 0. Asynchronous on `stream`; n == 0 launches nothing.
+ */
+cudaError_t ftp_flags_from_int32(int32_t const* in, uint8_t* out, int64_t n, cudaStream_t stream);
+cudaError_t ftp_flags_to_int32(uint8_t const* in, int32_t* out, int64_t n, cudaStream_t stream);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -1,7 +1,7 @@
 /*
  * FtpThresholdGather TensorRT glue (IPluginV3). See ftpThresholdGatherPlugin.h and plugins/README.md.
  *
- * Inputs : 0 hidden [B,T,D] float/half/bf16, 1 scores [B,T] float, 2 valid [B,T] bool
+ * Inputs : 0 hidden [B,T,D] float/half/bf16, 1 scores [B,T] float, 2 valid [B,T] int32 (0/1)
  * Outputs: 0 gathered [N,D] (hidden's type), 1 rows [N] int64, 2 count [] int32 = N (size tensor, kINT32 as TensorRT requires;
  *          declared with IExprBuilder::declareSizeTensor(2, opt = B*T, upper = B*T))
  * Fields : threshold (float, required)
@@ -67,10 +67,17 @@ cudaError_t FtpThresholdGatherPlugin::launch(PluginTensorDesc const* inputDesc, 
     void* const* outputs, ftp_dtype_t dtype, void* workspace, size_t workspaceSize, cudaStream_t stream) const
 {
     Dims const& d = inputDesc[0].dims;
+    int64_t const B = d.d[0], T = d.d[1];
+    // int32 plugin flags -> the kernel's byte flags (kBOOL plugin tensors are not supported)
+    FlagStaging const ws(workspace, workspaceSize, B, T, kFLAG_BUFFERS);
+    uint8_t* valid = ws.buffer(0);
+    cudaError_t const err = ftp_flags_from_int32(static_cast<int32_t const*>(inputs[2]), valid, B * T, stream);
     // outputs 0/1 are allocated by TensorRT for the upper bound B*T rows; N is written to output 2
-    return ftp_threshold_gather_launch(inputs[0], static_cast<float const*>(inputs[1]),
-        static_cast<uint8_t const*>(inputs[2]), mThreshold, outputs[0], static_cast<int64_t*>(outputs[1]),
-        static_cast<int32_t*>(outputs[2]), dtype, d.d[0], d.d[1], d.d[2], workspace, workspaceSize, stream);
+    return err != cudaSuccess ? err
+                              : ftp_threshold_gather_launch(inputs[0], static_cast<float const*>(inputs[1]), valid,
+                                  mThreshold, outputs[0], static_cast<int64_t*>(outputs[1]),
+                                  static_cast<int32_t*>(outputs[2]), dtype, B, T, d.d[2], ws.kernelWorkspace(),
+                                  ws.kernelWorkspaceSize(), stream);
 }
 
 } // namespace plugin

@@ -19,12 +19,16 @@ public:
     static constexpr char const* kNAME = "FtpThresholdGather";
     static constexpr int32_t kNB_INPUTS = 3;
     static constexpr int32_t kNB_OUTPUTS = 3;
-    //! hidden, scores, valid -> gathered, rows, count (size tensor: TensorRT requires kINT32; N <= B*T < 2^31)
-    static constexpr IoType kIO[] = {IoType::kHIDDEN, IoType::kFLOAT, IoType::kBOOL, IoType::kHIDDEN, IoType::kINT64,
+    //! hidden, scores, valid -> gathered, rows, count (valid: int32 0/1, see IoType; count is the size
+    //! tensor: TensorRT requires kINT32; N <= B*T < 2^31)
+    static constexpr IoType kIO[] = {IoType::kHIDDEN, IoType::kFLOAT, IoType::kINT32, IoType::kHIDDEN, IoType::kINT64,
         IoType::kINT32};
     static constexpr int32_t kINPUT_RANKS[] = {3, 2, 2};
     static constexpr char const* kEXPECTS = "hidden [B,T,D], scores [B,T], valid [B,T]";
-    static constexpr size_t (*kWORKSPACE_SIZE)(int64_t, int64_t) = &ftp_threshold_gather_workspace_size;
+    //! byte flags of valid [B,T], then the kernel's workspace
+    static constexpr int32_t kFLAG_BUFFERS = 1;
+    static constexpr size_t (*kWORKSPACE_SIZE)(int64_t, int64_t)
+        = &stagedWorkspaceSize<&ftp_threshold_gather_workspace_size, kFLAG_BUFFERS>;
 
     explicit FtpThresholdGatherPlugin(float threshold);
 

@@ -1,8 +1,8 @@
 /*
  * FtpTopKGather TensorRT glue (IPluginV3). See ftpTopKGatherPlugin.h and plugins/README.md.
  *
- * Inputs : 0 hidden [B,T,D] float/half/bf16, 1 scores [B,T] float, 2 valid [B,T] bool
- * Outputs: 0 gathered [B,K,D] (hidden's type), 1 indices [B,K] int64, 2 active [B,K] bool
+ * Inputs : 0 hidden [B,T,D] float/half/bf16, 1 scores [B,T] float, 2 valid [B,T] int32 (0/1)
+ * Outputs: 0 gathered [B,K,D] (hidden's type), 1 indices [B,K] int64, 2 active [B,K] int32 (0/1)
  * Fields : keep_q16 (int, 1..65536, required)
  */
 #include "ftpTopKGatherPlugin.h"
@@ -102,9 +102,24 @@ cudaError_t FtpTopKGatherPlugin::launch(PluginTensorDesc const* inputDesc, void 
     void* const* outputs, ftp_dtype_t dtype, void* workspace, size_t workspaceSize, cudaStream_t stream) const
 {
     Dims const& d = inputDesc[0].dims;
-    return ftp_topk_gather_launch(inputs[0], static_cast<float const*>(inputs[1]), static_cast<uint8_t const*>(inputs[2]),
-        outputs[0], static_cast<int64_t*>(outputs[1]), static_cast<uint8_t*>(outputs[2]), dtype, d.d[0], d.d[1], d.d[2],
-        mKeepQ16, workspace, workspaceSize, stream);
+    int64_t const B = d.d[0], T = d.d[1];
+    int64_t const K = ftp_topk_slot_count(T, mKeepQ16);
+    if (K < 0)
+    {
+        return cudaErrorInvalidValue;
+    }
+    // int32 plugin flags <-> the kernel's byte flags (kBOOL plugin tensors are not supported)
+    FlagStaging const ws(workspace, workspaceSize, B, T, kFLAG_BUFFERS);
+    uint8_t* valid = ws.buffer(0);
+    uint8_t* active = ws.buffer(1);
+    cudaError_t err = ftp_flags_from_int32(static_cast<int32_t const*>(inputs[2]), valid, B * T, stream);
+    if (err == cudaSuccess)
+    {
+        err = ftp_topk_gather_launch(inputs[0], static_cast<float const*>(inputs[1]), valid, outputs[0],
+            static_cast<int64_t*>(outputs[1]), active, dtype, B, T, d.d[2], mKeepQ16, ws.kernelWorkspace(),
+            ws.kernelWorkspaceSize(), stream);
+    }
+    return err == cudaSuccess ? ftp_flags_to_int32(active, static_cast<int32_t*>(outputs[2]), B * K, stream) : err;
 }
 
 } // namespace plugin

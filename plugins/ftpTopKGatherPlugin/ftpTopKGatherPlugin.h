@@ -18,12 +18,15 @@ public:
     static constexpr char const* kNAME = "FtpTopKGather";
     static constexpr int32_t kNB_INPUTS = 3;
     static constexpr int32_t kNB_OUTPUTS = 3;
-    //! hidden, scores, valid -> gathered, indices, active
-    static constexpr IoType kIO[] = {IoType::kHIDDEN, IoType::kFLOAT, IoType::kBOOL, IoType::kHIDDEN, IoType::kINT64,
-        IoType::kBOOL};
+    //! hidden, scores, valid -> gathered, indices, active (valid, active: int32 0/1, see IoType)
+    static constexpr IoType kIO[] = {IoType::kHIDDEN, IoType::kFLOAT, IoType::kINT32, IoType::kHIDDEN, IoType::kINT64,
+        IoType::kINT32};
     static constexpr int32_t kINPUT_RANKS[] = {3, 2, 2};
     static constexpr char const* kEXPECTS = "hidden [B,T,D], scores [B,T], valid [B,T]";
-    static constexpr size_t (*kWORKSPACE_SIZE)(int64_t, int64_t) = &ftp_topk_gather_workspace_size;
+    //! byte flags of valid [B,T] and active [B,K], then the kernel's workspace
+    static constexpr int32_t kFLAG_BUFFERS = 2;
+    static constexpr size_t (*kWORKSPACE_SIZE)(int64_t, int64_t)
+        = &stagedWorkspaceSize<&ftp_topk_gather_workspace_size, kFLAG_BUFFERS>;
 
     explicit FtpTopKGatherPlugin(int32_t keepQ16);
 

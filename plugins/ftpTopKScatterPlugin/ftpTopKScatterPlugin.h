@@ -19,11 +19,14 @@ public:
     static constexpr char const* kNAME = "FtpTopKScatter";
     static constexpr int32_t kNB_INPUTS = 4;
     static constexpr int32_t kNB_OUTPUTS = 1;
-    //! residual, rows, indices, active -> out
-    static constexpr IoType kIO[] = {IoType::kHIDDEN, IoType::kHIDDEN, IoType::kINT64, IoType::kBOOL, IoType::kHIDDEN};
+    //! residual, rows, indices, active -> out (active: int32 0/1, see IoType)
+    static constexpr IoType kIO[] = {IoType::kHIDDEN, IoType::kHIDDEN, IoType::kINT64, IoType::kINT32, IoType::kHIDDEN};
     static constexpr int32_t kINPUT_RANKS[] = {3, 3, 2, 2};
     static constexpr char const* kEXPECTS = "residual [B,T,D], rows [B,K,D], indices [B,K], active [B,K]";
-    static constexpr size_t (*kWORKSPACE_SIZE)(int64_t, int64_t) = &ftp_topk_scatter_workspace_size;
+    //! byte flags of active [B,K], then the kernel's workspace
+    static constexpr int32_t kFLAG_BUFFERS = 1;
+    static constexpr size_t (*kWORKSPACE_SIZE)(int64_t, int64_t)
+        = &stagedWorkspaceSize<&ftp_topk_scatter_workspace_size, kFLAG_BUFFERS>;
 
     FTP_PLUGIN_LAUNCH_HOOK
 };

@@ -218,6 +218,25 @@ std::string guarded(char const* what, F&& body) noexcept
         }                                                                                                              \
     } while (0)
 
+//! "" if t is a float32 / float16 / bfloat16 [*, *, *] tensor as checkTensor wants (its device is the call's).
+std::string checkHidden(at::Tensor const& t, char const* name, ftp_dtype_t* dtype)
+{
+    if (!t.defined() || !hiddenDtype(t.scalar_type(), dtype))
+    {
+        return msg(name, " must be a float32, float16 or bfloat16 tensor");
+    }
+    return checkTensor(t, name, t.scalar_type(), 3, t.device());
+}
+
+//! The gathers' scores [B,T] float32 and valid [B,T] bool.
+std::string checkScoresValid(at::Tensor const& scores, at::Tensor const& valid, int64_t B, int64_t T, at::Device dev)
+{
+    FTP_RETURN_IF_ERROR(checkTensor(scores, "scores", at::kFloat, 2, dev));
+    FTP_RETURN_IF_ERROR(checkTensor(valid, "valid", at::kBool, 2, dev));
+    FTP_RETURN_IF_ERROR(checkShape(scores, "scores", {B, T}));
+    return checkShape(valid, "valid", {B, T});
+}
+
 int64_t slotCount(int64_t T, int64_t keepQ16) noexcept
 {
     if (T < 0 || T > FTP_MAX_TOKENS || keepQ16 < 1 || keepQ16 > 65536)
@@ -244,12 +263,8 @@ std::string topkGatherOut(at::Tensor const& hidden, at::Tensor const& scores, at
 {
     return guarded("topk_gather_out", [&]() -> std::string {
         ftp_dtype_t dtype{};
-        if (!hidden.defined() || !hiddenDtype(hidden.scalar_type(), &dtype))
-        {
-            return msg("hidden must be a float32, float16 or bfloat16 tensor");
-        }
+        FTP_RETURN_IF_ERROR(checkHidden(hidden, "hidden", &dtype));
         auto const dev = hidden.device();
-        FTP_RETURN_IF_ERROR(checkTensor(hidden, "hidden", hidden.scalar_type(), 3, dev));
         int64_t const B = hidden.size(0), T = hidden.size(1), D = hidden.size(2);
         if (keepQ16 < 1 || keepQ16 > 65536)
         {
@@ -264,10 +279,7 @@ std::string topkGatherOut(at::Tensor const& hidden, at::Tensor const& scores, at
             return msg("batch ", B, " is too large");
         }
         int64_t const K = slotCount(T, keepQ16);
-        FTP_RETURN_IF_ERROR(checkTensor(scores, "scores", at::kFloat, 2, dev));
-        FTP_RETURN_IF_ERROR(checkTensor(valid, "valid", at::kBool, 2, dev));
-        FTP_RETURN_IF_ERROR(checkShape(scores, "scores", {B, T}));
-        FTP_RETURN_IF_ERROR(checkShape(valid, "valid", {B, T}));
+        FTP_RETURN_IF_ERROR(checkScoresValid(scores, valid, B, T, dev));
         FTP_RETURN_IF_ERROR(checkTensor(gathered, "gathered", hidden.scalar_type(), 3, dev));
         FTP_RETURN_IF_ERROR(checkTensor(indices, "indices", at::kLong, 2, dev));
         FTP_RETURN_IF_ERROR(checkTensor(active, "active", at::kBool, 2, dev));
@@ -295,12 +307,8 @@ std::string topkScatterOut(at::Tensor const& residual, at::Tensor const& rows, a
 {
     return guarded("topk_scatter_out", [&]() -> std::string {
         ftp_dtype_t dtype{};
-        if (!residual.defined() || !hiddenDtype(residual.scalar_type(), &dtype))
-        {
-            return msg("residual must be a float32, float16 or bfloat16 tensor");
-        }
+        FTP_RETURN_IF_ERROR(checkHidden(residual, "residual", &dtype));
         auto const dev = residual.device();
-        FTP_RETURN_IF_ERROR(checkTensor(residual, "residual", residual.scalar_type(), 3, dev));
         int64_t const B = residual.size(0), T = residual.size(1), D = residual.size(2);
         FTP_RETURN_IF_ERROR(checkTensor(indices, "indices", at::kLong, 2, dev));
         int64_t const K = indices.size(1);
@@ -339,21 +347,14 @@ std::string thresholdGatherOut(at::Tensor const& hidden, at::Tensor const& score
 {
     return guarded("threshold_gather_out", [&]() -> std::string {
         ftp_dtype_t dtype{};
-        if (!hidden.defined() || !hiddenDtype(hidden.scalar_type(), &dtype))
-        {
-            return msg("hidden must be a float32, float16 or bfloat16 tensor");
-        }
+        FTP_RETURN_IF_ERROR(checkHidden(hidden, "hidden", &dtype));
         auto const dev = hidden.device();
-        FTP_RETURN_IF_ERROR(checkTensor(hidden, "hidden", hidden.scalar_type(), 3, dev));
         int64_t const B = hidden.size(0), T = hidden.size(1), D = hidden.size(2);
         if (T > 0 && B > kInt32Max / T)
         {
             return msg("B*T = ", B, "*", T, " is too large");
         }
-        FTP_RETURN_IF_ERROR(checkTensor(scores, "scores", at::kFloat, 2, dev));
-        FTP_RETURN_IF_ERROR(checkTensor(valid, "valid", at::kBool, 2, dev));
-        FTP_RETURN_IF_ERROR(checkShape(scores, "scores", {B, T}));
-        FTP_RETURN_IF_ERROR(checkShape(valid, "valid", {B, T}));
+        FTP_RETURN_IF_ERROR(checkScoresValid(scores, valid, B, T, dev));
         FTP_RETURN_IF_ERROR(checkTensor(gathered, "gathered", hidden.scalar_type(), 2, dev));
         FTP_RETURN_IF_ERROR(checkTensor(rows, "rows", at::kLong, 1, dev));
         FTP_RETURN_IF_ERROR(checkTensor(count, "count", at::kInt, 0, dev));
@@ -379,12 +380,8 @@ std::string rowScatterOut(at::Tensor const& residual, at::Tensor const& rowsData
 {
     return guarded("row_scatter_out", [&]() -> std::string {
         ftp_dtype_t dtype{};
-        if (!residual.defined() || !hiddenDtype(residual.scalar_type(), &dtype))
-        {
-            return msg("residual must be a float32, float16 or bfloat16 tensor");
-        }
+        FTP_RETURN_IF_ERROR(checkHidden(residual, "residual", &dtype));
         auto const dev = residual.device();
-        FTP_RETURN_IF_ERROR(checkTensor(residual, "residual", residual.scalar_type(), 3, dev));
         int64_t const B = residual.size(0), T = residual.size(1), D = residual.size(2);
         FTP_RETURN_IF_ERROR(checkTensor(rows, "rows", at::kLong, 1, dev));
         int64_t const N = rows.size(0);
@@ -406,6 +403,40 @@ std::string rowScatterOut(at::Tensor const& residual, at::Tensor const& rowsData
                                 T, N, D, workspace.mutable_data_ptr(), static_cast<size_t>(workspace.numel()),
                                 c10::cuda::getCurrentCUDAStream().stream()),
             "ftp_row_scatter_launch");
+    });
+}
+
+//! The TensorRT glue's flag conversions (kBOOL plugin tensors are not supported, so the plugins'
+//! flags are int32): int32 `flags` -> bool `out` (ftp_flags_from_int32, non-zero = true) or bool
+//! `flags` -> int32 `out` (ftp_flags_to_int32, 0 / 1). Any shape; `out` has the shape of `flags`.
+std::string flagsOut(at::Tensor const& flags, at::Tensor const& out) noexcept
+{
+    return guarded("flags_out", [&]() -> std::string {
+        if (!flags.defined() || !out.defined())
+        {
+            return msg("flags and out must be defined tensors");
+        }
+        bool const fromInt32 = flags.scalar_type() == at::kInt;
+        if (!fromInt32 && flags.scalar_type() != at::kBool)
+        {
+            return msg("flags must be int32 or bool, got ", c10::toString(flags.scalar_type()));
+        }
+        auto const dev = flags.device();
+        FTP_RETURN_IF_ERROR(checkTensor(flags, "flags", flags.scalar_type(), flags.dim(), dev));
+        FTP_RETURN_IF_ERROR(checkTensor(out, "out", fromInt32 ? at::kBool : at::kInt, flags.dim(), dev));
+        FTP_RETURN_IF_ERROR(checkShape(out, "out", flags.sizes()));
+        FTP_RETURN_IF_ERROR(checkDisjoint({{&out, "out"}}, {{&flags, "flags"}}));
+        c10::cuda::CUDAGuard guard(dev);
+        cudaStream_t const stream = c10::cuda::getCurrentCUDAStream().stream();
+        if (fromInt32)
+        {
+            return launchStatus(ftp_flags_from_int32(static_cast<int32_t const*>(flags.const_data_ptr()),
+                                    static_cast<uint8_t*>(out.mutable_data_ptr()), flags.numel(), stream),
+                "ftp_flags_from_int32");
+        }
+        return launchStatus(ftp_flags_to_int32(static_cast<uint8_t const*>(flags.const_data_ptr()),
+                                static_cast<int32_t*>(out.mutable_data_ptr()), flags.numel(), stream),
+            "ftp_flags_to_int32");
     });
 }
 
@@ -467,6 +498,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
         py::arg("rows"), py::arg("count"), py::arg("workspace"));
     m.def("row_scatter_out", &rowScatterOut, "FtpRowScatter into out [B,T,D]; returns '' or an error message",
         py::arg("residual"), py::arg("rows_data"), py::arg("rows"), py::arg("out"), py::arg("workspace"));
+    m.def("flags_out", &flagsOut,
+        "int32 flags -> bool out, or bool flags -> int32 out (the TensorRT glue's conversions); returns '' or an "
+        "error message",
+        py::arg("flags"), py::arg("out"));
     m.def("_probe_exception", &probeException, "diagnostic: throws on purpose (run it in a child process only)",
         py::arg("mode"));
 }

@@ -69,3 +69,24 @@ def test_bracketing_drop_counts_straddle_the_routed_flops():
         assert interpolate_at_flops(mid, [(hi, 3.0), (lo, 1.0)]) == pytest.approx(2.0)
         assert interpolate_at_flops(mid, [(hi, 9.0), (lo, 1.0)], log=True) == pytest.approx(3.0)
     assert bracketing_drop_counts(CFG, [0.0] * 4) == [0]
+
+
+def test_matmul_flops_count_attention_and_lm_head():
+    from ftp_export.flops import call_matmul_flops, routed_matmul_flop_ratio
+
+    cfg = SimpleNamespace(**vars(CFG), vocab_size=100)
+    f = block_linear_flops(cfg)
+    attn = 2 * 2 * 4 * 16 * 10  # Q K^T and P V, 4 heads of 16, 10 keys
+    lm = 2 * 64 * 100
+    assert call_matmul_flops(cfg, [0.0] * 4, 10, 10, 1) == pytest.approx(4 * 10 * (f.total + attn) + lm)
+    sp = [0.0, 0.5, 1.0, 0.25]  # block 2 dropped: nothing, not even K/V
+    routed = 10 * (f.total + attn) + 10 * (f.kv + 0.5 * (f.rest + attn)) + 10 * (f.kv + 0.75 * (f.rest + attn)) + 2 * lm
+    assert call_matmul_flops(cfg, sp, 10, 10, 2) == pytest.approx(routed)
+    assert routed_matmul_flop_ratio(cfg, [0.0] * 4, 10, 10, 1) == pytest.approx(1.0)
+    # prefill (last logits): attention scales with the keep ratio, so the ideal beats linear-only
+    sp = [0.0, 0.6, 0.6, 0.6]
+    assert routed_matmul_flop_ratio(cfg, sp, 512, 512, 1) > routed_linear_flop_ratio(cfg, sp)
+    # decode at a short context: the unrouted LM head pulls the ideal below linear-only
+    assert routed_matmul_flop_ratio(cfg, sp, 1, 8, 1) < routed_linear_flop_ratio(cfg, sp)
+    with pytest.raises(ValueError):
+        routed_matmul_flop_ratio(cfg, [0.1] * 3, 1, 8, 1)

@@ -1,9 +1,12 @@
-"""`ftp-export bench` smoke test on the tiny shape: table, JSON and plot are produced (no timing
-assertions: speed is proven on the GPU machine, see README)."""
+"""`ftp-export bench` smoke tests on the tiny shape, eager and onnxruntime: table, JSON and plot are
+produced (no timing assertions: speed is measured by the bench itself, see docs/performance.md);
+the report flags a speedup above its ideal; bad input exits 2 with one line."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from ftp_export.cli import main
 
@@ -29,3 +32,76 @@ def test_bench_rejects_bad_sparsity(capsys):
     assert main(["bench", "--sparsity", "1.2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "must be in (0, 1)" in err[0]
+
+
+def test_onnxruntime_bench_times_the_exported_graphs(tmp_path, capsys):
+    """Dense and routed exported by the onnx target, timed in onnxruntime: JSON fields, table rows, plot, memory."""
+    rc = main(["bench", "--runtime", "onnxruntime", "--shape", "tiny", "--layers", "1", "--seq", "16", "--sparsity", "0.4",
+               "--decode-context", "16,24", "--decode-batch", "2", "--decode-steps", "2", "--warmup", "0", "--iters", "1",
+               "--memory", "-o", str(tmp_path)])
+    assert rc == 0
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert doc["runtime"] == "onnxruntime" and doc["threads"] == 1 and doc["logits"] == "last" and isinstance(doc["opset"], int)
+    assert len(doc["load_average"]["before"]) == 3 and len(doc["load_average"]["after"]) == 3
+    (p,) = doc["prefill"]
+    assert p["seq_len"] == 16 and p["dense_ms"] > 0 and p["routed_ms"] > 0
+    assert p["ideal"] > 1.0 and p["ideal_matmul"] > 1.0
+    assert p["of_ideal"] == pytest.approx(p["speedup"] / p["ideal"]) and p["above_ideal"] == (p["speedup"] > p["ideal_matmul"])
+    assert [r["context"] for r in doc["decode"]] == [16, 24]
+    for r in doc["decode"]:
+        assert r["batch"] == 2 and r["steps"] == 2 and r["dense_ms"] > 0 and r["ideal_matmul"] > 0
+        assert list(r["skip_rate_per_block"]) == ["0"]  # one block, routed
+        assert 0.0 <= r["skip_rate"] <= 1.0
+    (m,) = doc["memory"]
+    assert m["runtime"] == "onnxruntime" and m["seq_len"] == 16 and m["dense_mib"] >= 0 and m["routed_mib"] >= 0
+    out = capsys.readouterr().out
+    assert "onnxruntime" in out and "thread(s), load 1m" in out
+    assert any(line.split()[:3] == ["1", "16", "0.40"] for line in out.splitlines())  # the prefill row
+    assert "ideal lin/mm" in out and "realised decode skip rate" in out and "peak resident set" in out
+    assert (tmp_path / "bench.png").stat().st_size > 1000
+
+
+def _row(speedup: float, **extra) -> dict:
+    return {"batch": 1, "sparsity": 0.4, "dense_ms": 2.0, "routed_ms": 2.0 / speedup, "dense_range_ms": [2.0, 2.0],
+            "routed_range_ms": [1.0, 1.0], "speedup": speedup, "ideal": 1.4, "ideal_matmul": 1.5,
+            "of_ideal": speedup / 1.4, "of_ideal_matmul": speedup / 1.5, **extra}
+
+
+def test_report_flags_a_speedup_above_the_ideal(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ftp_export.bench.report import FLAG_NOTE, format_tables, plot, speedup_panel
+
+    prefill = [_row(1.2, seq_len=128), _row(2.0, seq_len=512)]  # 2.0 > all-matmul ideal 1.5
+    decode = [_row(1.45, context=128, skip_rate=0.4, skip_rate_per_block={"1": 0.4})]  # above linear only: not flagged
+    text = format_tables(prefill, decode)
+    rows = {line.split()[1]: line for line in text.splitlines() if line.split()[:1] == ["1"]}
+    assert " 2.00!" in rows["512"] and "!" not in rows["128"]
+    assert FLAG_NOTE in text and "1.45!" not in text
+    assert "1.60!" in format_tables(prefill[:1], [{**decode[0], "speedup": 1.6}])  # decode above its all-matmul ideal
+    fig, ax = plt.subplots()
+    speedup_panel(ax, prefill, "seq_len", "L", "speedup")
+    labels = ax.get_legend_handles_labels()[1]
+    assert sum("above ideal" in label for label in labels) == 1 and any("all-matmul ideal" in label for label in labels)
+    plt.close(fig)
+    plot(prefill, tmp_path / "p.png", "t", decode)
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--runtime", "tensorrt"], "invalid choice"),
+    (["--seq", "0"], "--seq 0: must be at least 1"),
+    (["--seq", "16,abc"], "expected comma-separated integers"),
+    (["--decode-context", "128,-5"], "--decode-context -5: must be at least 1"),
+    (["--decode-context", ","], "give at least one value"),
+    (["--threads", "0"], "--threads 0: must be at least 1"),
+    (["--runtime", "onnxruntime", "--device", "cuda"], "CPU provider"),
+    (["--runtime", "compile", "--memory"], "--memory with --runtime compile"),
+])
+def test_bench_bad_inputs_exit_2_with_one_line(args, message, capsys):
+    assert main(["bench", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

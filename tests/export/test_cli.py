@@ -102,8 +102,44 @@ def test_bad_schedule_is_one_line_and_writes_nothing(case, schedule_copy, tmp_pa
 
 def test_unknown_target(tmp_path, capsys):
     assert main(["--target", "tflite", "-o", str(tmp_path / "o")]) == 2
-    assert "unknown target 'tflite'" in _one_error_line(capsys)
+    line = _one_error_line(capsys)
+    assert "--target: invalid choice: 'tflite'" in line and "'onnx'" in line and "'compile'" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_help_lists_the_commands_and_the_choices(capsys):
+    """``ftp-export --help``: every command on one line with what it does; --target, --dtype (optimum's
+    spellings too) and --device as choices with help."""
+    from ftp_export.cli import COMMANDS
+    from ftp_export.export.targets import target_names
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for name, text in COMMANDS.items():
+        (line,) = [ln for ln in lines if ln.split()[:1] == [name]]
+        assert text in line
+    assert "{" + ",".join(target_names()) + "}" in out
+    assert "{float32,fp32,float16,fp16,bfloat16,bf16}" in out and "{cpu,cuda,cuda:N}" in out
+    assert "--rtol" in out and "atol + rtol * max|reference logit|" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("argv", [["--dtype", "float64"], ["--device", "gpu"], ["--device", "cuda:x"], ["--rtol", "-1"]])
+def test_choices_are_refused_when_parsed(argv, tmp_path, capsys):
+    assert main([*argv, "-o", str(tmp_path / "o")]) == 2
+    line = _one_error_line(capsys)
+    assert f"argument {argv[0]}:" in line and argv[1] in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_dtype_spellings():
+    from ftp_export.devices import canonical_dtype, device_choice, torch_dtype
+
+    assert [canonical_dtype(d) for d in ("fp16", "float16", "fp32", "bf16")] == ["float16", "float16", "float32", "bfloat16"]
+    assert torch_dtype("fp16") == torch.float16 and torch_dtype("float32") == torch.float32
+    assert [device_choice(d) for d in ("cpu", "cuda", "cuda:3")] == ["cpu", "cuda", "cuda:3"]
 
 
 def test_unsupported_architecture(tmp_path, capsys):
@@ -154,7 +190,8 @@ def test_console_script_exit_code(tmp_path):
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ftp_export.cli"]
     proc = subprocess.run([*cmd, "--target", "nope", "-o", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("error: unknown target") and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.strip().startswith("error: ftp-export: argument --target: invalid choice: 'nope'")
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU error")

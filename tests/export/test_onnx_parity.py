@@ -49,6 +49,21 @@ def test_onnx_matches_pytorch_at_sparsity_04(static_export):
     assert "decode skip rate per block" in format_table(report)
 
 
+def test_a_contradicted_declared_shape_fails_parity(static_export):
+    routed, graphs = static_export
+
+    class Contradicted(OrtRuntime):
+        def check_shapes(self, graph, feeds, outputs):
+            self.shape_problems.append(f"{graph}: routing.2.indices dim 1 declared 1, got 4")
+
+    report = run_parity(routed, Contradicted(graphs.files, graphs.signatures), parity_cases(new_tokens=2)[1:2], atol=ATOL)
+    assert all(c["passed"] for c in report["cases"]) and not report["passed"]
+    assert report["shape_problems"][0] == "prefill: routing.2.indices dim 1 declared 1, got 4"
+    assert "declared shape contradicted: prefill: routing.2.indices" in format_table(report)
+    clean = run_parity(routed, OrtRuntime(graphs.files, graphs.signatures), parity_cases(new_tokens=2)[1:2], atol=ATOL)
+    assert clean["passed"] and clean["shape_problems"] == []
+
+
 def test_onnx_graph_names_follow_optimum(static_export):
     import onnx
 
@@ -61,6 +76,10 @@ def test_onnx_graph_names_follow_optimum(static_export):
     assert inputs[3:] == [f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
     assert outputs[0] == "logits"
     assert outputs[1 : 1 + 2 * n] == [f"present.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*dec.graph.input, *dec.graph.output)}
+    assert dims["attention_mask"] == ["batch_size", "past_sequence_length + sequence_length"]
+    assert {tuple(dims[f"past_key_values.{i}.key"]) for i in range(n)} == {("batch_size", 2, "past_sequence_length", 16)}
+    assert dims["present.0.value"][2] == "past_sequence_length + sequence_length"
     ops = {node.op_type for node in onnx.load(str(graphs.prefill), load_external_data=False).graph.node}
     assert "TopK" in ops and "NonZero" in {node.op_type for node in dec.graph.node}
 

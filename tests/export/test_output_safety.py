@@ -219,7 +219,7 @@ def test_failing_rerun_keeps_the_passing_export(default_export, tmp_path, capsys
     assert killed.returncode == -9
     (stale,) = [p for p in tmp_path.iterdir() if p.name.startswith(".out.partial-")]
     capsys.readouterr()
-    args = ["--schedule", str(DEFAULT_SCHEDULE), "-o", str(out), "--parity-tokens", "2", "--atol", "0"]
+    args = ["--schedule", str(DEFAULT_SCHEDULE), "-o", str(out), "--parity-tokens", "2", "--atol", "0", "--rtol", "0"]
     assert main(args) == 1
     captured = capsys.readouterr()
     assert _snapshot(out) == before

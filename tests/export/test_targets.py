@@ -12,10 +12,12 @@ import pytest
 from ftp_export.export.targets import target_names
 from tests.helpers import EXPORT_LOGITS
 
+# every export folder is a complete model folder (config, generation config, tokenizer) beside its graphs
+MODEL_FILES = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
 EXPECTED_FILES = {
-    "onnx": {"decoder_model.onnx", "decoder_with_past_model.onnx"},
-    "trt": {"decoder_model.onnx", "decoder_with_past_model.onnx", "build_engines.sh", "plugins/CMakeLists.txt"},
-    "compile": {"decoder_model.pt2", "decoder_with_past_model.pt2"},
+    "onnx": {"decoder_model.onnx", "decoder_with_past_model.onnx", *MODEL_FILES},
+    "trt": {"decoder_model.onnx", "decoder_with_past_model.onnx", "build_engines.sh", "plugins/CMakeLists.txt", *MODEL_FILES},
+    "compile": {"decoder_model.pt2", "decoder_with_past_model.pt2", *MODEL_FILES},
 }
 
 
@@ -27,11 +29,13 @@ def test_target_passes_parity_on_the_default_model(default_export, target, which
     assert parity["passed"] and {c["name"] for c in parity["cases"]} == {"batch3-left-padded", "batch1"}
     for case in parity["cases"]:
         assert case["prefill_max_abs_diff"] <= 1e-4 and case["decode_max_abs_diff"] <= 1e-4, case
+        assert case["steps_over_tolerance"] == [] and case["routing_agreement"] == 1.0, case
         assert case["routing_identical"] and case["tokens_identical"], case
     logits = EXPORT_LOGITS[which]
     assert parity["logits"] == logits and all(c["prefill_logits"] == logits for c in parity["cases"])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["target"] == target and manifest["parity"]["passed"]
+    assert (manifest["parity"]["atol"], manifest["parity"]["rtol"]) == (parity["atol"], parity["rtol"]) == (1e-4, 2e-5)
     assert manifest["logits"] == logits
     assert manifest["graphs"]["prefill"]["logits"].startswith("[batch, 1, vocab]" if logits == "last" else "[batch, tokens, vocab]")
     assert manifest["graphs"]["decode"]["logits"] == "[batch, tokens, vocab]"

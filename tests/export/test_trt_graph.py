@@ -36,6 +36,7 @@ def test_custom_node_graph_matches_pytorch(tiny_model, tmp_path):
         for nd in custom:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nd.attribute}
             assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b""
+        _assert_int32_flags(model)
         ops = [nd.op_type for nd in model.graph.node]
         assert not set(ops) & {"ScatterND", "NonZero"}  # selection and scatter live in the plugins
         # the only TopK left ranks the attention factor (one per routed block, prefill only: decode
@@ -49,8 +50,39 @@ def test_custom_node_graph_matches_pytorch(tiny_model, tmp_path):
     assert report["logits"] == "last"  # the default; --logits all: tests/export/test_targets.py (drop+0.9)
 
 
+# plugin tensors cannot be bool in TensorRT: the flags are int32 at the nodes, cast around them
+FLAG_INPUTS = {"FtpTopKGather": [2], "FtpTopKScatter": [3], "FtpThresholdGather": [2], "FtpRowScatter": []}
+FLAG_OUTPUTS = {"FtpTopKGather": [2], "FtpTopKScatter": [], "FtpThresholdGather": [], "FtpRowScatter": []}
+
+
+def _assert_int32_flags(model: onnx.ModelProto) -> None:
+    int32, boolean = onnx.TensorProto.INT32, onnx.TensorProto.BOOL
+    producer = {out: nd for nd in model.graph.node for out in nd.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for nd in model.graph.node:
+        for name in nd.input:
+            consumers.setdefault(name, []).append(nd)
+
+    def cast_to(nd: onnx.NodeProto | None) -> int | None:
+        if nd is None or nd.op_type != "Cast":
+            return None
+        return next(onnx.helper.get_attribute_value(a) for a in nd.attribute if a.name == "to")
+
+    graph_outputs = {o.name for o in model.graph.output}
+    for nd in (n for n in model.graph.node if n.domain == "ftp"):
+        for i in FLAG_INPUTS[nd.op_type]:
+            assert cast_to(producer.get(nd.input[i])) == int32, f"{nd.op_type} input {i} is not Cast to int32"
+        for i in FLAG_OUTPUTS[nd.op_type]:
+            users = consumers.get(nd.output[i], [])
+            assert nd.output[i] not in graph_outputs and users
+            # the bool flags the model reads come from a Cast; the next scatter may take the int32 directly
+            assert all(cast_to(u) == boolean or u.domain == "ftp" for u in users), [u.op_type for u in users]
+            assert any(cast_to(u) == boolean for u in users)
+
+
 def test_trtexec_command_has_profiles_and_plugins():
     cmd = trtexec_command("decoder_with_past_model.onnx", "d.engine", GraphSignature("decode", 2, ()))
-    assert "--dynamicPlugins=build/libftp_plugins.so" in cmd and "--setPluginsToSerialize" in cmd
+    # the engine is not version-compatible: an embedded plugin library would never be loaded
+    assert "--dynamicPlugins=build/libftp_plugins.so" in cmd and "--setPluginsToSerialize" not in cmd
     assert "past_key_values.1.value:8x${KV_HEADS}x4096x${HEAD_DIM}" in cmd
     assert "attention_mask:1x2" in cmd  # min: past 1 + one new token

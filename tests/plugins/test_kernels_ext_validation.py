@@ -269,6 +269,8 @@ def _wrapper_calls():
         "threshold_gather_out": lambda: kx.threshold_gather_out(**t),
         "row_scatter": lambda: kx.row_scatter(r["residual"], r["rows_data"], r["rows"]),
         "row_scatter_out": lambda: kx.row_scatter_out(**r),
+        "flags_out": lambda: kx.flags_out(torch.ones(2, 3, dtype=torch.int32), torch.empty(2, 3, dtype=torch.bool)),
+        "convert_flags": lambda: kx.convert_flags(torch.ones(2, 3, dtype=torch.bool)),
     }
 
 
@@ -289,6 +291,25 @@ def test_allocating_wrappers_convert_only_float_scores(no_extension):
         kc.check_topk_gather(g["hidden"], g["scores"].long(), g["valid"], 39322, require_cuda=False)
     with pytest.raises(ValueError, match="unknown node"):
         kx.workspace_size("topk", 1, 1)
+
+
+def test_flag_conversion_checks():
+    """int32 -> bool or bool -> int32 (the TensorRT glue's conversions), same shape, no aliasing."""
+    i32, b8 = torch.ones(2, 3, dtype=torch.int32), torch.empty(2, 3, dtype=torch.bool)
+    kc.check_flags(i32, b8, require_cuda=False)
+    kc.check_flags(b8, i32, require_cuda=False)
+    with pytest.raises(TypeError, match="flags must be int32, bool"):
+        kc.check_flags(i32.long(), b8, require_cuda=False)
+    with pytest.raises(TypeError, match="out must be bool"):
+        kc.check_flags(i32, i32.clone(), require_cuda=False)
+    with pytest.raises(TypeError, match="out must be int32"):
+        kc.check_flags(b8, b8.clone(), require_cuda=False)
+    with pytest.raises(ValueError, match="shape"):
+        kc.check_flags(i32, b8[:1], require_cuda=False)
+    with pytest.raises(ValueError, match="overlaps"):
+        kc.check_flags(i32, i32.view(-1).view(torch.uint8)[:6].view(torch.bool).view(2, 3), require_cuda=False)
+    with pytest.raises(TypeError, match="flags must be a torch.Tensor"):
+        kc.check_flags([1, 0], b8, require_cuda=False)
 
 
 # ---- the extension in a child process --------------------------------------------------------------------

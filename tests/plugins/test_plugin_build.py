@@ -113,3 +113,31 @@ def test_tensorrt_glue_compiles():
     ]
     for cmd, res in _compile_all(cmds):
         assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}"
+
+
+@pytest.mark.skipif(_tensorrt_include() is None, reason="TensorRT headers not found (set TensorRT_ROOT)")
+@pytest.mark.skipif(shutil.which("cmake") is None or _nvcc() is None, reason="cmake or nvcc not found")
+def test_cmake_builds_a_self_contained_plugin_library(tmp_path):
+    """Issue 19 item 6: the CMake build needs only TensorRT's headers, links the static CUDA runtime
+    only and writes no RPATH; the library loads without libnvinfer (or a GPU) and lists 4 creators."""
+    import ctypes
+
+    build = tmp_path / "build"
+    arch = ARCH.removeprefix("sm_")
+    root = _tensorrt_include().parent  # TensorRT_ROOT's layout: <root>/include/NvInferRuntime.h
+    configure = ["cmake", "-S", str(ROOT), "-B", str(build), f"-DTensorRT_ROOT={root}",
+                 f"-DCMAKE_CUDA_ARCHITECTURES={arch}", "-DFTP_REQUIRE_TENSORRT=ON"]
+    for cmd in (configure, ["cmake", "--build", str(build), "-j", str(max(1, min(8, os.cpu_count() or 1)))]):
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "CUDACXX": _nvcc()})
+        assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    lib = build / "libftp_plugins.so"
+    assert lib.is_file()
+    if shutil.which("readelf"):
+        dynamic = subprocess.run(["readelf", "-d", str(lib)], capture_output=True, text=True, check=True).stdout
+        needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", dynamic)
+        assert not [n for n in needed if "cudart" in n or "nvinfer" in n], needed
+        assert "RPATH" not in dynamic and "RUNPATH" not in dynamic
+    handle = ctypes.CDLL(str(lib))
+    handle.getCreators.restype = ctypes.c_void_p
+    count = ctypes.c_int32(0)
+    assert handle.getCreators(ctypes.byref(count)) and count.value == len(NODES)

@@ -401,6 +401,26 @@ def test_launches_are_graph_capturable(ext):
     assert_bits_equal(big_g[: exp_big.numel()], big_h.reshape(-1, 8)[exp_big], "multi-block gathered after replay")
 
 
+def test_flag_conversions(ext):
+    """The TensorRT glue's int32 <-> byte flag kernels (plugin tensors cannot be bool): any non-zero
+    int32 is true, bools come back as 0 / 1; sizes past one grid pass (4096 blocks x 256 threads)."""
+    gen = torch.Generator().manual_seed(11)
+    for shape in ((0,), (1,), (3, 7), (8, 4097), (4096 * 256 + 5,)):
+        x = torch.randint(-(2**31), 2**31 - 1, shape, generator=gen, dtype=torch.int64).to(torch.int32)
+        x.view(-1)[::3] = 0
+        x = x.to(DEV)
+        flags = torch.empty(shape, dtype=torch.bool, device=DEV)
+        flags.view(torch.uint8).fill_(0xAB)  # poison: neither 0 nor 1
+        kernels_ext.flags_out(x, flags)
+        back = torch.full(shape, 7, dtype=torch.int32, device=DEV)
+        kernels_ext.flags_out(flags, back)
+        torch.cuda.synchronize()
+        assert torch.equal(flags.view(torch.uint8), (x != 0).to(torch.uint8)), shape
+        assert torch.equal(back, (x != 0).to(torch.int32)), shape
+    assert torch.equal(kernels_ext.convert_flags(torch.tensor([[0, -1, 5]], dtype=torch.int32, device=DEV)).cpu(),
+                       torch.tensor([[False, True, True]]))  # fmt: skip
+
+
 def _raw_calls(dev: torch.device):
     """(description, raw extension call) pairs that must each be rejected with a message."""
     h = torch.zeros(1, 4, 8, device=dev)
@@ -443,6 +463,8 @@ def _raw_calls(dev: torch.device):
         ("rows too short", lambda e: e.threshold_gather_out(h, s, v, 0.0, tg, tr[:3], cnt, ws), "rows"),
         ("rows_data D", lambda e: e.row_scatter_out(h, g[0, :, :4], i[0], out, ws), "rows_data"),
         ("rows int32", lambda e: e.row_scatter_out(h, g[0], i[0].int(), out, ws), "rows"),
+        ("int64 flags", lambda e: e.flags_out(i, a), "int32"),
+        ("flags out shape", lambda e: e.flags_out(i.int(), a[:, :2]), "shape"),
     ]  # fmt: skip
 
 

@@ -30,8 +30,10 @@ def trtexec_command(onnx_file: str, engine: str, signature: GraphSignature, prec
         return ",".join(f"{name}:{dims.get(name, f'{batch}x${{KV_HEADS}}x{past}x${{HEAD_DIM}}')}" for name in signature.inputs)
 
     lo, opt, hi = PROFILES[signature.graph]
+    # no --setPluginsToSerialize: TensorRT loads embedded plugin libraries only from version-compatible
+    # engines; whoever runs the engine loads the library again (trtexec --dynamicPlugins, plugins/README.md)
     return (
-        f"trtexec --onnx={onnx_file} --dynamicPlugins=build/{PLUGIN_LIB} --setPluginsToSerialize=build/{PLUGIN_LIB} "
+        f"trtexec --onnx={onnx_file} --dynamicPlugins=build/{PLUGIN_LIB} "
         f"--{precision} --minShapes={shapes(*lo)} --optShapes={shapes(*opt)} --maxShapes={shapes(*hi)} --saveEngine={engine}"
     )
 
@@ -43,7 +45,8 @@ def write_build_kit(out: Path, model: RoutedCausalLM, signatures: dict[str, Grap
     kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     lines = [
         "#!/usr/bin/env bash",
-        "# Build the ftp plugin library and the TensorRT engines (needs TensorRT 10+, CUDA, CMake).",
+        "# Build the ftp plugin library and the TensorRT engines (needs TensorRT 10+ with its headers, CUDA, CMake).",
+        f"# Running an engine needs the library too: trtexec --loadEngine=X.engine --dynamicPlugins=build/{PLUGIN_LIB}",
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
         f"KV_HEADS={kv_heads}",

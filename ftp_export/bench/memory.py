@@ -1,0 +1,147 @@
+"""Peak host memory of one prefill, each in a fresh process: how far the process's peak resident
+set rises over that one call (model or session loaded, inputs made, then the call). A fresh
+process per measurement, so nothing an earlier call allocated (a cached buffer, an arena) lowers
+or raises it.
+
+On Linux the peak is read from ``/proc/self/status`` (``VmHWM``, reset to the current resident
+size just before the call through ``/proc/self/clear_refs``), not from
+``getrusage(RUSAGE_SELF).ru_maxrss``: a child inherits its parent's ``ru_maxrss`` across fork and
+exec, so a child of a bench process that holds the model and several sessions reported a rise of
+0 (measured: 0.0 MiB for a 2048-token prefill that needs ~700 MiB). Elsewhere ``ru_maxrss`` is used.
+
+``python -m ftp_export.bench.memory onnxruntime GRAPH.onnx SEQ BATCH THREADS VOCAB`` or
+``python -m ftp_export.bench.memory eager SHAPE LAYERS SPARSITY SEQ BATCH DTYPE`` (sparsity 0: the
+Hugging Face model itself, as the eager bench's dense side) prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftp_export.errors import FTPError
+
+STATUS = Path("/proc/self/status")
+
+
+def _status_mib(field: str) -> float | None:
+    try:
+        for line in STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _start() -> float:
+    """Reset the peak to the current resident size where Linux allows it; returns the baseline."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        rss = _status_mib("VmRSS")
+        if rss is not None:
+            return rss
+    except OSError:
+        pass
+    return _maxrss_mib()
+
+
+def _peak() -> float:
+    hwm = _status_mib("VmHWM")
+    return hwm if hwm is not None else _maxrss_mib()
+
+
+def rise_over(fn: Callable[[], object]) -> float:
+    """MiB the process's peak resident set rises by while ``fn`` runs."""
+    before = _start()
+    fn()
+    return max(0.0, _peak() - before)
+
+
+@dataclass
+class MemoryRow:
+    runtime: str
+    seq_len: int
+    batch: int
+    sparsity: float
+    dense_mib: float  # peak resident set rise over one prefill, fresh process
+    routed_mib: float
+    overhead: float | None  # routed / dense - 1 (None when dense rose by nothing measurable)
+
+    @classmethod
+    def of(cls, runtime: str, seq_len: int, batch: int, sparsity: float, dense_mib: float, routed_mib: float) -> MemoryRow:
+        return cls(runtime, seq_len, batch, sparsity, dense_mib, routed_mib, routed_mib / dense_mib - 1 if dense_mib > 0 else None)
+
+
+def measure(args: list[str], timeout: float = 1800) -> float:
+    """The rise (MiB) printed by a fresh ``python -m ftp_export.bench.memory ARGS``."""
+    proc = subprocess.run([sys.executable, "-m", __name__, *args], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise FTPError(f"memory measurement ({' '.join(args[:2])}) failed: {tail[:300]}")
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["rise_mib"])
+
+
+def ort_args(graph: Path, seq: int, batch: int, threads: int, vocab: int) -> list[str]:
+    return ["onnxruntime", str(graph), str(seq), str(batch), str(threads), str(vocab)]
+
+
+def eager_args(shape: str, layers: int, sparsity: float, seq: int, batch: int, dtype: str) -> list[str]:
+    return ["eager", shape, str(layers), str(sparsity), str(seq), str(batch), dtype]
+
+
+def _ort_prefill(graph: str, seq: int, batch: int, threads: int, vocab: int) -> float:
+    import numpy as np
+
+    from ftp_export.bench.artefacts import ort_session_factory
+
+    sess = ort_session_factory(threads)(Path(graph), ["CPUExecutionProvider"])
+    ids = np.random.default_rng(0).integers(0, vocab, (batch, seq), dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.tile(np.arange(seq, dtype=np.int64), (batch, 1))}
+    return rise_over(lambda: sess.run(None, feeds))
+
+
+def _eager_prefill(shape: str, layers: int, sparsity: float, seq: int, batch: int, dtype: str) -> float:
+    import torch
+
+    from ftp_export.bench.models import random_llama
+    from ftp_export.devices import torch_dtype
+    from ftp_export.routed.model import RoutedCausalLM
+    from ftp_export.schedule import new_schedule, uniform_sparsity
+
+    model = random_llama(shape, layers, torch_dtype(dtype), "cpu")
+    cfg = model.config
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    if sparsity > 0:
+        routed = RoutedCausalLM(model, new_schedule(cfg, uniform_sparsity(cfg.num_hidden_layers, sparsity))).eval()
+        run = lambda: routed(ids, mask, mode="prefill", logits="last")  # noqa: E731
+    else:
+        run = lambda: model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)  # noqa: E731
+    with torch.no_grad():
+        return rise_over(run)
+
+
+def main(argv: list[str]) -> int:
+    kind, *rest = argv
+    if kind == "onnxruntime":
+        graph, seq, batch, threads, vocab = rest
+        rise = _ort_prefill(graph, int(seq), int(batch), int(threads), int(vocab))
+    else:
+        shape, layers, sparsity, seq, batch, dtype = rest
+        rise = _eager_prefill(shape, int(layers), float(sparsity), int(seq), int(batch), dtype)
+    print(json.dumps({"rise_mib": round(rise, 2), "peak_mib": round(_peak(), 2), "ru_maxrss_mib": round(_maxrss_mib(), 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

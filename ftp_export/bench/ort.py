@@ -1,0 +1,251 @@
+"""``ftp-export bench --runtime onnxruntime``: the exported graphs, routed against dense, in
+onnxruntime's CPU provider.
+
+What is timed. For a random-weight model of a named shape, the routed model at each overall
+sparsity (routers ranking tokens by their attention factor, :func:`~.models.bench_schedule`; uniform schedule with block 0 dense) and a **dense baseline** are each
+exported by the ``onnx`` target, the code ``ftp-export --target onnx`` runs, with its default
+``logits='last'`` prefill graph (:mod:`.artefacts`). The dense baseline is the same pipeline with
+every block sparsity 0: same exporter, opset, attention code, graph inputs/outputs and logits
+policy. Chosen over Hugging Face's model exported with sdpa because that would change two things
+at once (the attention lowering and the routing), and at opset 18 the dynamo exporter lowers sdpa
+to the same MatMul/Softmax ops anyway; the ratio here is what routing changes in the product. A
+faster attention in the routed code (being worked on) speeds up this dense baseline as well.
+
+How. Sessions use the CPU provider with ``threads`` intra-op threads (default 1: reproducible on
+a shared machine). Dense and routed run **interleaved**, alternating which goes first, so a load
+change on the machine hits both; median, min and max over ``iters`` iterations after ``warmup``.
+Prefill: one call on ``seq`` random tokens per row. Decode: ``steps`` consecutive one-token
+decode calls (each step's ``present`` fed back as the next ``past_key_values``) after a prefill
+of ``context`` random tokens, reported per step. Decode thresholds are calibrated on those very
+prompts (:mod:`.decode_calibration`), and the skip rate the decode graph realised on the timed
+steps is read from its ``routing.N.rows`` outputs: per block and the mean, beside every decode
+figure.
+
+Ideal speedups (dense / routed FLOPs): linear layers only (:func:`~ftp_export.flops.routed_linear_flop_ratio`)
+and every matmul (:func:`~ftp_export.flops.routed_matmul_flop_ratio`: attention products and the
+LM head too); prefill at the scheduled sparsities, decode at the realised per-block skip rates.
+A measured speedup above the all-matmul ideal is flagged (``above_ideal``): it is timing noise or
+a slow dense side, not a success.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ftp_export.bench.artefacts import ExportedPair, export_model, ort_runtime
+from ftp_export.bench.decode_calibration import calibrate_on_prompts
+from ftp_export.bench.memory import MemoryRow, measure, ort_args
+from ftp_export.bench.models import bench_schedule
+from ftp_export.flops import routed_linear_flop_ratio, routed_matmul_flop_ratio
+from ftp_export.graph_io import DEFAULT_LOGITS
+from ftp_export.routed.model import RoutedCausalLM
+from ftp_export.runtimes.ort import OrtRuntime
+from ftp_export.schedule import dropped_sparsity, new_schedule
+
+Stats = tuple[float, float, float]  # median, min, max (ms)
+
+
+@dataclass
+class OrtPrefillRow:
+    batch: int
+    seq_len: int
+    sparsity: float
+    dense_ms: float  # median
+    routed_ms: float
+    dense_range_ms: tuple[float, float]  # min, max
+    routed_range_ms: tuple[float, float]
+    speedup: float  # dense / routed
+    ideal: float  # linear FLOPs
+    ideal_matmul: float  # every matmul: attention and LM head too
+    of_ideal: float  # speedup / ideal
+    of_ideal_matmul: float
+    above_ideal: bool  # speedup > ideal_matmul: noise or a slow dense side, not a success
+    load_1m: float  # os.getloadavg()[0] when the case started
+
+
+@dataclass
+class OrtDecodeRow:
+    batch: int
+    context: int
+    sparsity: float
+    steps: int  # decode steps per timed iteration; times are per step
+    dense_ms: float
+    routed_ms: float
+    dense_range_ms: tuple[float, float]
+    routed_range_ms: tuple[float, float]
+    speedup: float
+    ideal: float  # at the realised per-block skip rates
+    ideal_matmul: float
+    of_ideal: float
+    of_ideal_matmul: float
+    above_ideal: bool
+    skip_rate: float | None  # realised, mean over routed blocks
+    skip_rate_per_block: dict[int, float]
+    load_1m: float
+
+
+@dataclass
+class OrtSettings:
+    batches: list[int]
+    seqs: list[int]
+    sparsities: list[float]
+    decode_batches: list[int]
+    decode_contexts: list[int]
+    decode_steps: int = 8
+    warmup: int = 1
+    iters: int = 5
+    threads: int = 1
+    dtype: str = "float32"
+    memory: bool = False
+    logits: str = DEFAULT_LOGITS
+
+
+def _stats(samples: list[float]) -> Stats:
+    return statistics.median(samples), min(samples), max(samples)
+
+
+def time_interleaved(dense: Callable[[], Any], routed: Callable[[], Any], warmup: int, iters: int) -> tuple[Stats, Stats]:
+    """Milliseconds of ``dense`` and ``routed``, alternating (and alternating which goes first)."""
+    for _ in range(warmup):
+        dense()
+        routed()
+    samples: dict[str, list[float]] = {"dense": [], "routed": []}
+    for i in range(iters):
+        order = [("dense", dense), ("routed", routed)]
+        for name, fn in order if i % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+    return _stats(samples["dense"]), _stats(samples["routed"])
+
+
+def prefill_feeds(ids: np.ndarray) -> dict[str, np.ndarray]:
+    batch, seq = ids.shape
+    pos = np.tile(np.arange(seq, dtype=np.int64), (batch, 1))
+    return {"input_ids": ids.astype(np.int64), "attention_mask": np.ones_like(ids, dtype=np.int64), "position_ids": pos}
+
+
+def decode_steps(rt: OrtRuntime, past: dict[str, Any], tokens: np.ndarray, context: int) -> list[dict[str, np.ndarray]]:
+    """``tokens.shape[1]`` one-token decode calls after ``context`` tokens; each call's routing outputs."""
+    batch, steps = tokens.shape
+    sig = rt.signatures["decode"]
+    routing = []
+    for i in range(steps):
+        feeds = {
+            "input_ids": tokens[:, i : i + 1],
+            "attention_mask": np.ones((batch, context + i + 1), dtype=np.int64),
+            "position_ids": np.full((batch, 1), context + i, dtype=np.int64),
+        }
+        outs = rt.run("decode", {**feeds, **past})
+        past = sig.past_feeds(outs)
+        routing.append({k: v for k, v in outs.items() if k.startswith("routing.")})
+    return routing
+
+
+def realised_skip_rates(routing: list[dict[str, np.ndarray]], tokens: int) -> dict[int, float]:
+    """Per threshold block: 1 - kept rows / decoded tokens over the steps (``routing.N.rows``)."""
+    kept: dict[int, int] = {}
+    for step in routing:
+        for name, rows in step.items():
+            if name.endswith(".rows"):
+                b = int(name.split(".")[1])
+                kept[b] = kept.get(b, 0) + int(np.asarray(rows).size)
+    return {b: round(1.0 - k / (tokens * len(routing)), 4) for b, k in sorted(kept.items())}
+
+
+def bench_prefill_ort(dense: OrtRuntime, routed: OrtRuntime, config: Any, block_sparsity: list[float], sparsity: float,
+                      batch: int, seq: int, warmup: int, iters: int, logits: str = DEFAULT_LOGITS) -> OrtPrefillRow:
+    load = os.getloadavg()[0]
+    ids = np.random.default_rng(seq * 1000 + batch).integers(0, config.vocab_size, (batch, seq), dtype=np.int64)
+    feeds = prefill_feeds(ids)
+    (d, d_lo, d_hi), (r, r_lo, r_hi) = time_interleaved(lambda: dense.run("prefill", feeds), lambda: routed.run("prefill", feeds),
+                                                        warmup, iters)
+    linear = routed_linear_flop_ratio(config, block_sparsity)
+    matmul = routed_matmul_flop_ratio(config, block_sparsity, seq, seq, 1 if logits == "last" else seq)
+    speed = d / r
+    return OrtPrefillRow(batch, seq, sparsity, d, r, (d_lo, d_hi), (r_lo, r_hi), speed, linear, matmul, speed / linear,
+                         speed / matmul, speed > matmul, load)
+
+
+def bench_decode_ort(dense: OrtRuntime, routed: OrtRuntime, config: Any, block_sparsity: list[float], sparsity: float,
+                     ids: np.ndarray, context: int, warmup: int, iters: int) -> OrtDecodeRow:
+    """``ids`` [batch, context + steps]: the prompt, then the decoded tokens."""
+    load = os.getloadavg()[0]
+    batch, steps = ids.shape[0], ids.shape[1] - context
+    prompt, tokens = prefill_feeds(ids[:, :context]), np.ascontiguousarray(ids[:, context:])
+    pasts = {name: rt.signatures["prefill"].past_feeds(rt.run("prefill", prompt)) for name, rt in (("dense", dense), ("routed", routed))}
+    per_block = realised_skip_rates(decode_steps(routed, pasts["routed"], tokens, context), batch)
+    (d, d_lo, d_hi), (r, r_lo, r_hi) = time_interleaved(
+        lambda: decode_steps(dense, pasts["dense"], tokens, context), lambda: decode_steps(routed, pasts["routed"], tokens, context),
+        warmup, iters)
+    realised = [per_block.get(b, 1.0 if dropped_sparsity(s) else 0.0) for b, s in enumerate(block_sparsity)]
+    linear = routed_linear_flop_ratio(config, realised)
+    matmul = routed_matmul_flop_ratio(config, realised, 1, context + (steps + 1) // 2, 1)
+    speed = d / r
+    skip = sum(per_block.values()) / len(per_block) if per_block else None
+    return OrtDecodeRow(batch, context, sparsity, steps, d / steps, r / steps, (d_lo / steps, d_hi / steps), (r_lo / steps, r_hi / steps),
+                        speed, linear, matmul, speed / linear, speed / matmul, speed > matmul, skip, per_block, load)
+
+
+def decode_prompts(vocab: int, contexts: list[int], rows: int, steps: int) -> dict[int, torch.Tensor]:
+    """Random prompts per decode context: ids [rows, context + steps] (seeded; smaller decode
+    batches use the first rows)."""
+    g = torch.Generator().manual_seed(17)
+    return {c: torch.randint(0, vocab, (rows, c + steps), generator=g) for c in sorted(set(contexts))}
+
+
+def run_onnxruntime(model: Any, s: OrtSettings, workdir: Path | None = None) -> dict[str, Any]:
+    """Export dense and routed graphs, time them; returns the rows and what was run."""
+    cfg = model.config
+    n = int(cfg.num_hidden_layers)
+    prompts = decode_prompts(int(cfg.vocab_size), s.decode_contexts, max(s.decode_batches), s.decode_steps)
+    cases = len(s.sparsities) * (len(s.batches) * len(s.seqs) + len(s.decode_batches) * len(prompts))
+    prefill: list[OrtPrefillRow] = []
+    decode: list[OrtDecodeRow] = []
+    memory: list[MemoryRow] = []
+    with tempfile.TemporaryDirectory(prefix="ftp-bench-ort-", dir=workdir) as tmp:
+        bar = tqdm(total=1 + len(s.sparsities) + cases, desc="onnxruntime bench", unit="step")
+        bar.set_postfix_str("export dense")
+        dense_pair = export_model(RoutedCausalLM(model, new_schedule(cfg, [0.0] * n)).eval(), Path(tmp) / "dense", s.dtype, s.logits)
+        dense = ort_runtime(dense_pair, s.threads)
+        bar.update()
+        dense_mib = _rise(dense_pair, s, cfg) if s.memory else None
+        for sp in s.sparsities:
+            schedule = bench_schedule(cfg, sp)
+            routed_model = RoutedCausalLM(model, schedule).eval()
+            bar.set_postfix_str(f"s={sp}: decode thresholds, export")
+            calibrate_on_prompts(routed_model, prompts, s.decode_steps)
+            pair = export_model(routed_model, Path(tmp) / f"s{sp}", s.dtype, s.logits)
+            routed = ort_runtime(pair, s.threads)
+            bar.update()
+            for b in s.batches:
+                for seq in s.seqs:
+                    bar.set_postfix_str(f"s={sp} prefill B={b} L={seq}")
+                    prefill.append(bench_prefill_ort(dense, routed, cfg, schedule.block_sparsity, sp, b, seq, s.warmup, s.iters, s.logits))
+                    bar.update()
+            for b in s.decode_batches:
+                for c, ids in prompts.items():
+                    bar.set_postfix_str(f"s={sp} decode B={b} ctx={c}")
+                    decode.append(bench_decode_ort(dense, routed, cfg, schedule.block_sparsity, sp, ids[:b].numpy(), c, s.warmup, s.iters))
+                    bar.update()
+            if dense_mib is not None:
+                routed_mib = _rise(pair, s, cfg)
+                memory.append(MemoryRow.of("onnxruntime", max(s.seqs), s.batches[0], sp, dense_mib, routed_mib))
+            del routed
+        bar.close()
+    return {"prefill": prefill, "decode": decode, "memory": memory, "opset": dense_pair.opset}
+
+
+def _rise(pair: ExportedPair, s: OrtSettings, cfg: Any) -> float:
+    return measure(ort_args(pair.files["prefill"], max(s.seqs), s.batches[0], s.threads, int(cfg.vocab_size)))

@@ -1,0 +1,171 @@
+"""Attention of a block's computed queries, returning what the router's attention factor needs
+instead of the probability matrix: the weighted column sums over keys (prefill) and each query's
+weight on its own key (decode), both averaged over heads, float32.
+
+The probabilities are still formed (an exact column sum needs them: docs/performance.md), but
+they never leave this module and are never averaged over heads in a separate pass:
+- grouped-query heads are stacked along the query axis against their shared K/V (no copy of K/V
+  per query head);
+- scaling is folded into the queries and the mask is added in place (one pass over the scores);
+- the column sums are one matrix-vector product per K/V head over the probabilities.
+
+Schedules of the same arithmetic, picked by :func:`attend`:
+- traced graphs: ONNX and TensorRT export four query chunks, each against a prefix of the keys
+  bounded from the shapes alone; torch.compile and AOTInductor trace one shot (Inductor fails to
+  lower the chunked graph: "IndexError: pop from empty list", torch 2.13); one shot for a single
+  query (decode);
+- eager PyTorch on the CPU: query chunks of :data:`CHUNK`, each against only the keys up to its
+  last query (one host read per chunk), about halving a long prefill's attention work and memory;
+  on other devices the traced schedule with shape bounds (no host sync);
+- a block whose signal no later routed block reads returns no signal: eager PyTorch then runs
+  fused SDPA (flash), the dense model's own kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# queries per eager chunk; a chunk's scores are heads x CHUNK x keys floats
+CHUNK = 256
+# query chunks of a traced prefill where the exporter asks for them (:func:`_traced_chunks`)
+STATIC_CHUNKS = 4
+
+
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def _one_shot(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    masked: torch.Tensor,
+    col_weight: torch.Tensor | None,
+    own_index: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``q`` [G, H, Q, Dh] already scaled, ``k``/``v`` [G, Hkv, S, Dh], ``masked`` [G, Q, S] True where a
+    query may not see a key (set to the dtype's minimum, as Hugging Face's eager attention does). Returns output [G, H, Q, Dh], column sums [G, S] and own weights [G, Q]."""
+    g, n_heads, nq, dh = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    r = n_heads // hkv
+    # head h = kv * r + j reads K/V head kv (Hugging Face's repeat_kv order)
+    scores = torch.matmul(q.reshape(g, hkv, r * nq, dh), k.transpose(2, 3))
+    if scores.dtype == torch.float16:
+        scores = scores.to(torch.float32)  # float16 would overflow to -inf below (NaN rows)
+    # Adding the dtype's minimum equals Hugging Face's masked_fill (|score| is far below its ulp)
+    # and is a plain broadcast Add in ONNX, where onnxruntime's Where was a fifth of prefill time.
+    bias = masked.to(scores.dtype) * torch.finfo(scores.dtype).min
+    scores.view(g, hkv, r, nq, s).add_(bias[:, None, None])
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    out = torch.matmul(probs.to(v.dtype), v).view(g, n_heads, nq, dh)
+    colsum = own = None
+    if col_weight is not None:
+        w = (col_weight.to(torch.float32) / n_heads).view(g, 1, 1, nq).expand(g, hkv, r, nq).reshape(g, hkv, 1, r * nq)
+        colsum = torch.matmul(w, probs).sum(dim=1).squeeze(1)
+    if own_index is not None:
+        idx = own_index.view(g, 1, 1, nq, 1).expand(g, hkv, r, nq, 1)
+        own = probs.view(g, hkv, r, nq, s).gather(-1, idx).squeeze(-1).mean(dim=(1, 2))
+    return out, colsum, own
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    allowed: torch.Tensor,
+    scaling: float,
+    q_index: torch.Tensor,
+    col_weight: torch.Tensor | None = None,
+    own: bool = False,
+    causal: bool = False,
+    traced_chunks: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Softmax attention as Hugging Face's eager attention computes it (masked scores at the
+    dtype's minimum, softmax in float32), for queries ``q`` [G, H, Q, Dh] at cache indices
+    ``q_index`` [G, Q] against ``k``/``v`` [G, Hkv, S, Dh] with ``allowed`` [G, Q, S]. Every
+    caller's queries are distinct tokens in ascending cache order within a row (all tokens of a
+    call, a top-k selection, or one decoded row each); the chunked schedules rely on it.
+
+    Returns the output [G, Q, H*Dh]; with ``col_weight`` [G, Q], the head-mean probability mass
+    the weighted queries put on every key, ``sum_q w_q mean_h p[h, q, s]`` [G, S]; with ``own``,
+    each query's head-mean weight on its own key [G, Q]. With neither (no later routed block
+    reads this block's signal), eager PyTorch runs fused SDPA, causal when the caller says
+    ``allowed`` is exactly the lower triangle (no padding, no window, no past).
+    ``traced_chunks``: query chunks of a traced graph (1: one shot)."""
+    g, n_heads, nq, dh = q.shape
+    masked = ~allowed
+    if own or nq == 1 or (_tracing() and traced_chunks == 1):
+        out, colsum, own_w = _one_shot(q * scaling, k, v, masked, col_weight, q_index if own else None)
+    elif _tracing() or q.device.type != "cpu":
+        # no host reads: traced graphs; CUDA (a sync per chunk would stall it) and meta (no data)
+        traced_chunks = traced_chunks if _tracing() else STATIC_CHUNKS
+        out, colsum, own_w = _traced_chunks(q * scaling, k, v, masked, col_weight, max(traced_chunks, 1))
+    elif col_weight is None and q.dtype != torch.float16:  # float16: see _one_shot
+        out, colsum, own_w = _fused(q, k, v, masked, scaling, causal), None, None
+    elif nq <= CHUNK:
+        out, colsum, own_w = _one_shot(q * scaling, k, v, masked, col_weight, None)
+    else:
+        out, colsum, own_w = _chunked(q * scaling, k, v, masked, q_index, col_weight)
+    out = out.transpose(1, 2).reshape(g, nq, n_heads * dh)
+    return out, colsum, own_w
+
+
+def _fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masked: torch.Tensor, scaling: float, causal: bool) -> torch.Tensor:
+    """Eager attention without a signal: PyTorch's fused SDPA (flash on CPU and CUDA). The mask
+    is additive at the dtype's minimum, as in :func:`_one_shot`, so a fully masked (padding) row
+    stays finite instead of NaN."""
+    gqa = k.shape[1] != q.shape[1]
+    if causal:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
+    bias = masked.to(q.dtype).mul_(torch.finfo(q.dtype).min).unsqueeze(1)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scaling, enable_gqa=gqa)
+
+
+def _chunked(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masked: torch.Tensor, q_index: torch.Tensor, col_weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, None]:
+    """Eager prefill: query chunks against the keys at or before their last query."""
+    g, n_heads, nq, dh = q.shape
+    s = k.shape[2]
+    outs = []
+    colsum = torch.zeros(g, s, dtype=torch.float32, device=q.device)
+    for start in range(0, nq, CHUNK):
+        end = min(start + CHUNK, nq)
+        ext = min(int(q_index[:, start:end].max()) + 1, s)
+        out, part, _ = _one_shot(
+            q[:, :, start:end], k[:, :, :ext], v[:, :, :ext], masked[:, start:end, :ext], col_weight[:, start:end], None
+        )
+        outs.append(out)
+        colsum[:, :ext] += part
+    return torch.cat(outs, dim=2), colsum, None
+
+
+def _traced_chunks(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    masked: torch.Tensor,
+    col_weight: torch.Tensor | None,
+    n_chunks: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+    """Traced prefill: ``n_chunks`` query chunks, each against a prefix of the keys whose length
+    is a function of the shapes alone (no data-dependent shape: TensorRT's shape tensors must
+    come from shapes, and the bound does not depend on which tokens a router picked). The Q
+    queries are distinct tokens in ascending cache order among the S keys, so query j sits at or
+    before key S - Q + j (a top-k block keeping 60% of 2048 tokens then reads 70% of the keys,
+    a dense block 62.5%)."""
+    g, n_heads, nq, dh = q.shape
+    s = k.shape[2]
+    outs, colsum = [], None
+    for c in range(n_chunks):
+        start, end = (c * nq) // n_chunks, ((c + 1) * nq) // n_chunks
+        ext = s - nq + end
+        out, part, _ = _one_shot(
+            q[:, :, start:end], k[:, :, :ext], v[:, :, :ext], masked[:, start:end, :ext],
+            None if col_weight is None else col_weight[:, start:end], None,
+        )
+        outs.append(out)
+        if part is not None:
+            part = torch.nn.functional.pad(part, (0, s - ext))
+            colsum = part if colsum is None else colsum + part
+    return torch.cat(outs, dim=2), colsum, None
