@@ -18,7 +18,6 @@ import torch
 from ftp_export.errors import FTPError
 from ftp_export.export.onnx_dims import name_dynamic_axes
 from ftp_export.graph_io import DEFAULT_LOGITS, GraphSignature, trace_specs
-from ftp_export.routed.attention import STATIC_CHUNKS
 from ftp_export.routed.model import RoutedCausalLM
 
 OPSET = 18
@@ -104,13 +103,8 @@ def export_onnx(
     """Write ``decoder_model.onnx`` and ``decoder_with_past_model.onnx`` (+ ``.onnx.data`` above 2 GB);
     ``logits`` ('last' or 'all') is what the prefill graph returns (graph_io's docstring)."""
     specs = trace_specs(model, logits)
-    # ONNX graphs run attention in query chunks that skip causally masked keys (routed/attention.py)
-    previous, model.traced_attention_chunks = model.traced_attention_chunks, STATIC_CHUNKS
-    try:
-        files = {
-            graph: export_graph(spec.module, spec.args, out_dir / f"{spec.signature.stem}.onnx", spec.signature, custom_translation_table)
-            for graph, spec in specs.items()
-        }
-    finally:
-        model.traced_attention_chunks = previous
+    files = {
+        graph: export_graph(spec.module, spec.args, out_dir / f"{spec.signature.stem}.onnx", spec.signature, custom_translation_table)
+        for graph, spec in specs.items()
+    }
     return ExportedGraphs(files=files, signatures={g: s.signature for g, s in specs.items()})

@@ -10,13 +10,15 @@ they never leave this module and are never averaged over heads in a separate pas
 - the column sums are one matrix-vector product per K/V head over the probabilities.
 
 Schedules of the same arithmetic, picked by :func:`attend`:
-- traced graphs: ONNX and TensorRT export four query chunks, each against a prefix of the keys
-  bounded from the shapes alone; torch.compile and AOTInductor trace one shot (Inductor fails to
-  lower the chunked graph: "IndexError: pop from empty list", torch 2.13); one shot for a single
-  query (decode);
+- traced graphs (ONNX, TensorRT, torch.compile, AOTInductor) and decode: one shot over all
+  keys. Shape-bounded chunks (below) traced into ONNX ran prefill 10-30% faster in onnxruntime
+  but made the exporter's optimizer 2.5x slower on the default model and over 17 minutes on 30
+  blocks, and Inductor fails to lower them ("IndexError: pop from empty list", torch 2.13);
 - eager PyTorch on the CPU: query chunks of :data:`CHUNK`, each against only the keys up to its
   last query (one host read per chunk), about halving a long prefill's attention work and memory;
-  on other devices the traced schedule with shape bounds (no host sync);
+  on other devices :data:`STATIC_CHUNKS` query chunks with key extents bounded from the shapes
+  alone (query j of Q distinct ascending queries among S keys sits at or before key S - Q + j),
+  with no host sync;
 - a block whose signal no later routed block reads returns no signal: eager PyTorch then runs
   fused SDPA (flash), the dense model's own kernel.
 """
@@ -27,7 +29,7 @@ import torch
 
 # queries per eager chunk; a chunk's scores are heads x CHUNK x keys floats
 CHUNK = 256
-# query chunks of a traced prefill where the exporter asks for them (:func:`_traced_chunks`)
+# query chunks of a prefill on a device without cheap host reads (:func:`_shape_chunks`)
 STATIC_CHUNKS = 4
 
 
@@ -78,7 +80,6 @@ def attend(
     col_weight: torch.Tensor | None = None,
     own: bool = False,
     causal: bool = False,
-    traced_chunks: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Softmax attention as Hugging Face's eager attention computes it (masked scores at the
     dtype's minimum, softmax in float32), for queries ``q`` [G, H, Q, Dh] at cache indices
@@ -90,16 +91,14 @@ def attend(
     the weighted queries put on every key, ``sum_q w_q mean_h p[h, q, s]`` [G, S]; with ``own``,
     each query's head-mean weight on its own key [G, Q]. With neither (no later routed block
     reads this block's signal), eager PyTorch runs fused SDPA, causal when the caller says
-    ``allowed`` is exactly the lower triangle (no padding, no window, no past).
-    ``traced_chunks``: query chunks of a traced graph (1: one shot)."""
+    ``allowed`` is exactly the lower triangle (no padding, no window, no past)."""
     g, n_heads, nq, dh = q.shape
     masked = ~allowed
-    if own or nq == 1 or (_tracing() and traced_chunks == 1):
+    if own or nq == 1 or _tracing():
         out, colsum, own_w = _one_shot(q * scaling, k, v, masked, col_weight, q_index if own else None)
-    elif _tracing() or q.device.type != "cpu":
-        # no host reads: traced graphs; CUDA (a sync per chunk would stall it) and meta (no data)
-        traced_chunks = traced_chunks if _tracing() else STATIC_CHUNKS
-        out, colsum, own_w = _traced_chunks(q * scaling, k, v, masked, col_weight, max(traced_chunks, 1))
+    elif q.device.type != "cpu":
+        # no host reads: CUDA (a sync per chunk would stall it) and meta (no data)
+        out, colsum, own_w = _shape_chunks(q * scaling, k, v, masked, col_weight, STATIC_CHUNKS)
     elif col_weight is None and q.dtype != torch.float16:  # float16: see _one_shot
         out, colsum, own_w = _fused(q, k, v, masked, scaling, causal), None, None
     elif nq <= CHUNK:
@@ -140,7 +139,7 @@ def _chunked(
     return torch.cat(outs, dim=2), colsum, None
 
 
-def _traced_chunks(
+def _shape_chunks(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -148,9 +147,9 @@ def _traced_chunks(
     col_weight: torch.Tensor | None,
     n_chunks: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor | None, None]:
-    """Traced prefill: ``n_chunks`` query chunks, each against a prefix of the keys whose length
-    is a function of the shapes alone (no data-dependent shape: TensorRT's shape tensors must
-    come from shapes, and the bound does not depend on which tokens a router picked). The Q
+    """Prefill without host reads: ``n_chunks`` query chunks, each against a prefix of the keys
+    whose length is a function of the shapes alone (no sync, and the bound does not depend on
+    which tokens a router picked). The Q
     queries are distinct tokens in ascending cache order among the S keys, so query j sits at or
     before key S - Q + j (a top-k block keeping 60% of 2048 tokens then reads 70% of the keys,
     a dense block 62.5%)."""

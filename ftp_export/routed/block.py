@@ -72,21 +72,19 @@ def compute_rows(
     col_weight: torch.Tensor | None = None,
     own: bool = False,
     causal: bool = False,
-    traced_chunks: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run the block (attention + MLP, residuals) for ``rows`` [G, Q, D] at cache indices
     ``q_index`` [G, Q] against ``keys``/``values`` [G, Hkv, S, Dh]. Returns new rows [G, Q, D] and
     the attention signal :func:`~ftp_export.routed.attention.attend` was asked for: weighted
     column sums [G, S] (``col_weight``) or each query's weight on itself [G, Q] (``own``);
-    ``causal``: ``allowed`` is exactly the lower triangle (attend's fast path);
-    ``traced_chunks``: :func:`~ftp_export.routed.attention.attend`'s."""
+    ``causal``: ``allowed`` is exactly the lower triangle (attend's fast path)."""
     attn = layer.self_attn
     g, nq, _ = rows.shape
     x = layer.input_layernorm(rows)
     n_heads = attn.q_proj.out_features // head_dim
     q = attn.q_proj(x).view(g, nq, n_heads, head_dim).transpose(1, 2)
     q = apply_rope(q, cos, sin)
-    out, colsum, own_w = attend(q, keys, values, allowed, scaling, q_index, col_weight, own, causal, traced_chunks)
+    out, colsum, own_w = attend(q, keys, values, allowed, scaling, q_index, col_weight, own, causal)
     h = rows + attn.o_proj(out)
     h = h + layer.mlp(layer.post_attention_layernorm(h))
     return h, colsum, own_w

@@ -109,8 +109,6 @@ class RoutedCausalLM(nn.Module):
         self.head_dim = attn0.head_dim
         self.scaling = attn0.scaling
         n = config.num_hidden_layers
-        # query chunks of attention in a traced graph: the ONNX exporter sets 4 (attention.py)
-        self.traced_attention_chunks = 1
         self.q16 = [keep_q16(schedule.keep_ratio(b)) if schedule and schedule.is_routed(b) else 65536 for b in range(n)]
 
     @property
@@ -260,7 +258,6 @@ class RoutedCausalLM(nn.Module):
         full, colsum, own = compute_rows(
             layer, h, call.cos, call.sin, keys, values, allowed, q_index, self.head_dim, self.scaling,
             col_weight=q_weight if call.signal and not decode else None, own=call.signal and decode, causal=causal,
-            traced_chunks=self.traced_attention_chunks,
         )
         if gate is None:
             h, routed = full, None
@@ -284,7 +281,7 @@ class RoutedCausalLM(nn.Module):
         q_weight = active & torch.gather(call.valid, 1, idx)
         out, colsum, _ = compute_rows(
             layer, rows, r_cos, r_sin, keys, values, allowed, q_index, self.head_dim, self.scaling,
-            col_weight=q_weight if call.signal else None, traced_chunks=self.traced_attention_chunks,
+            col_weight=q_weight if call.signal else None,
         )
         h = self.lowering.topk_scatter(h, out, idx, active)
         if not call.signal:

@@ -83,22 +83,32 @@ def test_chunks_only_see_keys_up_to_their_last_query(monkeypatch):
 
 
 @pytest.mark.parametrize(("subset", "past", "t"), [(None, 0, 40), (23, 0, 40), (17, 11, 40), (None, 0, 3), (None, 5, 2)])
-def test_traced_chunks_equal_one_shot(monkeypatch, subset, past, t):
-    """The traced schedule (key extents bounded from the shapes alone) equals one shot, for query
-    counts not divisible by the chunk count and for fewer queries than chunks (empty chunks)."""
+def test_shape_bounded_chunks_equal_one_shot(monkeypatch, subset, past, t):
+    """The chunks used where host reads are dear (CUDA), with key extents bounded from the shapes
+    alone, equal one shot, for query counts not divisible by the chunk count and for fewer
+    queries than chunks (empty chunks); chunk c reads S - Q + end_c keys."""
     q, k, v, allowed, q_index, weight = _case(3, subset=subset, past=past, t=t)
     full = attention_mod._one_shot(q * 0.35, k, v, ~allowed, weight, None)
-    monkeypatch.setattr(attention_mod, "_tracing", lambda: True)
-    out, colsum, _ = attend(q, k, v, allowed, 0.35, q_index, col_weight=weight, traced_chunks=4)
-    rows = allowed.any(-1)
     spy: list[int] = []
     real = attention_mod._one_shot
     monkeypatch.setattr(attention_mod, "_one_shot", lambda q_, k_, *rest: spy.append(k_.shape[2]) or real(q_, k_, *rest))
-    attend(q, k, v, allowed, 0.35, q_index, col_weight=weight, traced_chunks=4)
-    assert len(spy) == (1 if q.shape[2] == 1 else 4) and max(spy) == k.shape[2]
+    out, colsum, _ = attention_mod._shape_chunks(q * 0.35, k, v, ~allowed, weight, 4)
+    nq, s = q.shape[2], k.shape[2]
+    assert spy == [s - nq + ((c + 1) * nq) // 4 for c in range(4)]
+    rows = allowed.any(-1)
     torch.testing.assert_close(colsum, full[1], rtol=1e-5, atol=1e-6)
-    want = full[0].transpose(1, 2).reshape(out.shape)
-    torch.testing.assert_close(out[rows], want[rows], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.transpose(1, 2)[rows], full[0].transpose(1, 2)[rows], rtol=1e-5, atol=1e-5)
+
+
+def test_traced_graphs_run_one_shot(monkeypatch):
+    """Under tracing (ONNX, AOTInductor) attention is one call over all keys: no host reads."""
+    q, k, v, allowed, q_index, weight = _case(5, t=600)
+    spy: list[int] = []
+    real = attention_mod._one_shot
+    monkeypatch.setattr(attention_mod, "_one_shot", lambda q_, k_, *rest: spy.append(k_.shape[2]) or real(q_, k_, *rest))
+    monkeypatch.setattr(attention_mod, "_tracing", lambda: True)
+    attend(q, k, v, allowed, 0.35, q_index, col_weight=weight)
+    assert spy == [600]
 
 
 @pytest.mark.parametrize("causal", [True, False])
