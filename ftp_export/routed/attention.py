@@ -11,9 +11,10 @@ they never leave this module and are never averaged over heads in a separate pas
 
 Schedules of the same arithmetic, picked by :func:`attend`:
 - traced graphs (ONNX, TensorRT, torch.compile, AOTInductor) and decode: one shot over all
-  keys. Shape-bounded chunks (below) traced into ONNX ran prefill 10-30% faster in onnxruntime
-  but made the exporter's optimizer 2.5x slower on the default model and over 17 minutes on 30
-  blocks, and Inductor fails to lower them ("IndexError: pop from empty list", torch 2.13);
+  keys. Shape-bounded chunks (below) traced into ONNX ran prefill 10-21% faster in onnxruntime at
+  L >= 1024 but made the exporter's optimizer 2.5x slower on the default model and over 17
+  minutes on 30 blocks, and Inductor fails to lower them ("IndexError: pop from empty list",
+  torch 2.13);
 - eager PyTorch on the CPU: query chunks of :data:`CHUNK`, each against only the keys up to its
   last query (one host read per chunk), about halving a long prefill's attention work and memory;
   on other devices :data:`STATIC_CHUNKS` query chunks with key extents bounded from the shapes
