@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-batch", default="1", help="decode batch sizes, e.g. 1,8,32")
     p.add_argument("--decode-context", default="128", help="decode context lengths, e.g. 128,512,2048")
     p.add_argument("--decode-steps", type=int, default=8,
-                   help="onnxruntime: consecutive decode steps per timed iteration (times are per step)")
+                   help="consecutive one-token decode steps per timed iteration (times are per step)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1, for reproducibility)")
     p.add_argument("--memory", action="store_true",
                    help="also measure peak host memory (ru_maxrss rise) of one prefill of the longest --seq, "
@@ -148,7 +148,8 @@ def cmd_bench(argv: list[str]) -> int:
         prefill = [bench_prefill(model, b, s, sp, a.runtime, device, a.warmup, a.iters, a.logits)
                    for b, s, sp in tqdm([(b, s, sp) for b in batches for s in seqs for sp in sparsities], desc="prefill", unit="case")]
         dgrid = [(b, c, sp) for b in decode_batches for c in contexts for sp in sparsities]
-        decode = [bench_decode(model, b, c, sp, device, a.warmup, a.iters) for b, c, sp in tqdm(dgrid, desc="decode", unit="case")]
+        decode = [bench_decode(model, b, c, sp, device, a.warmup, a.iters, a.decode_steps)
+                  for b, c, sp in tqdm(dgrid, desc="decode", unit="case")]
         memory = _eager_memory(a, model.config.num_hidden_layers, seqs, batches, sparsities, dtype_name) if a.memory else []
     out = Path(a.output)
     out.mkdir(parents=True, exist_ok=True)

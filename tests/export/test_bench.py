@@ -28,6 +28,19 @@ def test_bench_writes_json_table_and_plot(tmp_path, capsys):
     assert doc["logits"] == "last" and "logits: last" in out  # both sides: last position's logits only
 
 
+def test_eager_decode_at_batch_1_skips_near_the_schedule(tmp_path):
+    """Batch-1 eager decode: thresholds calibrated on the timed prompts, so each routed block
+    skips some but not all of the 8 decoded tokens (one step's own score would keep them all)."""
+    rc = main(["bench", "--shape", "tiny", "--seq", "16", "--sparsity", "0.5", "--decode-batch", "1",
+               "--decode-context", "24", "--decode-steps", "8", "--warmup", "0", "--iters", "1", "-o", str(tmp_path)])
+    assert rc == 0
+    row = json.loads((tmp_path / "bench.json").read_text())["decode"][0]
+    rates = row["skip_rate_per_block"].values()
+    assert rates and all(0.0 < r < 1.0 for r in rates), row["skip_rate_per_block"]
+    # scheduled 2/3 per routed block (block 0 dense); a quantile of 8 tokens lands within 1/8
+    assert all(abs(r - 2 / 3) <= 1 / 8 for r in rates), row["skip_rate_per_block"]
+
+
 def test_bench_rejects_bad_sparsity(capsys):
     assert main(["bench", "--sparsity", "1.2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
