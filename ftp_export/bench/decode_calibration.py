@@ -25,6 +25,13 @@ from ftp_export.routed.model import RoutedCausalLM, TensorCache
 from ftp_export.routing.decode_thresholds import DecodeThresholds
 
 
+def decode_prompts(vocab: int, contexts: list[int], rows: int, steps: int) -> dict[int, torch.Tensor]:
+    """Random prompts per decode context: ids [rows, context + steps] (seeded; smaller decode
+    batches use the first rows)."""
+    g = torch.Generator().manual_seed(17)
+    return {c: torch.randint(0, vocab, (rows, c + steps), generator=g) for c in sorted(set(contexts))}
+
+
 def decode_knot(context: int, steps: int) -> int:
     """The knot of a context's prompts: the mean context length of its decoded tokens."""
     return context + (steps + 1) // 2

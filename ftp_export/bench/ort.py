@@ -40,11 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ftp_export.bench.artefacts import ExportedPair, export_model, ort_runtime
-from ftp_export.bench.decode_calibration import calibrate_on_prompts
+from ftp_export.bench.decode_calibration import calibrate_on_prompts, decode_prompts
 from ftp_export.bench.memory import MemoryRow, measure, ort_args
 from ftp_export.bench.models import bench_schedule
 from ftp_export.flops import routed_linear_flop_ratio, routed_matmul_flop_ratio
@@ -196,13 +195,6 @@ def bench_decode_ort(dense: OrtRuntime, routed: OrtRuntime, config: Any, block_s
     skip = sum(per_block.values()) / len(per_block) if per_block else None
     return OrtDecodeRow(batch, context, sparsity, steps, d / steps, r / steps, (d_lo / steps, d_hi / steps), (r_lo / steps, r_hi / steps),
                         speed, linear, matmul, speed / linear, speed / matmul, speed > matmul, skip, per_block, load)
-
-
-def decode_prompts(vocab: int, contexts: list[int], rows: int, steps: int) -> dict[int, torch.Tensor]:
-    """Random prompts per decode context: ids [rows, context + steps] (seeded; smaller decode
-    batches use the first rows)."""
-    g = torch.Generator().manual_seed(17)
-    return {c: torch.randint(0, vocab, (rows, c + steps), generator=g) for c in sorted(set(contexts))}
 
 
 def run_onnxruntime(model: Any, s: OrtSettings, workdir: Path | None = None) -> dict[str, Any]:

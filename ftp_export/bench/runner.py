@@ -125,13 +125,12 @@ def bench_decode(
     threshold set from one step's own score would keep every token)."""
     from transformers import DynamicCache
 
-    from ftp_export.bench.decode_calibration import calibrate_on_prompts
+    from ftp_export.bench.decode_calibration import calibrate_on_prompts, decode_prompts
 
     cfg = model.config
     schedule = bench_schedule(cfg, sparsity)
     routed = RoutedCausalLM(model, schedule).eval()
-    g = torch.Generator().manual_seed(17)
-    ids = torch.randint(0, cfg.vocab_size, (batch, context + steps), generator=g).to(device)
+    ids = decode_prompts(int(cfg.vocab_size), [context], batch, steps)[context].to(device)
     calibrate_on_prompts(routed, {context: ids}, steps)
     prompt, tokens = ids[:, :context], ids[:, context:]
     dense_cache, routed_cache = DynamicCache(), DynamicCache()

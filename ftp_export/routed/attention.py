@@ -30,7 +30,7 @@ import torch
 
 # queries per eager chunk; a chunk's scores are heads x CHUNK x keys floats
 CHUNK = 256
-# query chunks of a prefill on a device without cheap host reads (:func:`_shape_chunks`)
+# query chunks of a prefill on a device without cheap host reads (:func:`_shape_spans`)
 STATIC_CHUNKS = 4
 
 
@@ -46,8 +46,9 @@ def _one_shot(
     col_weight: torch.Tensor | None,
     own_index: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """``q`` [G, H, Q, Dh] already scaled, ``k``/``v`` [G, Hkv, S, Dh], ``masked`` [G, Q, S] True where a
-    query may not see a key (set to the dtype's minimum, as Hugging Face's eager attention does). Returns output [G, H, Q, Dh], column sums [G, S] and own weights [G, Q]."""
+    """``q`` [G, H, Q, Dh] already scaled, ``k``/``v`` [G, Hkv, S, Dh], ``masked`` [G, Q, S] True
+    where a query may not see a key (set to the dtype's minimum, as Hugging Face's eager attention
+    does). Returns output [G, H, Q, Dh], column sums [G, S] and own weights [G, Q]."""
     g, n_heads, nq, dh = q.shape
     hkv, s = k.shape[1], k.shape[2]
     r = n_heads // hkv
@@ -99,13 +100,13 @@ def attend(
         out, colsum, own_w = _one_shot(q * scaling, k, v, masked, col_weight, q_index if own else None)
     elif q.device.type != "cpu":
         # no host reads: CUDA (a sync per chunk would stall it) and meta (no data)
-        out, colsum, own_w = _shape_chunks(q * scaling, k, v, masked, col_weight, STATIC_CHUNKS)
+        out, colsum, own_w = _in_chunks(q * scaling, k, v, masked, col_weight, _shape_spans(nq, k.shape[2]))
     elif col_weight is None and q.dtype != torch.float16:  # float16: see _one_shot
         out, colsum, own_w = _fused(q, k, v, masked, scaling, causal), None, None
     elif nq <= CHUNK:
         out, colsum, own_w = _one_shot(q * scaling, k, v, masked, col_weight, None)
     else:
-        out, colsum, own_w = _chunked(q * scaling, k, v, masked, q_index, col_weight)
+        out, colsum, own_w = _in_chunks(q * scaling, k, v, masked, col_weight, _data_spans(q_index, nq, k.shape[2]))
     out = out.transpose(1, 2).reshape(g, nq, n_heads * dh)
     return out, colsum, own_w
 
@@ -121,51 +122,43 @@ def _fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masked: torch.Tens
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scaling, enable_gqa=gqa)
 
 
-def _chunked(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masked: torch.Tensor, q_index: torch.Tensor, col_weight: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, None]:
-    """Eager prefill: query chunks against the keys at or before their last query."""
-    g, n_heads, nq, dh = q.shape
-    s = k.shape[2]
-    outs = []
-    colsum = torch.zeros(g, s, dtype=torch.float32, device=q.device)
-    for start in range(0, nq, CHUNK):
-        end = min(start + CHUNK, nq)
-        ext = min(int(q_index[:, start:end].max()) + 1, s)
-        out, part, _ = _one_shot(
-            q[:, :, start:end], k[:, :, :ext], v[:, :, :ext], masked[:, start:end, :ext], col_weight[:, start:end], None
-        )
-        outs.append(out)
-        colsum[:, :ext] += part
-    return torch.cat(outs, dim=2), colsum, None
+def _data_spans(q_index: torch.Tensor, nq: int, s: int) -> list[tuple[int, int, int]]:
+    """Eager CPU: chunks of :data:`CHUNK` queries, each against the keys up to its last query
+    (one host read per chunk)."""
+    return [
+        (start, min(start + CHUNK, nq), min(int(q_index[:, start : start + CHUNK].max()) + 1, s))
+        for start in range(0, nq, CHUNK)
+    ]
 
 
-def _shape_chunks(
+def _shape_spans(nq: int, s: int, n_chunks: int = STATIC_CHUNKS) -> list[tuple[int, int, int]]:
+    """No host reads: ``n_chunks`` query chunks whose key extents are functions of the shapes
+    alone (no sync, and the bound does not depend on which tokens a router picked). The Q queries
+    are distinct tokens in ascending cache order among the S keys, so query j sits at or before
+    key S - Q + j (a top-k block keeping 60% of 2048 tokens then reads 70% of the keys, a dense
+    block 62.5%)."""
+    return [((c * nq) // n_chunks, ((c + 1) * nq) // n_chunks, s - nq + ((c + 1) * nq) // n_chunks) for c in range(n_chunks)]
+
+
+def _in_chunks(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     masked: torch.Tensor,
     col_weight: torch.Tensor | None,
-    n_chunks: int = 4,
+    spans: list[tuple[int, int, int]],
 ) -> tuple[torch.Tensor, torch.Tensor | None, None]:
-    """Prefill without host reads: ``n_chunks`` query chunks, each against a prefix of the keys
-    whose length is a function of the shapes alone (no sync, and the bound does not depend on
-    which tokens a router picked). The Q
-    queries are distinct tokens in ascending cache order among the S keys, so query j sits at or
-    before key S - Q + j (a top-k block keeping 60% of 2048 tokens then reads 70% of the keys,
-    a dense block 62.5%)."""
-    g, n_heads, nq, dh = q.shape
-    s = k.shape[2]
-    outs, colsum = [], None
-    for c in range(n_chunks):
-        start, end = (c * nq) // n_chunks, ((c + 1) * nq) // n_chunks
-        ext = s - nq + end
+    """Prefill by query chunks ``(start, end, keys)``: queries start..end against the first
+    ``keys`` keys, which hold every key those queries may see."""
+    g, s = q.shape[0], k.shape[2]
+    outs = []
+    colsum = None if col_weight is None else torch.zeros(g, s, dtype=torch.float32, device=q.device)
+    for start, end, ext in spans:
         out, part, _ = _one_shot(
             q[:, :, start:end], k[:, :, :ext], v[:, :, :ext], masked[:, start:end, :ext],
             None if col_weight is None else col_weight[:, start:end], None,
         )
         outs.append(out)
-        if part is not None:
-            part = torch.nn.functional.pad(part, (0, s - ext))
-            colsum = part if colsum is None else colsum + part
+        if colsum is not None:
+            colsum[:, :ext] += part
     return torch.cat(outs, dim=2), colsum, None

@@ -220,7 +220,8 @@ class RoutedCausalLM(nn.Module):
         if position_ids is None:
             position_ids = (torch.cumsum(attention_mask, dim=-1) - 1).clamp(min=0)[:, past:]
         key_valid = attention_mask.to(torch.bool)
-        unpadded = not torch.compiler.is_compiling() and not key_valid.is_meta and bool(key_valid.all())
+        # only a prefill can run causal SDPA; a decode step skips the host read
+        unpadded = past == 0 and not torch.compiler.is_compiling() and not key_valid.is_meta and bool(key_valid.all())
         return _Call(
             mode=mode or ("prefill" if past == 0 else "decode"),
             past=past,
@@ -310,13 +311,12 @@ class RoutedCausalLM(nn.Module):
         out, _, own = compute_rows(
             layer, rows, r_cos, r_sin, k_rows, v_rows, allowed, q_index, self.head_dim, self.scaling, own=call.signal
         )
+        h = self.lowering.row_scatter(h, out.squeeze(1), flat)
         if not call.signal:
-            return self.lowering.row_scatter(h, out.squeeze(1), flat), None, None, BlockRouting(rows=flat)
+            return h, None, None, BlockRouting(rows=flat)
         # each computed row's weight on its own key, moved to its (b, t) slot by a one-hot
         # [B*T, N] product (no scatter: the trt flavour keeps every scatter in the plugins)
-        own = own[:, 0]
         slot = (torch.arange(bsz * seq, device=h.device).unsqueeze(-1) == flat.unsqueeze(0)).to(torch.float32)
-        total = (slot @ own.unsqueeze(-1)).view(bsz, seq)
+        total = (slot @ own[:, 0].unsqueeze(-1)).view(bsz, seq)
         count = slot.sum(-1).view(bsz, seq)
-        h = self.lowering.row_scatter(h, out.squeeze(1), flat)
         return h, total, count, BlockRouting(rows=flat)

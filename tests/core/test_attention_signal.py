@@ -92,7 +92,7 @@ def test_shape_bounded_chunks_equal_one_shot(monkeypatch, subset, past, t):
     spy: list[int] = []
     real = attention_mod._one_shot
     monkeypatch.setattr(attention_mod, "_one_shot", lambda q_, k_, *rest: spy.append(k_.shape[2]) or real(q_, k_, *rest))
-    out, colsum, _ = attention_mod._shape_chunks(q * 0.35, k, v, ~allowed, weight, 4)
+    out, colsum, _ = attention_mod._in_chunks(q * 0.35, k, v, ~allowed, weight, attention_mod._shape_spans(q.shape[2], k.shape[2], 4))
     nq, s = q.shape[2], k.shape[2]
     assert spy == [s - nq + ((c + 1) * nq) // 4 for c in range(4)]
     rows = allowed.any(-1)
