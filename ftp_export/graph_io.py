@@ -11,6 +11,9 @@ from here, the way optimum's OnnxConfig owns I/O for export and validation alike
 - ``decode`` (``decoder_with_past_model``): the same + ``past_key_values.N.key/value`` ->
   ``logits`` [B, T, V] (every new token: a call may carry several), ``present.N.key/value``,
   ``routing.N.rows`` for threshold blocks.
+- ``model`` (the single graph, ``--target onnx``): decode's inputs; prefill when the past is
+  empty, else decode (:mod:`ftp_export.export.onnx_merge`); both graphs' outputs. Runtimes step
+  it through the ``prefill`` and ``decode`` signatures.
 
 The ``routing.*`` outputs are extra (parity compares them); runtimes that look outputs up by
 name ignore them. ``present`` outputs are contiguous, so an app can feed one step's outputs
@@ -32,6 +35,7 @@ from ftp_export.routing.selection import MAX_TOKENS, Q16
 INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "position_ids")
 LOGITS = "logits"
 GRAPH_FILES = {"prefill": "decoder_model", "decode": "decoder_with_past_model"}  # graph -> file stem (optimum)
+MERGED = "model"  # the single decoder graph (``model.onnx``): prefill when the past is empty, else decode
 LOGITS_CHOICES = ("last", "all")  # prefill logits: each row's last valid token, or every token
 DEFAULT_LOGITS = "last"
 # dynamic dimension names, as optimum names them (shared by every layer's cache)
@@ -39,6 +43,7 @@ BATCH = "batch_size"
 SEQUENCE = "sequence_length"
 PAST = "past_sequence_length"
 TOTAL = f"{PAST} + {SEQUENCE}"
+LOGITS_LENGTH = "logits_sequence_length"  # the single graph's logits dim 1 when a prefill returns one per row
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -63,8 +68,10 @@ def routing_names(model: RoutedCausalLM, mode: str) -> list[str]:
 
 @dataclass(frozen=True)
 class GraphSignature:
-    """Inputs and outputs of one exported graph (``prefill`` or ``decode``). ``logits``: 'last'
-    ([B, 1, V], each row's last valid token of the call) or 'all' ([B, T, V]); decode is 'all'."""
+    """Inputs and outputs of one exported graph: ``prefill``, ``decode``, or ``model`` (the single
+    graph: decode's inputs, both graphs' outputs, :func:`merged_signature`). ``logits``: what a
+    prefill returns, 'last' ([B, 1, V], each row's last valid token of the call) or 'all' ([B, T, V]);
+    a decode step returns 'all'."""
 
     graph: str
     num_layers: int
@@ -73,12 +80,12 @@ class GraphSignature:
 
     @property
     def with_past(self) -> bool:
-        return self.graph == "decode"
+        return self.graph != "prefill"
 
     @property
     def stem(self) -> str:
-        """File name without extension: optimum's ``decoder_model`` / ``decoder_with_past_model``."""
-        return GRAPH_FILES[self.graph]
+        """File name without extension: optimum's ``decoder_model`` / ``decoder_with_past_model`` / ``model``."""
+        return GRAPH_FILES.get(self.graph, self.graph)
 
     @property
     def inputs(self) -> list[str]:
@@ -106,13 +113,14 @@ class GraphSignature:
         ``batch_size``, ``sequence_length`` (the call's tokens), ``past_sequence_length`` (every
         layer's cache), ``past_sequence_length + sequence_length`` (the attention mask and the
         present cache of a call with a past); the prefill's mask and present are ``sequence_length``
-        long. Routing outputs: batch, and ``routed_tokens_<block>`` for a decode block's rows."""
+        long. Routing outputs: batch, and ``routed_tokens_<block>`` for a decode block's rows. The
+        single graph's logits are ``logits_sequence_length`` long when its prefill returns one per row."""
         total = TOTAL if self.with_past else SEQUENCE
         names: dict[str, dict[int, str]] = {
             "input_ids": {0: BATCH, 1: SEQUENCE},
             "attention_mask": {0: BATCH, 1: total},
             "position_ids": {0: BATCH, 1: SEQUENCE},
-            LOGITS: {0: BATCH, 1: SEQUENCE} if self.logits == "all" else {0: BATCH},
+            LOGITS: {0: BATCH, 1: SEQUENCE} if self.logits == "all" else {0: BATCH, 1: LOGITS_LENGTH} if self.graph == MERGED else {0: BATCH},
         }
         if self.with_past:
             names.update({name: {0: BATCH, 2: PAST} for name in past_names(self.num_layers)})
@@ -133,15 +141,20 @@ class GraphSignature:
         return {past: outputs[present] for past, present in zip(past_names(self.num_layers), self.present)}
 
     def manifest_entry(self, file: str) -> dict[str, Any]:
-        routing = "top-k per sequence (static shapes per length)" if self.graph == "prefill" else (
-            "per-block score threshold (data-dependent token count)"
-        )
+        routing = {
+            "prefill": "top-k per sequence (static shapes per length)",
+            "decode": "per-block score threshold (data-dependent token count)",
+            MERGED: "top-k per sequence when the past is empty, else per-block score threshold",
+        }[self.graph]
         return {"file": file, "inputs": self.inputs, "outputs": self.outputs, "routing": routing, "logits": self.logits_shape}
 
     @property
     def logits_shape(self) -> str:
         """What the ``logits`` output holds, for the manifest."""
-        return "[batch, 1, vocab] at each row's last valid token" if self.logits == "last" else "[batch, tokens, vocab]"
+        if self.logits == "all":
+            return "[batch, tokens, vocab]"
+        last = "[batch, 1, vocab] at each row's last valid token"
+        return f"empty past: {last}; with a past: [batch, tokens, vocab]" if self.graph == MERGED else last
 
 
 def check_logits(logits: str) -> str:
@@ -156,6 +169,13 @@ def signatures(model: RoutedCausalLM, logits: str = DEFAULT_LOGITS) -> dict[str,
     n = int(model.config.num_hidden_layers)
     which = {"prefill": check_logits(logits), "decode": "all"}
     return {g: GraphSignature(g, n, tuple(routing_names(model, g)), which[g]) for g in GRAPH_FILES}
+
+
+def merged_signature(pair: dict[str, GraphSignature]) -> GraphSignature:
+    """The single graph's signature from the prefill and decode signatures: decode's inputs; logits,
+    present, then the prefill's routing outputs and the decode's."""
+    prefill, decode = pair["prefill"], pair["decode"]
+    return GraphSignature(MERGED, prefill.num_layers, prefill.routing + decode.routing, prefill.logits)
 
 
 def flatten_outputs(out: RoutedOutput, cache: TensorCache) -> tuple[torch.Tensor, ...]:

@@ -6,7 +6,10 @@
 #
 # Stages: install -> [kernel extension build + tests, compute-sanitizer memcheck/racecheck/synccheck
 # on a reduced set] in parallel with [ftp-export --device cuda on the default model for onnx,
-# compile and trt (engines only where `import tensorrt` works)] -> bench_plugins -> ftp-export bench
+# compile and trt (engines only where `import tensorrt` works); where TensorRT imports, the trt
+# decode lowerings: bfloat16 graphs with float32 routing islands, strongly typed engines, parity and
+# decode-step timings of --decode-lowering dynamic vs static at batch 1 and 32
+# (ftp_export/trt/decode_timing.py)] -> bench_plugins -> ftp-export bench
 # on the LLaMA-2-7B shape (8 blocks, bfloat16, eager: L = 512/2048/4096, compile: L = 2048; s = 0.4
 # and 0.6; decode batch 1 and 32). Timings run alone, after the correctness stages.
 #
@@ -81,6 +84,13 @@ export_target() {  # export_target TARGET DEVICE
 SANITIZER_SUBSET="flag_conversions or ties_and_padding or misaligned or graph_capturable or raw_functions or invalid_arguments or B3xT7xD1 or B1xT7xD65 or B2xT1025xD8 or B1xT7xD3 or B8xT1xD65"
 export SANITIZER_SUBSET
 
+trt_decode_lowerings() {  # bf16 trt engines of both decode lowerings: parity, then step timings
+  cmake -S plugins -B build/trt-plugins -DFTP_REQUIRE_TENSORRT=ON -DTensorRT_ROOT="${TensorRT_ROOT:-/usr}" \
+    -DCMAKE_BUILD_TYPE=Release && cmake --build build/trt-plugins -j || return 1
+  "$PY" -m ftp_export.trt.decode_timing --plugins build/trt-plugins/libftp_plugins.so --dtype bfloat16 \
+    --batch 1,32 --context 128 --steps 32 --iters 5 --out "$DEST/trt-decode-lowerings.json"
+}
+
 exception_probe() {  # why a C++ throw through the binding crashed the first GPU run (kernels_ext.py)
   "$PY" -c "import json; from ftp_export.trt import kernels_ext as k; print(json.dumps(k.diagnose_exception_path()))"
 }
@@ -95,7 +105,8 @@ sanitizer() {  # sanitizer TOOL: a reduced set of the kernel tests under compute
     tests/plugins/test_plugin_kernels.py -k "$SANITIZER_SUBSET"
 }
 export PY MODE
-export -f needs_tensorrt install export_target kernels sanitizer exception_probe
+export DEST
+export -f needs_tensorrt install export_target kernels sanitizer exception_probe trt_decode_lowerings
 if [ "$MODE" = gpu ] && [ -d .whl ]; then export PYTHONPATH="/tmp/ftp-site${PYTHONPATH:+:$PYTHONPATH}"; fi
 
 if [ "$MODE" = gpu ]; then
@@ -113,6 +124,7 @@ if [ "$MODE" = gpu ]; then
     stage export-trt-cuda 150 export_target trt cuda
     stage export-compile-cuda 240 export_target compile cuda
     stage trt-engines 240 needs_tensorrt bash build/gpu_check/export-trt-cuda/build_engines.sh
+    stage trt-decode-lowerings 420 needs_tensorrt trt_decode_lowerings
   ) &
   wait
   stage bench-plugins 90 "$PY" benchmarks/bench_plugins.py --quick --out "$DEST/bench_plugins.json"
@@ -137,6 +149,9 @@ tar -czf "$DEST/logs.tar.gz" -C "$DEST" logs 2>/dev/null
   while IFS=$'\t' read -r name status secs last; do printf '%-22s %-8s %6s  %s\n' "$name" "$status" "$secs" "$last"; done <"$SUMMARY"
   echo "total $(($(date +%s) - START)) s ($MODE mode); logs: $DEST/logs.tar.gz"
 } | tee "$DEST/summary.txt"
+if [ -f "$LOGS/trt-decode-lowerings.log" ]; then  # dynamic vs static decode lowering, where TensorRT ran
+  grep -A6 "^trt decode step" "$LOGS/trt-decode-lowerings.log" | tee -a "$DEST/summary.txt"
+fi
 for f in "$DEST"/bench-*.json; do
   [ -f "$f" ] && "$PY" -m ftp_export.bench.report "$f" | tee -a "$DEST/summary.txt"
 done

@@ -44,10 +44,16 @@ def build_tiny(folder: Path, family: str = "llama", seed: int = 0, **overrides) 
 
 
 ATOL = 1e-4
-# prefill logits of the session's CLI exports (tests/export/conftest.py) per schedule: the shipped
-# one as by default (each row's last valid token), drop+0.9 with --logits all, so every target is
-# checked both ways at no extra export
-EXPORT_LOGITS = {"shipped": "last", "drop+0.9": "all"}
+
+
+def export_logits(target: str, which: str) -> str:
+    """Prefill logits of the session's CLI exports (tests/export/conftest.py): the shipped schedule's
+    export as the target does by default (no --logits), drop+0.9's with the other choice, so every
+    target is checked both ways at no extra export."""
+    from ftp_export.export.targets import get_target
+
+    default = get_target(target).default_logits
+    return default if which == "shipped" else {"last": "all", "all": "last"}[default]
 
 
 def parity_cases(new_tokens=32):

@@ -15,7 +15,7 @@ from typing import Any
 
 from ftp_export.export.request import ExportRequest
 from ftp_export.export.targets import get_target
-from ftp_export.graph_io import DEFAULT_LOGITS, GraphSignature, signatures
+from ftp_export.graph_io import DEFAULT_LOGITS, MERGED, GraphSignature, signatures
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.runtimes.ort import OrtRuntime
 
@@ -24,11 +24,16 @@ TARGET = "onnx"
 
 @dataclass
 class ExportedPair:
-    """One export's graph files and signatures, keyed by graph ('prefill', 'decode')."""
+    """One export's graph files (the single graph: {'model': path}) and its prefill and decode signatures."""
 
     files: dict[str, Path]
     signatures: dict[str, GraphSignature]
     opset: int | None
+
+    @property
+    def prefill_file(self) -> Path:
+        """The graph a prefill runs in."""
+        return self.files.get("prefill", self.files.get(MERGED))
 
 
 def export_model(model: RoutedCausalLM, folder: Path, dtype: str, logits: str = DEFAULT_LOGITS) -> ExportedPair:

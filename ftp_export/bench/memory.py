@@ -103,10 +103,12 @@ def _ort_prefill(graph: str, seq: int, batch: int, threads: int, vocab: int) -> 
     import numpy as np
 
     from ftp_export.bench.artefacts import ort_session_factory
+    from ftp_export.runtimes.ort import empty_past
 
     sess = ort_session_factory(threads)(Path(graph), ["CPUExecutionProvider"])
     ids = np.random.default_rng(0).integers(0, vocab, (batch, seq), dtype=np.int64)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.tile(np.arange(seq, dtype=np.int64), (batch, 1))}
+    feeds.update(empty_past(sess, batch))  # the single graph starts a sequence with an empty past
     return rise_over(lambda: sess.run(None, feeds))
 
 

@@ -240,4 +240,4 @@ def run_onnxruntime(model: Any, s: OrtSettings, workdir: Path | None = None) -> 
 
 
 def _rise(pair: ExportedPair, s: OrtSettings, cfg: Any) -> float:
-    return measure(ort_args(pair.files["prefill"], max(s.seqs), s.batches[0], s.threads, int(cfg.vocab_size)))
+    return measure(ort_args(pair.prefill_file, max(s.seqs), s.batches[0], s.threads, int(cfg.vocab_size)))

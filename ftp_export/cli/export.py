@@ -53,7 +53,7 @@ def export_parser() -> Parser:
     from ftp_export.cli import commands_help
     from ftp_export.export.targets import REGISTRY
     from ftp_export.export.tolerance import DEFAULT_TOLERANCES
-    from ftp_export.graph_io import DEFAULT_LOGITS, LOGITS_CHOICES
+    from ftp_export.graph_io import LOGITS_CHOICES
 
     tolerances = ", ".join(f"{t.atol:g} / {t.rtol:.2g} for {d}" for d, t in DEFAULT_TOLERANCES.items())
     p = Parser(
@@ -78,9 +78,27 @@ def export_parser() -> Parser:
     p.add_argument("--device", default="cpu", type=device_choice, metavar="{" + ",".join(DEVICE_CHOICES) + "}",
                    help="where the model, the reference and the runtime run (default cpu)")
     p.add_argument(
-        "--logits", choices=LOGITS_CHOICES, default=DEFAULT_LOGITS,
-        help="prefill logits: last = [batch, 1, vocab] at each row's last valid token (generation; default), "
-        "all = every token (perplexity); decode graphs return every new token's logits",
+        "--logits", choices=LOGITS_CHOICES, default=None,
+        help="prefill logits: last = [batch, 1, vocab] at each row's last valid token, all = every token "
+        "(perplexity; what onnxruntime-genai reads); a decode step returns every new token's logits "
+        "(default: all for --target onnx, last for trt and compile)",
+    )
+    p.add_argument(
+        "--no-parity", dest="parity", action="store_false",
+        help="export only: no runtime session, no PyTorch reference (parity of a float16 7B export needs the float32 "
+        "model and the session in memory beside it: README, 'Exporting a 7B model'); the manifest records no parity",
+    )
+    p.add_argument(
+        "--quantize", choices=("int8",), default=None,
+        help="--target onnx, float32: 8-bit weights for every weight MatMul outside the routing path (onnxruntime's "
+        "MatMulNBits; routers, factors and selection stay float32); parity also exports the dense model the same "
+        "way and reports its figures beside the routed ones",
+    )
+    p.add_argument(
+        "--decode-lowering", choices=("dynamic", "static"), default="dynamic",
+        help="--target trt: decode blocks gather the kept tokens (dynamic: data-dependent row count, a host "
+        "sync per block) or compute every token and keep the kept ones by a mask (static: fixed shapes, "
+        "CUDA-graph friendly; docs in plugins/README.md) (default dynamic)",
     )
     return p
 
@@ -118,7 +136,10 @@ def _calibration_arguments(p: Parser) -> None:
 def cmd_export(argv: list[str]) -> int:
     from ftp_export.export.job import ExportRequest, run_export, validate_request
 
-    a = export_parser().parse_args(argv)
+    parser = export_parser()
+    a = parser.parse_args(argv)
+    if a.decode_lowering != "dynamic" and a.target != "trt":
+        parser.error(f"--decode-lowering {a.decode_lowering} applies to --target trt only")
     req = ExportRequest(
         model=a.model,
         schedule=a.schedule,
@@ -130,6 +151,9 @@ def cmd_export(argv: list[str]) -> int:
         dtype=a.dtype,
         device=a.device,
         logits=a.logits,
+        decode_lowering=a.decode_lowering,
+        quantize=a.quantize,
+        parity=a.parity,
     )
     # refused with the arguments, before anything is loaded: a dtype the target's runtime cannot run here, ...
     return run_export(validate_request(req))

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,12 +34,13 @@ from ftp_export.export.folder import write_model_files
 from ftp_export.export.manifest import parity_passed, read_manifest, write_manifest
 from ftp_export.export.parity import ParityCase, format_table, pad_batch, run_parity
 from ftp_export.export.progress import elapsed
+from ftp_export.export.quantize import QUANTIZE_CHOICES
 from ftp_export.export.request import ExportRequest
 from ftp_export.export.targets import get_target
 from ftp_export.export.tolerance import tolerance_for
 from ftp_export.graph_io import LOGITS_CHOICES
 from ftp_export.routed.model import RoutedCausalLM
-from ftp_export.schedule import FORMAT_VERSION, Schedule, load_schedule
+from ftp_export.schedule import FORMAT_VERSION, Schedule, load_schedule, new_schedule
 
 DEFAULT_SCHEDULE = DEFAULT_MODEL_DIR / "s40.json"
 PARITY_PROMPTS = (
@@ -106,12 +108,18 @@ def parity_cases(tokenizer: Any, new_tokens: int) -> list[ParityCase]:
 def validate_request(req: ExportRequest) -> ExportRequest:
     """Check what can be checked from the arguments alone (target, dtype spelling, logits, whether the
     target's runtime can run the dtype here, the device) and return the request with the dtype's
-    canonical name. Called when the arguments are parsed, and again by :func:`run_export`."""
-    req = dataclasses.replace(req, dtype=canonical_dtype(req.dtype))
+    canonical name and the target's default logits. Called when the arguments are parsed, and again by :func:`run_export`."""
     target = get_target(req.target)
+    req = dataclasses.replace(req, dtype=canonical_dtype(req.dtype), logits=req.logits or target.default_logits)
     torch_dtype(req.dtype)
     if req.logits not in LOGITS_CHOICES:
         raise FTPError(f"logits {req.logits!r}: choose one of {', '.join(LOGITS_CHOICES)}")
+    if req.quantize is not None:
+        if req.quantize not in QUANTIZE_CHOICES:
+            raise FTPError(f"--quantize {req.quantize!r}: choose one of {', '.join(QUANTIZE_CHOICES)}")
+        if req.target != "onnx" or req.dtype != "float32":
+            raise FTPError(f"--quantize {req.quantize} quantizes a float32 --target onnx export "
+                           f"(8-bit weights in onnxruntime's MatMulNBits); got --target {req.target} --dtype {req.dtype}")
     target.check(req)
     resolve_device(req.device)
     return req
@@ -159,14 +167,14 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
         write_model_files(tmp, model, ref.source, tokenizer)
         _copy_schedule(schedule, tmp / "schedule")
         _fault("parity")
-        if result.runtime is not None:
+        if result.runtime is not None and req.parity:
             log(f"[3/{steps}] parity against PyTorch ({req.parity_tokens} greedy tokens per case, prefill logits: {req.logits})")
             with elapsed("parity checked", log) as say:
-                parity = _parity(req, ref, routed, result.runtime, tokenizer, say)
+                parity = _parity(req, ref, routed, result.runtime, tokenizer, say, target, tmp)
             parity["runtime"] = result.manifest.get("runtime", {})
             (tmp / "parity.json").write_text(json.dumps(parity, indent=2) + "\n")
         else:
-            log(f"[3/{steps}] parity skipped: {result.note}")
+            log(f"[3/{steps}] parity skipped: {'--no-parity' if not req.parity else result.note}")
         log(f"[4/{steps}] writing manifest")
         _fault("manifest")
         _write_manifest(tmp, req, ref, config, schedule, result.manifest, parity)
@@ -181,15 +189,32 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
 
 
 def _parity(req: ExportRequest, ref: ModelRef, routed: RoutedCausalLM, runtime: Any, tokenizer: Any,
-            log: Callable[[str], None]) -> dict[str, Any]:
+            log: Callable[[str], None], target: Any, workdir: Path) -> dict[str, Any]:
     """Parity against the float32 PyTorch routed model: ``routed`` itself for a float32 export, else
-    the model loaded again in float32 on the same device, with the dtype's tolerance."""
-    reference, tol = routed, tolerance_for(req.dtype, req.atol, req.rtol)
-    if req.dtype != "float32":
-        log(f"      reference: the float32 PyTorch model ({req.dtype} export: {tol.describe()})")
-        reference = RoutedCausalLM(load_model(ref, torch.float32, routed.device), routed.schedule).eval()
+    the model loaded again in float32 on the same device, with the precision's tolerance and the
+    dense model exported the same way as the baseline (:func:`_dense_baseline`)."""
+    precision = req.quantize or req.dtype
+    reference, tol, baseline = routed, tolerance_for(precision, req.atol, req.rtol), None
     cases = parity_cases(tokenizer, req.parity_tokens)
-    return run_parity(reference, runtime, cases, tol, progress=lambda n: log(f"      case {n}"), dtype=req.dtype)
+    if precision != "float32":
+        log(f"      reference: the float32 PyTorch model ({precision} export: {tol.describe()})")
+        f32 = load_model(ref, torch.float32, routed.device)
+        reference = RoutedCausalLM(f32, routed.schedule).eval()
+        baseline = _dense_baseline(req, routed, f32, target, cases, tol, workdir, log)
+    return run_parity(reference, runtime, cases, tol, progress=lambda n: log(f"      case {n}"), dtype=precision,
+                      baseline=baseline)
+
+
+def _dense_baseline(req: ExportRequest, routed: RoutedCausalLM, f32: Any, target: Any, cases: list[ParityCase],
+                    tol: Any, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """The model with every block dense (no router), exported the same way (target, dtype,
+    quantization) into a scratch folder and checked against the float32 dense model: what the
+    precision alone costs, for the routed export's drift and token agreement to be read against."""
+    dense = new_schedule(routed.config, [0.0] * int(routed.config.num_hidden_layers))
+    log("      dense baseline: the model without routing, exported and checked the same way")
+    with tempfile.TemporaryDirectory(prefix="dense-baseline-", dir=workdir) as scratch:
+        result = target.export(RoutedCausalLM(routed.hf, dense).eval(), Path(scratch), req, lambda _msg: None)
+        return run_parity(RoutedCausalLM(f32, dense).eval(), result.runtime, cases, tol, dtype=req.quantize or req.dtype)
 
 
 def _write_manifest(tmp: Path, req: ExportRequest, ref: ModelRef, config: Any, schedule: Schedule,
@@ -201,7 +226,7 @@ def _write_manifest(tmp: Path, req: ExportRequest, ref: ModelRef, config: Any, s
         "fingerprint": fingerprint(config),
         "dtype": req.dtype,
     }
-    extra = {"logits": req.logits, **target_manifest}
+    extra = {"logits": req.logits, "quantize": req.quantize, **target_manifest}
     extra["parity"] = None if parity is None else {
         "passed": parity["passed"], "atol": parity["atol"], "rtol": parity["rtol"],
         "routing_agreement_min": parity["routing_agreement_min"], "reference_dtype": parity["reference_dtype"],

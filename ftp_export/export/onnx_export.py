@@ -1,7 +1,8 @@
-"""Export the routed model to ONNX (torch.onnx dynamo exporter): prefill + decode-with-past,
-named and shaped by :mod:`ftp_export.graph_io` (dynamic dimensions named as optimum names them,
-:mod:`.onnx_dims`); weights inline under 2 GB, external data above. Shared by the ``onnx`` and
-``trt`` targets (the latter passes a translation table for its custom nodes)."""
+"""Export the routed model to ONNX (torch.onnx dynamo exporter): prefill + decode-with-past graphs,
+or the two as one graph (``model.onnx``, :mod:`.onnx_merge`), named and shaped by
+:mod:`ftp_export.graph_io` (dynamic dimensions named as optimum names them, :mod:`.onnx_dims`);
+weights inline under 2 GB, external data above. Shared by the ``onnx`` target (one graph) and the
+``trt`` target (the pair, with a translation table for its custom nodes)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import torch
 
 from ftp_export.errors import FTPError
 from ftp_export.export.onnx_dims import name_dynamic_axes
-from ftp_export.graph_io import DEFAULT_LOGITS, GraphSignature, trace_specs
+from ftp_export.export.onnx_merge import merge_decoders
+from ftp_export.graph_io import DEFAULT_LOGITS, MERGED, GraphSignature, merged_signature, trace_specs
 from ftp_export.routed.model import RoutedCausalLM
 
 OPSET = 18
@@ -31,19 +33,21 @@ def initializer_bytes(model: Any) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
 
-def save_graph(program: Any, path: Path, limit: int = INLINE_WEIGHTS_LIMIT) -> None:
-    """Save an ONNXProgram: weights inline when they total under ``limit`` bytes, else external data."""
-    if initializer_bytes(program.model) < limit:
-        import onnx_ir as ir
+def save_graph(model: Any, path: Path, limit: int = INLINE_WEIGHTS_LIMIT) -> None:
+    """Save an ``onnx_ir`` model: weights inline when they total under ``limit`` bytes, else in one
+    external file beside it, ``<graph>.onnx.data``."""
+    import onnx_ir as ir
 
-        ir.save(program.model, str(path))
+    if initializer_bytes(model) < limit:
+        ir.save(model, str(path))
     else:
-        program.save(str(path), external_data=True)
+        ir.save(model, str(path), external_data=f"{path.name}.data")
 
 
 @dataclass
 class ExportedGraphs:
-    """The written graph files and their signatures, keyed by graph ('prefill', 'decode')."""
+    """The written graph files and their signatures, keyed by graph ('prefill', 'decode', or 'model'
+    for the single graph; ``signatures`` always holds 'prefill' and 'decode', which runtimes step)."""
 
     files: dict[str, Path]
     signatures: dict[str, GraphSignature]
@@ -56,18 +60,22 @@ class ExportedGraphs:
     def decode(self) -> Path:
         return self.files["decode"]
 
+    @property
+    def merged(self) -> bool:
+        return set(self.files) == {MERGED}
+
     def manifest(self, root: Path) -> dict[str, Any]:
         return {g: self.signatures[g].manifest_entry(str(p.relative_to(root))) for g, p in self.files.items()}
 
 
-def export_graph(
+def trace_graph(
     module: torch.nn.Module,
     args: tuple[torch.Tensor, ...],
-    path: Path,
     signature: GraphSignature,
     custom_translation_table: dict[Any, Any] | None = None,
-) -> Path:
-    """torch.onnx.export (dynamo) with quiet logs; raises FTPError with the first cause line."""
+) -> Any:
+    """torch.onnx.export (dynamo) with quiet logs, dynamic dimensions named; returns the ``onnx_ir``
+    model (its weights are the module's tensors, not copies). Raises FTPError with the first cause line."""
     buf = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
@@ -86,11 +94,10 @@ def export_graph(
                 verbose=False,
             )
             name_dynamic_axes(program.model, signature)
-            save_graph(program, path)
     except Exception as exc:  # exporter errors are long; keep the summary line
         lines = [ln for ln in str(exc).splitlines() if "Error" in ln or "error" in ln]
-        raise FTPError(f"ONNX export of {path.name} failed: {(lines or [str(exc)])[-1].strip()[:300]}") from exc
-    return path
+        raise FTPError(f"ONNX export of the {signature.graph} graph failed: {(lines or [str(exc)])[-1].strip()[:300]}") from exc
+    return program.model
 
 
 @torch.no_grad()
@@ -99,12 +106,20 @@ def export_onnx(
     out_dir: Path,
     custom_translation_table: dict[Any, Any] | None = None,
     logits: str = DEFAULT_LOGITS,
+    merged: bool = False,
 ) -> ExportedGraphs:
-    """Write ``decoder_model.onnx`` and ``decoder_with_past_model.onnx`` (+ ``.onnx.data`` above 2 GB);
-    ``logits`` ('last' or 'all') is what the prefill graph returns (graph_io's docstring)."""
+    """Write ``decoder_model.onnx`` and ``decoder_with_past_model.onnx``, or with ``merged`` the one
+    graph ``model.onnx`` (+ ``.onnx.data`` above 2 GB); ``logits`` ('last' or 'all') is what a
+    prefill returns (graph_io's docstring)."""
     specs = trace_specs(model, logits)
-    files = {
-        graph: export_graph(spec.module, spec.args, out_dir / f"{spec.signature.stem}.onnx", spec.signature, custom_translation_table)
-        for graph, spec in specs.items()
-    }
-    return ExportedGraphs(files=files, signatures={g: s.signature for g, s in specs.items()})
+    traced = {graph: trace_graph(spec.module, spec.args, spec.signature, custom_translation_table) for graph, spec in specs.items()}
+    pair = {g: s.signature for g, s in specs.items()}
+    if merged:
+        signature = merged_signature(pair)
+        files = {MERGED: out_dir / f"{signature.stem}.onnx"}
+        save_graph(merge_decoders(traced["prefill"], traced["decode"], signature), files[MERGED])
+        return ExportedGraphs(files=files, signatures={**pair, MERGED: signature})
+    files = {g: out_dir / f"{pair[g].stem}.onnx" for g in traced}
+    for g, ir_model in traced.items():
+        save_graph(ir_model, files[g])
+    return ExportedGraphs(files=files, signatures=pair)

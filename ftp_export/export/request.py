@@ -18,5 +18,15 @@ class ExportRequest:
     dtype: str = "float32"  # devices.DTYPE_CHOICES; optimum's fp16/fp32/bf16 spellings too
     device: str = "cpu"
     # prefill graph's logits: "last" = [B, 1, V] at each row's last valid token (generation),
-    # "all" = [B, T, V] (perplexity); decode graphs return every new token's logits either way
-    logits: str = "last"  # one of graph_io.LOGITS_CHOICES
+    # "all" = [B, T, V] (perplexity, onnxruntime-genai); decode graphs return every new token's
+    # logits either way; None: the target's default (Target.default_logits)
+    logits: str | None = None  # one of graph_io.LOGITS_CHOICES
+    # --target trt: how decode (threshold) blocks are lowered, routed/lowering.py's DECODE_LOWERINGS:
+    # "dynamic" = gather the kept rows (data-dependent count), "static" = every row, masked
+    decode_lowering: str = "dynamic"
+    # --target onnx: "int8" = 8-bit weights for every weight MatMul outside the routing path
+    # (export/quantize.py); None = the weights in ``dtype``
+    quantize: str | None = None
+    # False (--no-parity): no runtime session and no reference, for a model whose float32 reference
+    # and runtime session do not fit in memory beside it (README, "Exporting a 7B model")
+    parity: bool = True

@@ -18,8 +18,13 @@ The reference is always the float32 PyTorch routed model. Defaults per export dt
   with the float32 reference: a score within float16 rounding of a block's k-th score or
   threshold may flip.
 - bfloat16: atol 8e-2, rtol 8 * 2**-7 = 2**-4 (eight bfloat16 ulps); 99% routing agreement.
+- int8 (``--quantize int8``: 8-bit weights, float32 activations and routing): atol 5e-2, rtol
+  2**-5. The embedded model's int8 graph drifts by 0.095 (prefill) and 0.13 (decode) at logits
+  ~22 (bound 0.73); the dense model quantized the same way by 0.14 and 0.26. 99% routing agreement.
 
-Greedy tokens must be identical in every case.
+Greedy tokens must be identical in every case; a reduced-precision export (float16, bfloat16, int8)
+may instead agree on at least as many as the dense model exported in that precision
+(``token_floor``, the job's dense baseline).
 """
 
 from __future__ import annotations
@@ -54,13 +59,15 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "float32": Tolerance(atol=1e-4, rtol=2e-5),
     "float16": Tolerance(atol=1e-2, rtol=2**-7, routing_agreement=0.99),
     "bfloat16": Tolerance(atol=8e-2, rtol=2**-4, routing_agreement=0.99),
+    "int8": Tolerance(atol=5e-2, rtol=2**-5, routing_agreement=0.99),
 }
 DEFAULT_ATOL = DEFAULT_TOLERANCES["float32"].atol
 DEFAULT_RTOL = DEFAULT_TOLERANCES["float32"].rtol
 
 
 def tolerance_for(dtype: str = "float32", atol: float | None = None, rtol: float | None = None) -> Tolerance:
-    """The default criterion of an export in ``dtype`` (a canonical name), ``atol``/``rtol`` overriding."""
+    """The default criterion of an export in ``dtype`` (a canonical name, or 'int8' for a quantized
+    one), ``atol``/``rtol`` overriding."""
     base = DEFAULT_TOLERANCES[dtype]
     return Tolerance(
         atol=base.atol if atol is None else atol,

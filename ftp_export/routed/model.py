@@ -295,6 +295,8 @@ class RoutedCausalLM(nn.Module):
         # the threshold at each token's context length is subtracted in the graph, so the
         # gather (and its TensorRT plugin) compares with a plain 0
         margin = scores - self.schedule.decode_thresholds.at(b, call.n_tok)
+        if getattr(self.lowering, "decode", "dynamic") == "static":
+            return self._threshold_block_static(b, layer, h, keys, values, margin, call)
         rows, flat = self.lowering.threshold_gather(h, margin, call.valid, 0.0)
         b_idx = torch.div(flat, seq, rounding_mode="floor")
         t_idx = flat - b_idx * seq
@@ -320,3 +322,24 @@ class RoutedCausalLM(nn.Module):
         total = (slot @ own[:, 0].unsqueeze(-1)).view(bsz, seq)
         count = slot.sum(-1).view(bsz, seq)
         return h, total, count, BlockRouting(rows=flat)
+
+    def _threshold_block_static(self, b, layer, h, keys, values, margin, call: _Call):
+        """The static-shape lowering of a decode block (lowering.py): every row runs the block (as a
+        dense block would: same queries, mask and cache indices), a device-side mask keeps the kept
+        rows' outputs. The kept set, the attention signal (each kept token's weight on itself) and the
+        cache (K/V were projected for every token before routing) are those of the dynamic lowering."""
+        bsz, seq = h.shape[:2]
+        keep = call.valid & (margin >= 0)  # threshold_select's test (the threshold is already subtracted)
+        q_index = call.all_tok + call.past
+        allowed = attention_mask_for(call.key_valid, q_index, self.windows[b])
+        full, _, own = compute_rows(
+            layer, h, call.cos, call.sin, keys, values, allowed, q_index, self.head_dim, self.scaling, own=call.signal
+        )
+        h = torch.where(keep.unsqueeze(-1), full, h)
+        flat = torch.arange(bsz * seq, device=h.device)
+        routed = BlockRouting(rows=torch.where(keep.reshape(-1), flat, torch.full_like(flat, -1)))
+        if not call.signal:
+            return h, None, None, routed
+        # a skipped token adds nothing to the signal (count 0 keeps its carried signal, as in the dynamic lowering)
+        count = keep.to(torch.float32)
+        return h, torch.where(keep, own, torch.zeros_like(own)), count, routed

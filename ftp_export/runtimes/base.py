@@ -60,8 +60,10 @@ class Runtime:
     def _step(self, graph: str, feeds: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
         outs = self.run(graph, feeds)
         self.check_shapes(graph, feeds, outs)
-        routing = {k: self.to_numpy(v) for k, v in outs.items() if k.startswith("routing.")}
-        return self.to_numpy(outs["logits"]), self.signatures[graph].past_feeds(outs), routing
+        signature = self.signatures[graph]
+        # only ``graph``'s own routing outputs: a single graph also returns the other graph's, empty
+        routing = {k: self.to_numpy(v) for k, v in outs.items() if k.startswith("routing.") and k in signature.routing}
+        return self.to_numpy(outs["logits"]), signature.past_feeds(outs), routing
 
     def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, new_tokens: int) -> StepTrace:
         """Greedy decoding: the runtime's own argmax feeds its next step (sequences run past EOS).

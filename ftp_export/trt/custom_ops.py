@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ftp_export.routed.lowering import TorchLowering
+from ftp_export.routed.lowering import TorchLowering, check_decode_lowering
 
 DOMAIN = "ftp"
 PLUGIN_VERSION = "1"
@@ -84,7 +84,12 @@ def _(residual, rows_data, rows):
 
 class PluginLowering:
     """Gather/scatter through the ``ftp`` custom ops (exported as plugin nodes); bool flags are
-    cast to and from the nodes' int32 flags here (ONNX Cast nodes around the plugin nodes)."""
+    cast to and from the nodes' int32 flags here (ONNX Cast nodes around the plugin nodes).
+    ``decode="static"``: decode blocks use no node at all (every row computed, a mask keeps the
+    kept ones: :mod:`ftp_export.routed.lowering`); prefill keeps its top-k nodes."""
+
+    def __init__(self, decode: str = "dynamic") -> None:
+        self.decode = check_decode_lowering(decode)
 
     def topk_gather(self, hidden, scores, valid, q16):
         g, i, a = topk_gather(hidden, scores.float(), valid.to(torch.int32), int(q16))

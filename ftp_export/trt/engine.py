@@ -4,6 +4,14 @@
 Only imported where ``import tensorrt`` works. Not run on this project's machines (TensorRT
 cannot be installed here); written against the public TensorRT 10 API: ``Builder``,
 ``OnnxParser``, optimisation profiles from :data:`ftp_export.trt.sources.PROFILES`.
+
+Precision: the network is *strongly typed* (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; TensorRT
+11 is always strongly typed and keeps the flag only for compatibility), so every tensor keeps the type
+the ONNX graph gives it: the export dtype for the model, float32 for the routing islands (router MLP,
+factors, scores, thresholds, selection). No FP16/BF16 builder flag is set: a strongly typed network
+takes its precision from the tensor types, and with those flags on a weakly typed network TensorRT could
+run the routing in 16 bits and flip top-k or threshold decisions (``BuilderFlag.BF16`` does not exist in TensorRT 11 anyway). The engine's
+precision is therefore the graph's (``ftp-export --dtype``).
 """
 
 from __future__ import annotations
@@ -31,9 +39,17 @@ def _shapes(name: str, batch: int, seq: int, past: int, kv_heads: int, head_dim:
     return (batch, kv_heads, past, head_dim)  # past_key_values.*
 
 
-def build_engines(folder: Path, log: Any, precision: str = "bf16", shown: Path | None = None) -> dict[str, Any]:
-    """Build decoder_model.engine and decoder_with_past_model.engine in ``folder``; the message names
-    ``shown`` (default ``folder``): the folder the user gets when ``folder`` is a temporary build folder."""
+def strongly_typed_flags(trt: Any) -> int:
+    """``create_network`` flags of a strongly typed network (the flag's own value: it moved between
+    TensorRT 10 and 11, where the mode is always on)."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def build_engines(folder: Path, log: Any, shown: Path | None = None, dtype: str = "float32") -> dict[str, Any]:
+    """Build decoder_model.engine and decoder_with_past_model.engine in ``folder`` as strongly typed
+    networks (precision = the graphs' ``dtype``); the message names ``shown`` (default ``folder``):
+    the folder the user gets when ``folder`` is a temporary build folder."""
     import tensorrt as trt
 
     lib = find_plugin_library(folder)
@@ -46,13 +62,12 @@ def build_engines(folder: Path, log: Any, precision: str = "bf16", shown: Path |
     for graph, (lo, opt, hi) in PROFILES.items():
         onnx_file = f"{GRAPH_FILES[graph]}.onnx"
         builder = trt.Builder(logger)
-        network = builder.create_network(0)
+        network = builder.create_network(strongly_typed_flags(trt))
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(folder / onnx_file)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise FTPError(f"TensorRT could not parse {onnx_file}: {errors}")
         config = builder.create_builder_config()
-        config.set_flag(trt.BuilderFlag.BF16 if precision == "bf16" else trt.BuilderFlag.FP16)
         profile = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
@@ -71,4 +86,4 @@ def build_engines(folder: Path, log: Any, precision: str = "bf16", shown: Path |
         engine.write_bytes(bytes(blob))
         built[onnx_file] = engine.name
         log(f"      built {engine.name}")
-    return {"built": True, "engines": built, "precision": precision, "message": f"TensorRT engines built in {shown or folder}"}
+    return {"built": True, "engines": built, "precision": {"graph": dtype, "routing": "float32", "network": "strongly typed"}, "message": f"TensorRT engines built in {shown or folder}"}

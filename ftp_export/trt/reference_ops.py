@@ -1,6 +1,12 @@
 """Reference implementations of the ``ftp`` nodes for onnxruntime (CPU, float32), so the
 TensorRT-flavoured graph runs and is parity-checked where TensorRT is absent.
 
+onnxruntime-extensions' Python ops take no float16 tensors ("Type float16 not supported by python
+customops api", which aborts the process), so in the parity copy of a float16 (or bfloat16) graph each
+``ftp`` node's hidden-state inputs are Cast to float32 and its hidden-state output Cast back. The
+nodes only move rows, and float16 -> float32 -> float16 is exact, so the copy computes what the
+float16 plugins compute bit for bit; the artefact itself is untouched.
+
 onnxruntime-extensions runs Python ops only in its own domain, so parity sessions load a copy
 of the graph with the ``ftp`` nodes re-homed to ``ai.onnx.contrib``; the artefact itself keeps
 domain ``ftp`` for TensorRT's parser. Each op calls the same torch reference lowering as the
@@ -75,11 +81,50 @@ def register() -> str:
     return get_library_path()
 
 
+# which inputs / outputs of each node carry the hidden-state dtype ``T`` (custom_ops' schemas)
+HIDDEN_INPUTS = {"FtpTopKGather": (0,), "FtpTopKScatter": (0, 1), "FtpThresholdGather": (0,), "FtpRowScatter": (0, 1)}
+HIDDEN_OUTPUTS = {"FtpTopKGather": (0,), "FtpTopKScatter": (0,), "FtpThresholdGather": (0,), "FtpRowScatter": (0,)}
+
+
+def _float32_islands(model: Any) -> None:
+    """Wrap every non-float32 ``ftp`` node in Casts (float32 in, its own type out), in place."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ftp_export.trt.precision import value_types
+
+    hidden = [node.input[0] for node in model.graph.node if node.domain == DOMAIN and node.input]
+    if not hidden:
+        return
+    types = value_types(model, hidden)
+    nodes = []
+    for node in model.graph.node:
+        elem = types.get(node.input[0]) if node.domain == DOMAIN and node.input else None
+        if elem is None or elem == TensorProto.FLOAT:
+            nodes.append(node)
+            continue
+        for i in HIDDEN_INPUTS[node.op_type]:
+            wide = f"{node.input[i]}__ref_f32_{node.name or node.op_type}_{i}"
+            nodes.append(helper.make_node("Cast", [node.input[i]], [wide], to=TensorProto.FLOAT, name=f"{wide}_cast"))
+            node.input[i] = wide
+        nodes.append(node)
+        for i in HIDDEN_OUTPUTS[node.op_type]:
+            narrow, wide = node.output[i], f"{node.output[i]}__ref_f32"
+            node.output[i] = wide
+            nodes.append(helper.make_node("Cast", [wide], [narrow], to=elem, name=f"{wide}_cast"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    if not any(imp.domain in ("", "ai.onnx") for imp in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("", 18))
+
+
 def rehomed_copy(path: Path) -> Path:
-    """Write a sibling copy of ``path`` with ftp nodes in the contrib domain (shares external data)."""
+    """Write a sibling copy of ``path`` with ftp nodes in the contrib domain (shares external data),
+    float32 at every node (:func:`_float32_islands`)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
+    _float32_islands(model)
     for node in model.graph.node:
         if node.domain == DOMAIN:
             node.domain = CONTRIB

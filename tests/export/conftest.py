@@ -18,7 +18,7 @@ from ftp_export.cli import main
 from ftp_export.export.job import DEFAULT_SCHEDULE
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.schedule import new_schedule, save_schedule
-from tests.helpers import EXPORT_LOGITS
+from tests.helpers import export_logits
 
 DROP09 = [0.0, 1.0, 0.9, 0.4, 0.4, 0.4]  # block 1 dropped, block 2 at 0.9, the rest routed at 0.4
 
@@ -35,8 +35,8 @@ def drop09_schedule(default_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def default_export(drop09_schedule, tmp_path_factory) -> Callable[[str, str], tuple[int, Path, dict]]:
     """``default_export(target, which)`` -> (exit status, folder, parity report); ``which`` is
-    'shipped' (the default model's s40, default ``--logits last``) or 'drop+0.9' (``--logits all``),
-    see ``tests.helpers.EXPORT_LOGITS``. Each export runs once per session; what it printed is kept in
+    'shipped' (the default model's s40, the target's default ``--logits``) or 'drop+0.9' (the other
+    choice), see ``tests.helpers.export_logits``. Each export runs once per session; what it printed is kept in
     ``folder.parent / "stdout.txt"``."""
     made: dict[tuple[str, str], tuple[int, Path, dict]] = {}
 
@@ -44,7 +44,7 @@ def default_export(drop09_schedule, tmp_path_factory) -> Callable[[str, str], tu
         if (target, which) not in made:
             schedule = DEFAULT_SCHEDULE if which == "shipped" else drop09_schedule
             out = tmp_path_factory.mktemp("exports") / f"{target}-{which}"
-            logits = [] if EXPORT_LOGITS[which] == "last" else ["--logits", EXPORT_LOGITS[which]]  # "last": the default
+            logits = [] if which == "shipped" else ["--logits", export_logits(target, which)]
             printed = io.StringIO()
             try:
                 with contextlib.redirect_stdout(printed):

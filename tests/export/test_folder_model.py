@@ -1,7 +1,7 @@
 """The default export folder is a complete model folder (issue 18 item 1, folder parts): config,
-generation config and tokenizer load with transformers; the ONNX graphs name their dynamic
-dimensions as optimum does, declare the shapes they return (onnxruntime prints no warning at
-warning level), and keep their weights inline (no external data under 2 GB)."""
+generation config and tokenizer load with transformers; the ONNX graph names its dynamic
+dimensions as optimum does, declares the shapes it returns (onnxruntime prints no warning at
+warning level), and keeps its weights inline (no external data under 2 GB)."""
 
 from __future__ import annotations
 
@@ -46,25 +46,22 @@ def test_dynamic_dimensions_are_named_as_optimum_names_them(folder):
     def dims(value):
         return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
-    prefill = onnx.load(str(folder / "decoder_model.onnx"))
-    decode = onnx.load(str(folder / "decoder_with_past_model.onnx"))
-    ins = {v.name: dims(v) for v in decode.graph.input}
-    outs = {v.name: dims(v) for v in decode.graph.output}
+    graph = onnx.load(str(folder / "model.onnx"))  # the single graph: decode's inputs, both graphs' outputs
+    ins = {v.name: dims(v) for v in graph.graph.input}
+    outs = {v.name: dims(v) for v in graph.graph.output}
     assert ins["input_ids"] == ins["position_ids"] == [BATCH, SEQUENCE]
     assert ins["attention_mask"] == [BATCH, TOTAL]
     pasts = [d for name, d in ins.items() if name.startswith("past_key_values.")]
     assert len(pasts) == 12 and all(d[0] == BATCH and d[2] == PAST for d in pasts)  # one name shared by every layer
     assert all(d[0] == BATCH and d[2] == TOTAL for name, d in outs.items() if name.startswith("present."))
-    assert outs["logits"] == [BATCH, SEQUENCE, 259]
-    pins = {v.name: dims(v) for v in prefill.graph.input}
-    pouts = {v.name: dims(v) for v in prefill.graph.output}
-    assert pins["attention_mask"] == pins["input_ids"] == [BATCH, SEQUENCE] and pouts["logits"] == [BATCH, 1, 259]
-    assert all(d[:1] == [BATCH] for name, d in pouts.items() if name.startswith(("present.", "routing.")))
+    assert outs["logits"] == [BATCH, SEQUENCE, 259]  # the onnx target's default: every token (onnxruntime-genai)
+    assert all(d[:1] == [BATCH] for name, d in outs.items() if name.endswith((".indices", ".active")))
+    assert all(d == [f"routed_tokens_{name.split('.')[1]}"] for name, d in outs.items() if name.endswith(".rows"))
 
 
 def test_weights_are_inline_under_2_gb(folder):
     assert not [p.name for p in folder.iterdir() if p.suffix == ".data" or p.name.endswith(".onnx_data")]
-    graph = onnx.load(str(folder / "decoder_model.onnx"), load_external_data=False)
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False)
     assert graph.graph.initializer and not any(t.external_data for t in graph.graph.initializer)
 
 
@@ -83,13 +80,14 @@ ORT_WARNINGS = textwrap.dedent("""
         opts.log_severity_level = 2  # warnings and worse
         return ort.InferenceSession(str(path), opts, providers=providers)
 
-    sigs, files = {}, {}
-    for graph, entry in manifest["graphs"].items():
-        routing = tuple(o for o in entry["outputs"] if o.startswith("routing."))
-        layers = sum(o.startswith("present.") for o in entry["outputs"]) // 2
-        sigs[graph] = GraphSignature(graph, layers, routing, manifest["logits"] if graph == "prefill" else "all")
-        files[graph] = folder / entry["file"]
-    runtime = OrtRuntime(files, sigs, session_factory=session)
+    entry = manifest["graphs"]["model"]  # the single graph runs both steps
+    outputs = entry["outputs"]
+    layers = sum(o.startswith("present.") for o in outputs) // 2
+    sigs = {
+        "prefill": GraphSignature("prefill", layers, tuple(o for o in outputs if o.endswith((".indices", ".active"))), manifest["logits"]),
+        "decode": GraphSignature("decode", layers, tuple(o for o in outputs if o.endswith(".rows"))),
+    }
+    runtime = OrtRuntime({"model": folder / entry["file"]}, sigs, session_factory=session)
     ids = np.random.default_rng(0).integers(3, 250, (3, 37))
     mask = np.ones_like(ids)
     mask[1, :11] = 0

@@ -1,6 +1,7 @@
 """Every registered target on the embedded default model passes parity through the CLI, with its
-shipped schedule (default prefill logits: each row's last valid token) and with a schedule holding
-a dropped block and a block at sparsity 0.9 (``--logits all``)."""
+shipped schedule (the target's default prefill logits: every token for onnx, each row's last valid
+token for trt and compile) and with a schedule holding a dropped block and a block at sparsity 0.9
+(the other ``--logits`` choice)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from ftp_export.export.targets import target_names
-from tests.helpers import EXPORT_LOGITS
+from tests.helpers import export_logits
 
 # every export folder is a complete model folder (config, generation config, tokenizer) beside its graphs
 MODEL_FILES = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}
 EXPECTED_FILES = {
-    "onnx": {"decoder_model.onnx", "decoder_with_past_model.onnx", *MODEL_FILES},
+    "onnx": {"model.onnx", *MODEL_FILES},  # + genai_config.json with --logits all (the default)
     "trt": {"decoder_model.onnx", "decoder_with_past_model.onnx", "build_engines.sh", "plugins/CMakeLists.txt", *MODEL_FILES},
     "compile": {"decoder_model.pt2", "decoder_with_past_model.pt2", *MODEL_FILES},
 }
@@ -31,19 +32,27 @@ def test_target_passes_parity_on_the_default_model(default_export, target, which
         assert case["prefill_max_abs_diff"] <= 1e-4 and case["decode_max_abs_diff"] <= 1e-4, case
         assert case["steps_over_tolerance"] == [] and case["routing_agreement"] == 1.0, case
         assert case["routing_identical"] and case["tokens_identical"], case
-    logits = EXPORT_LOGITS[which]
+    logits = export_logits(target, which)
     assert parity["logits"] == logits and all(c["prefill_logits"] == logits for c in parity["cases"])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["target"] == target and manifest["parity"]["passed"]
     assert (manifest["parity"]["atol"], manifest["parity"]["rtol"]) == (parity["atol"], parity["rtol"]) == (1e-4, 2e-5)
     assert manifest["logits"] == logits
-    assert manifest["graphs"]["prefill"]["logits"].startswith("[batch, 1, vocab]" if logits == "last" else "[batch, tokens, vocab]")
-    assert manifest["graphs"]["decode"]["logits"] == "[batch, tokens, vocab]"
     files = {f["path"] for f in manifest["files"]}
     assert EXPECTED_FILES[target] <= files
+    if target == "onnx":  # one graph: top-k routing when the past is empty, threshold routing otherwise
+        assert list(manifest["graphs"]) == ["model"] and not (files & {"decoder_model.onnx", "decoder_with_past_model.onnx"})
+        assert manifest["graphs"]["model"]["logits"].startswith("empty past: [batch, 1, vocab]" if logits == "last" else "[batch, tokens, vocab]")
+        assert ("genai_config.json" in files) == (logits == "all")
+        outputs = manifest["graphs"]["model"]["outputs"]
+        assert "routing.2.indices" in outputs and "routing.2.rows" in outputs
+        assert "past_key_values.0.key" in manifest["graphs"]["model"]["inputs"]
+    else:
+        assert manifest["graphs"]["prefill"]["logits"].startswith("[batch, 1, vocab]" if logits == "last" else "[batch, tokens, vocab]")
+        assert manifest["graphs"]["decode"]["logits"] == "[batch, tokens, vocab]"
+        outputs = manifest["graphs"]["prefill"]["outputs"]
     assert any(p.startswith("schedule/") and p.endswith(".safetensors") for p in files)
     if which == "drop+0.9":  # a dropped block has no routing output; the 0.9 block has one
-        outputs = manifest["graphs"]["prefill"]["outputs"]
         assert "routing.1.indices" not in outputs and "routing.2.indices" in outputs
     assert not [p for p in out.parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
 

@@ -63,11 +63,11 @@ class AotiTarget(Target):
             log(f"      AOTInductor: {graph} graph")
             files[graph] = aoti_package(spec.module, spec.args, spec.signature.dynamic_shapes(), out / f"{spec.signature.stem}.pt2")
         signatures = {g: s.signature for g, s in specs.items()}
-        runtime = AotiRuntime(files, signatures, device=model.device)
+        runtime = AotiRuntime(files, signatures, device=model.device) if req.parity else None
         return TargetResult(
             manifest={
                 "graphs": {g: signatures[g].manifest_entry(p.name) for g, p in files.items()},
-                "runtime": runtime.info(),
+                "runtime": runtime.info() if runtime else None,
             },
             runtime=runtime,
         )

@@ -31,6 +31,7 @@ class Target:
 
     name = ""
     description = ""
+    default_logits = "last"  # a prefill's logits when --logits is not given (graph_io.LOGITS_CHOICES)
 
     def check(self, req: ExportRequest) -> None:
         """Refuse, with one FTPError line and before any work, a request this target cannot carry out."""

@@ -1,21 +1,28 @@
-"""``--target onnx``: routing in standard ONNX ops (TopK, Gather, ScatterElements, NonZero),
-run in onnxruntime for parity."""
+"""``--target onnx``: one decoder graph ``model.onnx`` (optimum's and onnxruntime-genai's layout:
+top-k routing when the past is empty, threshold routing otherwise, :mod:`..onnx_merge`) and its
+``genai_config.json``; routing in standard ONNX ops (TopK, Gather, ScatterElements, NonZero), run
+in onnxruntime for parity."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ftp_export.errors import FTPError
+from ftp_export.export.genai_config import GENAI_CONFIG, write_genai_config
 from ftp_export.export.onnx_export import OPSET, export_onnx
+from ftp_export.export.quantize import quantize_int8
 from ftp_export.export.request import ExportRequest
 from ftp_export.export.targets.base import Log, Target, TargetResult, register
+from ftp_export.graph_io import MERGED
 from ftp_export.routed.model import RoutedCausalLM
 
 
 @register
 class OnnxTarget(Target):
     name = "onnx"
-    description = "ONNX graphs in standard ops, checked in onnxruntime"
+    description = "one ONNX decoder graph (model.onnx) in standard ops, checked in onnxruntime"
+    default_logits = "all"  # what onnxruntime-genai and optimum read at a prompt
 
     def check(self, req: ExportRequest) -> None:
         from ftp_export.runtimes.ort import providers_for
@@ -30,9 +37,24 @@ class OnnxTarget(Target):
     def export(self, model: RoutedCausalLM, out: Path, req: ExportRequest, log: Log) -> TargetResult:
         from ftp_export.runtimes.ort import OrtRuntime
 
-        graphs = export_onnx(model, out, logits=req.logits)
-        runtime = OrtRuntime(graphs.files, graphs.signatures, device=req.device)
+        graphs = export_onnx(model, out, logits=req.logits, merged=True)
+        manifest: dict[str, Any] = {"opset": OPSET, "graphs": graphs.manifest(out)}
+        if req.quantize == "int8":  # routers, factors and selection stay float32 (export/quantize.py)
+            info = quantize_int8(graphs.files[MERGED], graphs.files[MERGED])
+            manifest["quantization"] = {
+                "scheme": "int8 weights (MatMulNBits, block 32, asymmetric), float32 activations; routing path float32",
+                "matmul_nbits": info["matmul_nbits"], "float_router_matmuls": info["router_matmuls"],
+                "bytes_before": info["bytes_before"], "bytes_after": info["bytes_after"],
+            }
+        note = ""
+        if req.logits == "all":
+            write_genai_config(out, model.hf.config, getattr(model.hf, "generation_config", None), graphs.signatures[MERGED],
+                               graphs.files[MERGED].name)
+        else:  # onnxruntime-genai preallocates [batch, tokens, vocab] logits for a prompt
+            note = f"no {GENAI_CONFIG}: onnxruntime-genai reads every prompt token's logits; export with --logits all to run it"
+        runtime = OrtRuntime(graphs.files, graphs.signatures, device=req.device) if req.parity else None
         return TargetResult(
-            manifest={"opset": OPSET, "graphs": graphs.manifest(out), "runtime": runtime.info()},
+            manifest={**manifest, "runtime": runtime.info() if runtime else None},
             runtime=runtime,
+            note=note,
         )
