@@ -124,6 +124,8 @@ if [ "$MODE" = gpu ]; then
     stage export-trt-cuda 150 export_target trt cuda
     stage export-compile-cuda 240 export_target compile cuda
     stage trt-engines 240 needs_tensorrt bash build/gpu_check/export-trt-cuda/build_engines.sh
+    stage plugin-engines 240 needs_tensorrt "$PY" -m ftp_export.trt.plugin_engines \
+      --lib build/gpu_check/export-trt-cuda/build/libftp_plugins.so --out "$DEST/plugin_engines"
     stage trt-decode-lowerings 420 needs_tensorrt trt_decode_lowerings
   ) &
   wait

@@ -19,8 +19,9 @@ The reference is always the float32 PyTorch routed model. Defaults per export dt
   threshold may flip.
 - bfloat16: atol 8e-2, rtol 8 * 2**-7 = 2**-4 (eight bfloat16 ulps); 99% routing agreement.
 - int8 (``--quantize int8``: 8-bit weights, float32 activations and routing): atol 5e-2, rtol
-  2**-5. The embedded model's int8 graph drifts by 0.095 (prefill) and 0.13 (decode) at logits
-  ~22 (bound 0.73); the dense model quantized the same way by 0.14 and 0.26. 99% routing agreement.
+  2**-4. SmolLM2-135M's int8 graph drifts by 1.08 at prefill logits ~31 (its dense model quantized
+  the same way by 1.18: 8-bit weights move the logits by ~4% of their scale); the embedded model's
+  by 0.11 at ~24. 99% routing agreement.
 
 Greedy tokens must be identical in every case; a reduced-precision export (float16, bfloat16, int8)
 may instead agree on at least as many as the dense model exported in that precision
@@ -59,7 +60,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "float32": Tolerance(atol=1e-4, rtol=2e-5),
     "float16": Tolerance(atol=1e-2, rtol=2**-7, routing_agreement=0.99),
     "bfloat16": Tolerance(atol=8e-2, rtol=2**-4, routing_agreement=0.99),
-    "int8": Tolerance(atol=5e-2, rtol=2**-5, routing_agreement=0.99),
+    "int8": Tolerance(atol=5e-2, rtol=2**-4, routing_agreement=0.99),
 }
 DEFAULT_ATOL = DEFAULT_TOLERANCES["float32"].atol
 DEFAULT_RTOL = DEFAULT_TOLERANCES["float32"].rtol

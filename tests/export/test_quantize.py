@@ -340,7 +340,7 @@ def test_cli_int8_export_of_the_default_model_passes_beside_its_dense_baseline(t
     parity = json.loads((out / "parity.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
     assert parity["passed"] and parity["dtype"] == "int8" and parity["reference_dtype"] == "float32"
-    assert (parity["atol"], parity["rtol"], parity["routing_agreement_min"]) == (5e-2, 2**-5, 0.99)
+    assert (parity["atol"], parity["rtol"], parity["routing_agreement_min"]) == (5e-2, 2**-4, 0.99)
     dense = {c["name"]: c for c in parity["dense_baseline"]["cases"]}
     assert set(dense) == {c["name"] for c in parity["cases"]}
     for case in parity["cases"]:
