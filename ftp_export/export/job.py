@@ -200,13 +200,13 @@ def _parity(req: ExportRequest, ref: ModelRef, routed: RoutedCausalLM, runtime: 
         log(f"      reference: the float32 PyTorch model ({precision} export: {tol.describe()})")
         f32 = load_model(ref, torch.float32, routed.device)
         reference = RoutedCausalLM(f32, routed.schedule).eval()
-        baseline = _dense_baseline(req, routed, f32, target, cases, tol, workdir, log)
+        baseline = _dense_baseline(req, routed, f32, target, cases, tol, precision, workdir, log)
     return run_parity(reference, runtime, cases, tol, progress=lambda n: log(f"      case {n}"), dtype=precision,
                       baseline=baseline)
 
 
 def _dense_baseline(req: ExportRequest, routed: RoutedCausalLM, f32: Any, target: Any, cases: list[ParityCase],
-                    tol: Any, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+                    tol: Any, precision: str, workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """The model with every block dense (no router), exported the same way (target, dtype,
     quantization) into a scratch folder and checked against the float32 dense model: what the
     precision alone costs, for the routed export's drift and token agreement to be read against."""
@@ -214,7 +214,7 @@ def _dense_baseline(req: ExportRequest, routed: RoutedCausalLM, f32: Any, target
     log("      dense baseline: the model without routing, exported and checked the same way")
     with tempfile.TemporaryDirectory(prefix="dense-baseline-", dir=workdir) as scratch:
         result = target.export(RoutedCausalLM(routed.hf, dense).eval(), Path(scratch), req, lambda _msg: None)
-        return run_parity(RoutedCausalLM(f32, dense).eval(), result.runtime, cases, tol, dtype=req.quantize or req.dtype)
+        return run_parity(RoutedCausalLM(f32, dense).eval(), result.runtime, cases, tol, dtype=precision)
 
 
 def _write_manifest(tmp: Path, req: ExportRequest, ref: ModelRef, config: Any, schedule: Schedule,

@@ -114,17 +114,16 @@ def merge_decoders(prefill: Any, decode: Any, signature: GraphSignature) -> Any:
     # cond: the past is empty (every layer's past has the same length; layer 0's is read)
     past = outer_inputs["past_key_values.0.key"]
     length = ir.node("Shape", [past], attributes={"start": 2, "end": 3})
-    zero = ir.node("Constant", [], attributes={"value": ir.tensor(np.zeros(1, np.int64))})
+    zero = ir.node("Constant", [], attributes={"value": ir.tensor(np.zeros(1, np.int64))})  # length 0, and axis 0
     empty = ir.node("Equal", [length.outputs[0], zero.outputs[0]])
-    axis = ir.node("Constant", [], attributes={"value": ir.tensor(np.zeros(1, np.int64))})
-    cond = ir.node("Squeeze", [empty.outputs[0], axis.outputs[0]])
+    cond = ir.node("Squeeze", [empty.outputs[0], zero.outputs[0]])
     branch = ir.node(
         "If", [cond.outputs[0]],
         attributes={"then_branch": ir.AttrGraph("then_branch", branches["prefill"]),
                     "else_branch": ir.AttrGraph("else_branch", branches["decode"])},
         num_outputs=len(signature.outputs),
     )
-    for i, node in enumerate((length, zero, empty, axis, cond)):
+    for i, node in enumerate((length, zero, empty, cond)):
         node.name = node.outputs[0].name = f"past_is_empty/{i}"
         outer.append(node)
     branch.name = "route_prefill_or_decode"

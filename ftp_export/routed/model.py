@@ -295,7 +295,7 @@ class RoutedCausalLM(nn.Module):
         # the threshold at each token's context length is subtracted in the graph, so the
         # gather (and its TensorRT plugin) compares with a plain 0
         margin = scores - self.schedule.decode_thresholds.at(b, call.n_tok)
-        if getattr(self.lowering, "decode", "dynamic") == "static":
+        if self.lowering.decode == "static":
             return self._threshold_block_static(b, layer, h, keys, values, margin, call)
         rows, flat = self.lowering.threshold_gather(h, margin, call.valid, 0.0)
         b_idx = torch.div(flat, seq, rounding_mode="floor")

@@ -62,7 +62,7 @@ class Runtime:
         self.check_shapes(graph, feeds, outs)
         signature = self.signatures[graph]
         # only ``graph``'s own routing outputs: a single graph also returns the other graph's, empty
-        routing = {k: self.to_numpy(v) for k, v in outs.items() if k.startswith("routing.") and k in signature.routing}
+        routing = {k: self.to_numpy(v) for k, v in outs.items() if k in signature.routing}
         return self.to_numpy(outs["logits"]), signature.past_feeds(outs), routing
 
     def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, new_tokens: int) -> StepTrace:

@@ -88,7 +88,7 @@ class TrtTarget(Target):
     def check(self, req: ExportRequest) -> None:
         from ftp_export.routed.lowering import DECODE_LOWERINGS
 
-        lowering = getattr(req, "decode_lowering", "dynamic")
+        lowering = req.decode_lowering
         if lowering not in DECODE_LOWERINGS:
             raise FTPError(f"--decode-lowering {lowering}: choose one of {', '.join(DECODE_LOWERINGS)}")
         # without TensorRT, parity runs the graphs in onnxruntime's CPU provider (reference ftp nodes),
@@ -104,7 +104,7 @@ class TrtTarget(Target):
         from ftp_export.trt.custom_ops import NODES, PLUGIN_VERSION, PluginLowering, onnx_translation_table
         from ftp_export.trt.reference_ops import reference_session
 
-        decode = getattr(req, "decode_lowering", "dynamic")
+        decode = req.decode_lowering
         plugin_model = RoutedCausalLM(model.hf, model.schedule, lowering=PluginLowering(decode=decode)).eval()
         graphs = export_onnx(plugin_model, out, custom_translation_table=onnx_translation_table(), logits=req.logits)
         write_build_kit(out, model, graphs.signatures, req.dtype)
