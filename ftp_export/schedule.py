@@ -11,6 +11,8 @@ Format (``format_version`` 2)::
       "target_sparsity": 0.4,            # mean of block_sparsity
       "block_sparsity": [0.0, 0.48, ...],  # one per block, each in [0, 1]; 1 = block dropped
       "router": {"type": "mlp", "features": [...4...], "hidden": 64, "activation": "relu",
+                 # a router that sees the token also has (absent: the four-factor router)
+                 "inputs": ["factors", "hidden_state"], "hidden_state_rank": 1, "hidden_state_size": D,
                  "weights": "s40.routers.safetensors",   # relative to the JSON's folder
                  "sha256": "<hex of the weights file>"},
       "decode_thresholds": {"context_lengths": [16, 32, ..., 1024],   # knots, increasing
@@ -23,6 +25,15 @@ Format (``format_version`` 2)::
 Format 1 (before 2026-12-05) still loads: its fingerprint lacks the last four fields (they are
 not checked) and its ``decode_thresholds`` is one number per block, a threshold constant in the
 context length (``Schedule.format_version`` says which was read; export warns about it).
+
+Router kinds (:mod:`ftp_export.routing.router`): without ``router.inputs`` (or with
+``["factors"]``) the four-factor MLP, tensors ``blocks.{b}.fc1/fc2``; with ``["factors",
+"hidden_state"]`` the MLP also reads a rank-``hidden_state_rank`` projection of the block's
+normalised input (width ``hidden_state_size`` = the model's hidden size): ``blocks.{b}.proj.weight``
+[r, D], ``fc1.weight`` [64, 4 + r]. The hidden-state router stayed in format 2: a reader from
+before it meets ``proj`` tensors and a wider ``fc1`` and refuses the file with its shape error
+(it cannot route with it silently), and four-factor schedules are written byte for byte as before.
+An unknown ``router.type`` or ``router.inputs`` is one ScheduleError line.
 
 Every check failure raises :class:`~ftp_export.errors.ScheduleError` with one line naming the
 field and the fix.
@@ -44,7 +55,8 @@ import torch
 from ftp_export.atomic import atomic_file, atomic_write_text
 from ftp_export.errors import ScheduleError
 from ftp_export.routing.decode_thresholds import DecodeThresholds, check_curve
-from ftp_export.routing.router import ARCHITECTURE, RouterBank
+from ftp_export.routing.router import ARCHITECTURE, INPUTS_FACTORS, INPUTS_HIDDEN, ROUTER_TYPE, RouterBank
+from ftp_export.routing.sparsity import dropped_sparsity, routed_sparsity  # noqa: F401 - re-exported
 
 FORMAT = "ftp-schedule"
 FORMAT_VERSION = 2
@@ -66,16 +78,6 @@ ALL_DROPPED = "every block has sparsity 1 (dropped), so no block would run; keep
 def all_dropped(block_sparsity: list[float]) -> bool:
     """Every block dropped: the model would be embeddings + LM head only, which no schedule may ask for."""
     return bool(block_sparsity) and all(dropped_sparsity(s) for s in block_sparsity)
-
-
-def routed_sparsity(s: float) -> bool:
-    """A block with this sparsity is routed: 0 < s < 1 (0 = dense, 1 = dropped)."""
-    return 0.0 < s < 1.0
-
-
-def dropped_sparsity(s: float) -> bool:
-    """A block with this sparsity is dropped: every token skips it, K/V projections included."""
-    return s >= 1.0
 
 
 @dataclass
@@ -156,10 +158,10 @@ def load_schedule(path: str | os.PathLike[str]) -> Schedule:
     n_layers = base["fingerprint"]["num_hidden_layers"]
     sparsity = _check_sparsity(doc, n_layers, src)
     thresholds = _check_thresholds(doc.get("decode_thresholds"), version, n_layers, src)
-    weights, hidden = _check_router(doc.get("router"), path, src)
+    weights, shape = _check_router(doc.get("router"), path, src, base["fingerprint"].get("hidden_size"))
     return Schedule(
         block_sparsity=[float(s) for s in sparsity],
-        routers=_load_routers(weights, n_layers, hidden, src),
+        routers=_load_routers(weights, n_layers, shape, src),
         decode_thresholds=thresholds,
         base_model=base,
         produced_by=doc.get("produced_by", {}),
@@ -230,13 +232,28 @@ def _check_sparsity(doc: dict[str, Any], n_layers: int, src: str) -> list[Any]:
     return sparsity
 
 
-def _check_router(router: Any, path: Path, src: str) -> tuple[Path, int]:
-    """The router weights file (present, sha256 as recorded) and the hidden width."""
+def _check_router(router: Any, path: Path, src: str, model_width: Any) -> tuple[Path, tuple[int, int, int]]:
+    """The router weights file (present, sha256 as recorded) and the bank's shape: (MLP width,
+    hidden-state rank, hidden-state size), rank 0 for the four-factor router."""
     if not isinstance(router, dict):
         raise _fail(src, "field 'router' is missing")
-    for key in ("type", "features", "hidden", "activation"):
+    if router.get("type") != ROUTER_TYPE:
+        raise _fail(src, f"field 'router.type' is {router.get('type')!r}; this ftp-export runs router type {ROUTER_TYPE!r} "
+                         "(a newer ftp-export wrote this schedule, or retrain it with ftp-train)")
+    for key in ("features", "hidden", "activation"):
         if router.get(key) != ARCHITECTURE[key]:
             raise _fail(src, f"field 'router.{key}' is {router.get(key)!r}; this ftp-export runs {ARCHITECTURE[key]!r}")
+    shape = (int(router["hidden"]), 0, 0)
+    inputs = router.get("inputs", INPUTS_FACTORS)
+    if inputs == INPUTS_HIDDEN:
+        rank, size = router.get("hidden_state_rank"), router.get("hidden_state_size")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise _fail(src, f"field 'router.hidden_state_rank' is {rank!r}; a hidden-state router needs an integer rank >= 1")
+        if size != model_width:
+            raise _fail(src, f"field 'router.hidden_state_size' is {size!r} but the model's hidden size is {model_width!r}")
+        shape = (shape[0], rank, int(size))
+    elif inputs != INPUTS_FACTORS:
+        raise _fail(src, f"field 'router.inputs' is {inputs!r}; this ftp-export reads {INPUTS_FACTORS!r} or {INPUTS_HIDDEN!r}")
     weights_rel = router.get("weights")
     if not isinstance(weights_rel, str) or not weights_rel:
         raise _fail(src, "field 'router.weights' must name the router safetensors file")
@@ -251,10 +268,10 @@ def _check_router(router: Any, path: Path, src: str) -> tuple[Path, int]:
             f"router weights {weights.name} have sha256 {actual[:12]}... but field 'router.sha256' says "
             f"{str(expected)[:12]}...; the weights were modified or belong to another schedule",
         )
-    return weights, int(router["hidden"])
+    return weights, shape
 
 
-def _load_routers(weights: Path, n_layers: int, hidden: int, src: str) -> RouterBank:
+def _load_routers(weights: Path, n_layers: int, shape: tuple[int, int, int], src: str) -> RouterBank:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -262,7 +279,7 @@ def _load_routers(weights: Path, n_layers: int, hidden: int, src: str) -> Router
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise _fail(src, f"router weights {weights.name} unreadable ({exc})") from None
-    bank = RouterBank(n_layers, hidden)
+    bank = RouterBank(n_layers, *shape)
     expected = bank.state_dict()
     for name, ref in expected.items():
         if name not in tensors:
@@ -299,7 +316,7 @@ def save_schedule(schedule: Schedule, path: str | os.PathLike[str]) -> Path:
         "base_model": schedule.base_model,
         "target_sparsity": round(schedule.target_sparsity, 6),
         "block_sparsity": [round(float(s), 6) for s in schedule.block_sparsity],
-        "router": {**ARCHITECTURE, "weights": weights.name, "sha256": sha256_file(weights)},
+        "router": {**schedule.routers.architecture(), "weights": weights.name, "sha256": sha256_file(weights)},
         "decode_thresholds": schedule.decode_thresholds.to_json(),
         "produced_by": produced,
     }
@@ -343,8 +360,10 @@ def new_schedule(
     name_or_path: str = "",
     produced_by: dict[str, Any] | None = None,
 ) -> Schedule:
-    """Build an in-memory schedule for a model config (static routers unless given)."""
+    """Build an in-memory schedule for a model config (static routers unless given; a router above
+    0.5% of a block's FLOPs or of another hidden size is refused)."""
     from ftp_export.architectures import fingerprint
+    from ftp_export.flops import check_router_budget
     from ftp_export.routing.router import static_router_bank
 
     n = int(config.num_hidden_layers)
@@ -355,6 +374,10 @@ def new_schedule(
             raise ScheduleError(f"block_sparsity[{i}] is {s}; each block sparsity must be in [0, 1] (1 drops the block)")
     if all_dropped(block_sparsity):
         raise ScheduleError(f"block_sparsity: {ALL_DROPPED}")
+    if routers is not None:
+        if routers.state_rank and routers.state_size != int(config.hidden_size):
+            raise ScheduleError(f"hidden-state router of width {routers.state_size} for a model of hidden size {config.hidden_size}")
+        check_router_budget(config, routers)
     arch = (getattr(config, "architectures", None) or [config.model_type])[0]
     return Schedule(
         block_sparsity=[float(s) for s in block_sparsity],

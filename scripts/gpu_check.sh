@@ -9,7 +9,8 @@
 # compile and trt (engines only where `import tensorrt` works); where TensorRT imports, the trt
 # decode lowerings: bfloat16 graphs with float32 routing islands, strongly typed engines, parity and
 # decode-step timings of --decode-lowering dynamic vs static at batch 1 and 32
-# (ftp_export/trt/decode_timing.py)] -> bench_plugins -> ftp-export bench
+# (ftp_export/trt/decode_timing.py)] -> attention-kernel (the Triton attention-signal kernel's tests
+# compiled on CUDA, then its timing: benchmarks/bench_attention_signal.py) -> bench_plugins -> ftp-export bench
 # on the LLaMA-2-7B shape (8 blocks, bfloat16, eager: L = 512/2048/4096, compile: L = 2048; s = 0.4
 # and 0.6; decode batch 1 and 32). Timings run alone, after the correctness stages.
 #
@@ -104,9 +105,15 @@ sanitizer() {  # sanitizer TOOL: a reduced set of the kernel tests under compute
   compute-sanitizer --tool "$1" --error-exitcode 99 "$PY" -m pytest -q -x -p no:cacheprovider \
     tests/plugins/test_plugin_kernels.py -k "$SANITIZER_SUBSET"
 }
+attention_kernel() {  # the Triton attention-signal kernel compiled on CUDA (no interpreter), then its timing
+  "$PY" -c "import triton" 2>/dev/null || { echo "SKIP: the triton package is not importable here"; return 77; }
+  TRITON_INTERPRET=0 "$PY" -m pytest -q -x -p no:cacheprovider tests/kernels/test_triton_attention_signal.py || return 1
+  "$PY" benchmarks/bench_attention_signal.py --lengths 512,2048,4096 --warmup 3 --iters 10 \
+    --out "$DEST/bench_attention_signal.json"
+}
 export PY MODE
 export DEST
-export -f needs_tensorrt install export_target kernels sanitizer exception_probe trt_decode_lowerings
+export -f needs_tensorrt install export_target kernels sanitizer exception_probe trt_decode_lowerings attention_kernel
 if [ "$MODE" = gpu ] && [ -d .whl ]; then export PYTHONPATH="/tmp/ftp-site${PYTHONPATH:+:$PYTHONPATH}"; fi
 
 if [ "$MODE" = gpu ]; then
@@ -129,6 +136,7 @@ if [ "$MODE" = gpu ]; then
     stage trt-decode-lowerings 420 needs_tensorrt trt_decode_lowerings
   ) &
   wait
+  stage attention-kernel 300 attention_kernel
   stage bench-plugins 90 "$PY" benchmarks/bench_plugins.py --quick --out "$DEST/bench_plugins.json"
   stage bench-eager 150 "$PY" -m ftp_export.cli bench --shape llama2-7b --layers 8 --device cuda --dtype bfloat16 \
     --runtime eager --seq 512,2048,4096 --sparsity 0.4,0.6 --decode-batch 1,32 --decode-context 512 \

@@ -128,7 +128,8 @@ def _eager_prefill(shape: str, layers: int, sparsity: float, seq: int, batch: in
         routed = RoutedCausalLM(model, new_schedule(cfg, uniform_sparsity(cfg.num_hidden_layers, sparsity))).eval()
         run = lambda: routed(ids, mask, mode="prefill", logits="last")  # noqa: E731
     else:
-        run = lambda: model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)  # noqa: E731
+        # use_cache=True: a prefill writes its KV cache, as the routed one does
+        run = lambda: model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)  # noqa: E731
     with torch.no_grad():
         return rise_over(run)
 

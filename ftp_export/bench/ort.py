@@ -197,6 +197,24 @@ def bench_decode_ort(dense: OrtRuntime, routed: OrtRuntime, config: Any, block_s
                         speed, linear, matmul, speed / linear, speed / matmul, speed > matmul, skip, per_block, load)
 
 
+def time_cases(dense: Any, routed: Any, config: Any, block_sparsity: list[float], sparsity: float, s: OrtSettings,
+               prompts: dict[int, Any], bar: Any) -> tuple[list[OrtPrefillRow], list[OrtDecodeRow]]:
+    """Every prefill (batch x length) and decode (batch x context) case of one sparsity, dense
+    against routed on one runtime (any with ``run(graph, feeds)`` and the graphs' signatures)."""
+    prefill, decode = [], []
+    for b in s.batches:
+        for seq in s.seqs:
+            bar.set_postfix_str(f"s={sparsity} prefill B={b} L={seq}")
+            prefill.append(bench_prefill_ort(dense, routed, config, block_sparsity, sparsity, b, seq, s.warmup, s.iters, s.logits))
+            bar.update()
+    for b in s.decode_batches:
+        for c, ids in prompts.items():
+            bar.set_postfix_str(f"s={sparsity} decode B={b} ctx={c}")
+            decode.append(bench_decode_ort(dense, routed, config, block_sparsity, sparsity, ids[:b].numpy(), c, s.warmup, s.iters))
+            bar.update()
+    return prefill, decode
+
+
 def run_onnxruntime(model: Any, s: OrtSettings, workdir: Path | None = None) -> dict[str, Any]:
     """Export dense and routed graphs, time them; returns the rows and what was run."""
     cfg = model.config
@@ -221,16 +239,9 @@ def run_onnxruntime(model: Any, s: OrtSettings, workdir: Path | None = None) -> 
             pair = export_model(routed_model, Path(tmp) / f"s{sp}", s.dtype, s.logits)
             routed = ort_runtime(pair, s.threads)
             bar.update()
-            for b in s.batches:
-                for seq in s.seqs:
-                    bar.set_postfix_str(f"s={sp} prefill B={b} L={seq}")
-                    prefill.append(bench_prefill_ort(dense, routed, cfg, schedule.block_sparsity, sp, b, seq, s.warmup, s.iters, s.logits))
-                    bar.update()
-            for b in s.decode_batches:
-                for c, ids in prompts.items():
-                    bar.set_postfix_str(f"s={sp} decode B={b} ctx={c}")
-                    decode.append(bench_decode_ort(dense, routed, cfg, schedule.block_sparsity, sp, ids[:b].numpy(), c, s.warmup, s.iters))
-                    bar.update()
+            rows = time_cases(dense, routed, cfg, schedule.block_sparsity, sp, s, prompts, bar)
+            prefill += rows[0]
+            decode += rows[1]
             if dense_mib is not None:
                 routed_mib = _rise(pair, s, cfg)
                 memory.append(MemoryRow.of("onnxruntime", max(s.seqs), s.batches[0], sp, dense_mib, routed_mib))

@@ -101,7 +101,8 @@ def bench_prefill(
     routed = RoutedCausalLM(model, schedule).eval()
     ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
     mask = torch.ones_like(ids)
-    dense_fn = _maybe_compile(lambda: model(input_ids=ids, attention_mask=mask, use_cache=False, **keep).logits, runtime)
+    # use_cache=True: a generation prefill writes its KV cache, as the routed prefill does
+    dense_fn = _maybe_compile(lambda: model(input_ids=ids, attention_mask=mask, use_cache=True, **keep).logits, runtime)
     routed_fn = _maybe_compile(lambda: routed(ids, mask, mode="prefill", logits=logits).logits, runtime)
     dense, d_lo, d_hi = time_ms(dense_fn, device, warmup, iters)
     rout, r_lo, r_hi = time_ms(routed_fn, device, warmup, iters)

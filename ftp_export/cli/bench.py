@@ -2,7 +2,8 @@
 
 Prints a table, writes JSON and a PNG of speedup vs sequence length beside the FLOP ideal(s).
 Runtimes: ``eager`` and ``compile`` (PyTorch, :mod:`ftp_export.bench.runner`) and
-``onnxruntime`` (the exported graphs, CPU provider, :mod:`ftp_export.bench.ort`).
+``onnxruntime`` (the exported graphs, CPU provider, :mod:`ftp_export.bench.ort`), ``aoti`` (the compile
+target's AOTInductor packages against Hugging Face's sdpa model packaged the same way, CPU, :mod:`ftp_export.bench.aoti`).
 Example (GPU): ftp-export bench --shape llama2-7b --device cuda --dtype bfloat16 --runtime compile
 Example (CPU, exported): ftp-export bench --runtime onnxruntime --shape smollm2-135m --seq 128,512 --decode-context 128,512
 """
@@ -29,7 +30,7 @@ from ftp_export.cli.parser import Parser, comma_floats, comma_ints
 from ftp_export.devices import resolve_device, torch_dtype
 from ftp_export.errors import FTPError
 
-RUNTIMES = ("eager", "compile", "onnxruntime")
+RUNTIMES = ("eager", "compile", "onnxruntime", "aoti")
 
 
 def _sparsities(text: str) -> list[float]:
@@ -61,7 +62,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda where available, else cpu (onnxruntime: cpu only)")
     p.add_argument("--dtype", default=None, help="bfloat16 on CUDA, float32 on CPU by default")
     p.add_argument("--runtime", default="eager", choices=list(RUNTIMES),
-                   help="eager / compile: PyTorch; onnxruntime: graphs exported by the onnx target, CPU provider")
+                   help="eager / compile: PyTorch; onnxruntime: graphs exported by the onnx target, CPU provider; "
+                        "aoti: AOTInductor packages of the compile target against Hugging Face's sdpa model, CPU")
     p.add_argument("--batch", default="1", help="prefill batch sizes, e.g. 1,8")
     p.add_argument("--seq", default="64,128", help="prefill lengths, e.g. 512,2048,4096")
     p.add_argument("--sparsity", default="0.4", help="overall sparsities, e.g. 0.22,0.4,0.6")
@@ -69,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-context", default="128", help="decode context lengths, e.g. 128,512,2048")
     p.add_argument("--decode-steps", type=int, default=8,
                    help="consecutive one-token decode steps per timed iteration (times are per step)")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1, for reproducibility)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="onnxruntime / aoti intra-op threads (default 1, for reproducibility)")
     p.add_argument("--memory", action="store_true",
                    help="also measure peak host memory (ru_maxrss rise) of one prefill of the longest --seq, "
                         "dense and routed, each in a fresh process (eager and onnxruntime on CPU)")
@@ -95,6 +98,11 @@ def _check(a: argparse.Namespace) -> None:
             raise FTPError(f"--device {a.device} with --runtime onnxruntime: the onnxruntime bench runs the CPU provider; use --device cpu")
         if a.logits != "last":
             raise FTPError("--logits all with --runtime onnxruntime: the bench times the export's default prefill graph (logits last)")
+    if a.runtime == "aoti":
+        if a.device not in (None, "cpu"):
+            raise FTPError(f"--device {a.device} with --runtime aoti: the AOTInductor bench packages and times on the CPU; use --device cpu")
+        if a.memory:
+            raise FTPError("--memory with --runtime aoti: not measured for AOTInductor packages; use --runtime eager or onnxruntime")
     if a.memory and a.runtime == "compile":
         raise FTPError("--memory with --runtime compile: the first compiled call compiles, so its memory rise is not a prefill's; "
                        "use --runtime eager or onnxruntime")
@@ -119,7 +127,8 @@ def cmd_bench(argv: list[str]) -> int:
     batches, seqs = _lengths("--batch", a.batch), _lengths("--seq", a.seq)
     sparsities = _sparsities(a.sparsity)
     decode_batches, contexts = _lengths("--decode-batch", a.decode_batch), _lengths("--decode-context", a.decode_context)
-    device = str(resolve_device(a.device or ("cuda" if a.runtime != "onnxruntime" and torch.cuda.is_available() else "cpu")))
+    gpu_ok = a.runtime in ("eager", "compile") and torch.cuda.is_available()
+    device = str(resolve_device(a.device or ("cuda" if gpu_ok else "cpu")))
     if a.memory and device != "cpu":
         raise FTPError(f"--memory measures host memory (ru_maxrss); on {device} the bench reports peak CUDA memory itself")
     dtype_name = a.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
@@ -144,6 +153,16 @@ def cmd_bench(argv: list[str]) -> int:
                               "opset, attention code and logits policy)",
             "decode_thresholds": "calibrated block by block on the timed decode prompts (ftp_export.bench.decode_calibration)",
         }
+    elif a.runtime == "aoti":
+        from ftp_export.bench.aoti import DENSE_BASELINE, OrtSettings, run_aoti
+
+        settings = OrtSettings(batches, seqs, sparsities, decode_batches, contexts, a.decode_steps, a.warmup, a.iters,
+                               a.threads, dtype_name, False, a.logits)
+        res = run_aoti(model, settings)
+        prefill, decode, memory = res["prefill"], res["decode"], res["memory"]
+        extra = {"threads": a.threads, "decode_steps": a.decode_steps, "dense_baseline": DENSE_BASELINE,
+                 "decode_thresholds": "calibrated block by block on the timed decode prompts (ftp_export.bench.decode_calibration)",
+                 "parity_max_abs": res["parity"]}
     else:
         prefill = [bench_prefill(model, b, s, sp, a.runtime, device, a.warmup, a.iters, a.logits)
                    for b, s, sp in tqdm([(b, s, sp) for b in batches for s in seqs for sp in sparsities], desc="prefill", unit="case")]

@@ -32,7 +32,7 @@ import torch
 
 from ftp_export.evaluation.baselines import bracketing_drop_counts, drop_blocks, shortgpt_blocks
 from ftp_export.evaluation.scoring import Forward
-from ftp_export.flops import routed_linear_flop_ratio
+from ftp_export.flops import counted_routers, routed_linear_flop_ratio
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.routing.router import RouterBank
 from ftp_export.schedule import Schedule, new_schedule, uniform_sparsity
@@ -106,7 +106,7 @@ def dense(hf: Any) -> Method:
 def ftp(hf: Any, schedule: Schedule, label: str) -> Method:
     sp = list(schedule.block_sparsity)
     model = RoutedCausalLM(hf, schedule).eval()
-    return Method(f"FTP {label}", "ftp", schedule.target_sparsity, routed_linear_flop_ratio(hf.config, sp),
+    return Method(f"FTP {label}", "ftp", schedule.target_sparsity, routed_linear_flop_ratio(hf.config, sp, counted_routers(schedule.routers)),
                   routed_forward(model), {"block_sparsity": sp}, decoder=model)
 
 
@@ -116,7 +116,8 @@ def routed(hf: Any, name: str, kind: str, block_sparsity: list[float], routers: 
     sp = list(block_sparsity)
     model = RoutedCausalLM(hf, new_schedule(hf.config, sp, routers=routers)).eval()
     ok = _decodes_every_routed_block(model)
-    return Method(name, kind, sum(sp) / len(sp), routed_linear_flop_ratio(hf.config, sp), routed_forward(model), {"block_sparsity": sp},
+    flops = routed_linear_flop_ratio(hf.config, sp, counted_routers(routers))
+    return Method(name, kind, sum(sp) / len(sp), flops, routed_forward(model), {"block_sparsity": sp},
                   decoder=model if ok else None, decode_note="" if ok else "no calibrated decode thresholds")
 
 

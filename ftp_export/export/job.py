@@ -38,6 +38,7 @@ from ftp_export.export.quantize import QUANTIZE_CHOICES
 from ftp_export.export.request import ExportRequest
 from ftp_export.export.targets import get_target
 from ftp_export.export.tolerance import tolerance_for
+from ftp_export.flops import check_router_budget
 from ftp_export.graph_io import LOGITS_CHOICES
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.schedule import FORMAT_VERSION, Schedule, load_schedule, new_schedule
@@ -136,6 +137,7 @@ def run_export(req: ExportRequest, log: Callable[[str], None] = print) -> int:
     schedule_path = resolve_schedule(req, ref)
     schedule = load_schedule(schedule_path)
     schedule.check_model(fingerprint(config))
+    check_router_budget(config, schedule.routers)  # a hidden-state router above 0.5% of a block's FLOPs
     if schedule.format_version < FORMAT_VERSION:
         log(f"warning: {schedule_path} is schedule format {schedule.format_version}: one decode threshold per block, "
             f"so decode skips drift off the block sparsities as the context grows; recalibrate with "

@@ -20,13 +20,20 @@ Schedules of the same arithmetic, picked by :func:`attend`:
   on other devices :data:`STATIC_CHUNKS` query chunks with key extents bounded from the shapes
   alone (query j of Q distinct ascending queries among S keys sits at or before key S - Q + j),
   with no host sync;
+- eager PyTorch on CUDA with Triton installed (``FTP_EXPORT_TRITON=0`` turns it off): instead of
+  those chunks, the fused kernel of :mod:`ftp_export.kernels.attention_signal` (flash forward plus
+  a column-sum pass from each row's log-sum-exp; no probability matrix in memory);
 - a block whose signal no later routed block reads returns no signal: eager PyTorch then runs
-  fused SDPA (flash), the dense model's own kernel.
+  fused SDPA (flash), the dense model's own kernel, on the CPU and on CUDA (float16 excepted).
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+from ftp_export import kernels
 
 # queries per eager chunk; a chunk's scores are heads x CHUNK x keys floats
 CHUNK = 256
@@ -98,17 +105,30 @@ def attend(
     masked = ~allowed
     if own or nq == 1 or _tracing():
         out, colsum, own_w = _one_shot(q * scaling, k, v, masked, col_weight, q_index if own else None)
+    elif col_weight is None and q.device.type in ("cpu", "cuda") and q.dtype != torch.float16:  # float16: see _one_shot
+        out, colsum, own_w = _fused(q, k, v, masked, scaling, causal), None, None
+    elif q.device.type == "cuda" and _triton_ok(q, k):
+        out, colsum, own_w = kernels.attention_with_signal(q, k, v, q_index, scaling, allowed=allowed, col_weight=col_weight)
+        out = out.view(g, nq, n_heads, dh).transpose(1, 2)  # the layout the reshape below undoes
     elif q.device.type != "cpu":
         # no host reads: CUDA (a sync per chunk would stall it) and meta (no data)
         out, colsum, own_w = _in_chunks(q * scaling, k, v, masked, col_weight, _shape_spans(nq, k.shape[2]))
-    elif col_weight is None and q.dtype != torch.float16:  # float16: see _one_shot
-        out, colsum, own_w = _fused(q, k, v, masked, scaling, causal), None, None
     elif nq <= CHUNK:
         out, colsum, own_w = _one_shot(q * scaling, k, v, masked, col_weight, None)
     else:
         out, colsum, own_w = _in_chunks(q * scaling, k, v, masked, col_weight, _data_spans(q_index, nq, k.shape[2]))
     out = out.transpose(1, 2).reshape(g, nq, n_heads * dh)
     return out, colsum, own_w
+
+
+def _triton_ok(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """The Triton kernel serves this eager call: Triton importable, shapes supported, and not
+    switched off with ``FTP_EXPORT_TRITON=0``."""
+    if os.environ.get("FTP_EXPORT_TRITON", "1") == "0" or not kernels.available(q.device):
+        return False
+    from ftp_export.kernels.attention_signal import supports
+
+    return supports(q, k)
 
 
 def _fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masked: torch.Tensor, scaling: float, causal: bool) -> torch.Tensor:

@@ -58,6 +58,22 @@ def attention_mask_for(
     return allowed
 
 
+def query_states(layer: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Rotated queries [G, H, Q, Dh] of normed rows ``x`` [G, Q, D] at ``cos``/``sin`` [G, Q, Dh]."""
+    attn = layer.self_attn
+    g, nq, _ = x.shape
+    n_heads = attn.q_proj.out_features // head_dim
+    q = attn.q_proj(x).view(g, nq, n_heads, head_dim).transpose(1, 2)
+    return apply_rope(q, cos, sin)
+
+
+def finish_rows(layer: Any, rows: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    """The rest of the block for residual ``rows`` [..., D] and their attention output [..., H*Dh]:
+    o_proj, residual, MLP, residual."""
+    h = rows + layer.self_attn.o_proj(attn_out)
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
 def compute_rows(
     layer: Any,
     rows: torch.Tensor,
@@ -72,19 +88,16 @@ def compute_rows(
     col_weight: torch.Tensor | None = None,
     own: bool = False,
     causal: bool = False,
+    normed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run the block (attention + MLP, residuals) for ``rows`` [G, Q, D] at cache indices
     ``q_index`` [G, Q] against ``keys``/``values`` [G, Hkv, S, Dh]. Returns new rows [G, Q, D] and
     the attention signal :func:`~ftp_export.routed.attention.attend` was asked for: weighted
     column sums [G, S] (``col_weight``) or each query's weight on itself [G, Q] (``own``);
-    ``causal``: ``allowed`` is exactly the lower triangle (attend's fast path)."""
-    attn = layer.self_attn
-    g, nq, _ = rows.shape
-    x = layer.input_layernorm(rows)
-    n_heads = attn.q_proj.out_features // head_dim
-    q = attn.q_proj(x).view(g, nq, n_heads, head_dim).transpose(1, 2)
-    q = apply_rope(q, cos, sin)
+    ``causal``: ``allowed`` is exactly the lower triangle (attend's fast path). ``normed``: the
+    rows after the input norm when the caller has them already (the norm is per row, so rows
+    gathered from the normed call equal the gathered rows normed)."""
+    x = layer.input_layernorm(rows) if normed is None else normed
+    q = query_states(layer, x, cos, sin, head_dim)
     out, colsum, own_w = attend(q, keys, values, allowed, scaling, q_index, col_weight, own, causal)
-    h = rows + attn.o_proj(out)
-    h = h + layer.mlp(layer.post_attention_layernorm(h))
-    return h, colsum, own_w
+    return finish_rows(layer, rows, out), colsum, own_w

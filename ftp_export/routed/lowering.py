@@ -52,6 +52,10 @@ class Lowering(Protocol):
         """-> residual with flat rows replaced."""
         ...
 
+    def query_count(self, indices: torch.Tensor, weight: torch.Tensor, seq_len: int) -> torch.Tensor:
+        """:func:`~ftp_export.routing.factors.query_count` for queries at distinct token indices."""
+        ...
+
 
 def check_decode_lowering(decode: str) -> str:
     if decode not in DECODE_LOWERINGS:
@@ -59,22 +63,40 @@ def check_decode_lowering(decode: str) -> str:
     return decode
 
 
+def suffix_count(w: torch.Tensor) -> torch.Tensor:
+    """``sum over t' >= t of w[:, t']`` [B, T]. With ``w`` a weight per token, how many weighted
+    queries can see token t (:func:`~ftp_export.routing.factors.query_count` without its [B, Q, T]
+    comparison). Exact for 0/1 weights (integer sums below 2^24)."""
+    return w.sum(-1, keepdim=True) - torch.cumsum(w, dim=-1) + w
+
+
+def flat_rows(indices: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Per-row token indices [B, K] -> flat row indices ``b * T + t`` [B*K] of a [B*T, D] view."""
+    offsets = torch.arange(indices.shape[0], device=indices.device).unsqueeze(-1) * seq_len
+    return (indices + offsets).reshape(-1)
+
+
 class TorchLowering:
-    """Reference lowering in standard torch ops."""
+    """Reference lowering in standard torch ops. Rows move whole: a [B*T, D] view is indexed by
+    flat row (ONNX Gather / ScatterND on axis 0), not element by element (GatherElements /
+    ScatterElements with a [B, K, D] int64 index, which cost onnxruntime 3-4% of a prefill)."""
 
     def __init__(self, decode: str = "dynamic") -> None:
         self.decode = check_decode_lowering(decode)
 
     def topk_gather(self, hidden, scores, valid, q16):
         indices, active = topk_select(scores, valid, q16)
-        idx = indices.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        return torch.gather(hidden, 1, idx), indices, active
+        b, t, d = hidden.shape
+        rows = hidden.reshape(b * t, d).index_select(0, flat_rows(indices, t))
+        return rows.view(b, indices.shape[1], d), indices, active
 
     def topk_scatter(self, residual, rows, indices, active):
-        idx = indices.unsqueeze(-1).expand(-1, -1, residual.shape[-1])
-        keep_old = torch.gather(residual, 1, idx)
-        src = torch.where(active.unsqueeze(-1), rows, keep_old)
-        return residual.scatter(1, idx, src)
+        b, t, d = residual.shape
+        flat = flat_rows(indices, t)
+        base = residual.reshape(b * t, d)
+        # inactive slots (padding rows' surplus) write their old row back: the scatter has no duplicates
+        src = torch.where(active.reshape(-1, 1), rows.reshape(-1, d), base.index_select(0, flat))
+        return base.index_copy(0, flat, src).view(b, t, d)
 
     def threshold_gather(self, hidden, scores, valid, threshold):
         rows = threshold_select(scores, valid, threshold)
@@ -84,3 +106,8 @@ class TorchLowering:
     def row_scatter(self, residual, rows_data, rows):
         flat = residual.reshape(-1, residual.shape[-1])
         return flat.index_copy(0, rows, rows_data).reshape(residual.shape)
+
+    def query_count(self, indices, weight, seq_len):
+        # the weights scattered to their tokens (indices are distinct), then summed from the end
+        flags = weight.new_zeros(weight.shape[0], seq_len).scatter(1, indices, weight)
+        return suffix_count(flags)

@@ -15,9 +15,11 @@ from torch import nn
 from ftp_export.architectures import check_supported, fingerprint, sliding_windows
 from ftp_export.devices import module_device
 from ftp_export.errors import ScheduleError
-from ftp_export.routed.block import attention_mask_for, compute_rows, project_kv, zero_kv
-from ftp_export.routed.lowering import Lowering, TorchLowering
-from ftp_export.routing.factors import query_count, router_features, update_signal
+from ftp_export.flops import check_router_budget
+from ftp_export.routed.attention import attend
+from ftp_export.routed.block import apply_rope, attention_mask_for, compute_rows, finish_rows, project_kv, zero_kv
+from ftp_export.routed.lowering import Lowering, TorchLowering, flat_rows, suffix_count
+from ftp_export.routing.factors import router_features, update_signal
 from ftp_export.routing.selection import decode_dither, keep_q16, soft_topk_gate
 from ftp_export.schedule import ALL_DROPPED, Schedule, all_dropped
 
@@ -72,6 +74,16 @@ class _Call:
     signal: bool = True  # the current block's attention signal is read by a later routed block
     cos: torch.Tensor | None = None
     sin: torch.Tensor | None = None
+    masks: dict[int | None, torch.Tensor] = field(default_factory=dict)  # per window: every token's allowed keys
+    located: tuple[torch.Tensor, torch.Tensor] | None = None  # decode threshold segments of n_tok, shared by blocks
+    dither: torch.Tensor | None = None  # decode's tie-break [B, T], shared by blocks
+
+    def allowed(self, window: int | None) -> torch.Tensor:
+        """Allowed keys [B, T, S] of the call's own tokens (cache index ``past + t``), built once
+        per window and shared by every block that attends with all of them."""
+        if window not in self.masks:
+            self.masks[window] = attention_mask_for(self.key_valid, self.all_tok + self.past, window)
+        return self.masks[window]
 
 
 @dataclass
@@ -94,6 +106,7 @@ class RoutedCausalLM(nn.Module):
         check_supported(config)
         if schedule is not None:
             schedule.check_model(fingerprint(config))
+            check_router_budget(config, schedule.routers)  # every path that routes with a schedule
             if all_dropped(schedule.block_sparsity):
                 where = f"schedule {schedule.path}" if schedule.path else "schedule"
                 raise ScheduleError(f"{where}: {ALL_DROPPED}")
@@ -188,28 +201,24 @@ class RoutedCausalLM(nn.Module):
                 cache.update(*zero_kv(layer, h, self.head_dim), b)
                 routing.append(None)
             else:
-                k_new, v_new = project_kv(layer, layer.input_layernorm(h), call.cos, call.sin, self.head_dim)
+                x = layer.input_layernorm(h)  # normed once: K/V of every token, and the rows a block computes
+                k_new, v_new = project_kv(layer, x, call.cos, call.sin, self.head_dim)
                 keys, values = cache.update(k_new, v_new, b)
                 scores = None
                 if kind != "dense":
-                    scores = self._scores(b, kind, signal, call)
+                    scores = self._scores(b, kind, signal, call, x)
                 run = {"dense": self._full_block, "soft": self._full_block, "topk": self._topk_block}.get(kind, self._threshold_block)
-                h, total, count, routed = run(b, layer, h, keys, values, scores, call, temperature)
+                h, total, count, routed = run(b, layer, h, x, keys, values, scores, call, temperature)
                 if routed is not None and keep_scores and kind != "soft":
                     routed.scores = scores
                 routing.append(routed)
                 if total is not None:
-                    signal = update_signal(signal, total, count)
+                    # decode hands over each token's own weight and a bool mask of the computed tokens: a
+                    # mean over one query is that weight (update_signal's result, in one Where)
+                    signal = torch.where(count, total, signal) if count.dtype == torch.bool else update_signal(signal, total, count)
             if stop_after_block is not None and b >= stop_after_block:
                 return RoutedOutput(logits=None, past_key_values=cache, routing=routing)
-        if logits == "last":
-            # valid tokens' keys (t + T) all exceed invalid ones' (t): argmax = last valid, else T - 1
-            key = call.all_tok + call.valid * (call.all_tok[:, -1:] + 1)
-            last = key.argmax(-1, keepdim=True)  # [B, 1]
-            h = torch.gather(h, 1, last.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
-        elif logits != "all":
-            raise ValueError(f"logits={logits!r}: expected 'all' or 'last'")
-        out = self.hf.lm_head(self.hf.model.norm(h))
+        out = self.hf.lm_head(self.hf.model.norm(_logit_rows(h, call, logits)))
         return RoutedOutput(logits=out, past_key_values=cache, routing=routing)
 
     def _call_state(self, input_ids, attention_mask, position_ids, cache, mode) -> _Call:
@@ -235,19 +244,23 @@ class RoutedCausalLM(nn.Module):
             unpadded=unpadded,
         )
 
-    def _scores(self, b: int, kind: str, signal: torch.Tensor, call: _Call) -> torch.Tensor:
+    def _scores(self, b: int, kind: str, signal: torch.Tensor, call: _Call, x: torch.Tensor) -> torch.Tensor:
         """Router scores [B, T] float32 (decode: per-token context lengths, no rank factor, plus
-        the positional tie-break :func:`~ftp_export.routing.selection.decode_dither`)."""
+        the positional tie-break :func:`~ftp_export.routing.selection.decode_dither`). A router
+        that sees the token (``state_rank`` > 0) also gets ``x``, the block's normalised input
+        ``input_layernorm(h)``, which it casts to float32; a four-factor router never reads it."""
         sparsity = self.schedule.block_sparsity[b]
+        extra = (x,) if getattr(self.routers, "state_rank", 0) else ()
         if kind != "threshold":
-            return self.routers(b, router_features(signal, call.position_ids, call.n_ctx, call.valid, sparsity))
+            return self.routers(b, router_features(signal, call.position_ids, call.n_ctx, call.valid, sparsity), *extra)
         feats = router_features(signal, call.position_ids, call.n_tok, call.valid, sparsity, rank=False)
-        return self.routers(b, feats) + decode_dither(call.position_ids, call.input_ids)
+        if call.dither is None:  # the same for every block: computed once per call
+            call.dither = decode_dither(call.position_ids, call.input_ids)
+        return self.routers(b, feats, *extra) + call.dither
 
-    def _full_block(self, b, layer, h, keys, values, scores, call: _Call, temperature):
+    def _full_block(self, b, layer, h, x, keys, values, scores, call: _Call, temperature):
         """Dense and soft blocks: every token runs the block (soft: the update is gated)."""
         q_index = call.all_tok + call.past
-        allowed = attention_mask_for(call.key_valid, q_index, self.windows[b])
         if scores is None:
             gate, q_weight = None, call.valid
         else:
@@ -257,8 +270,8 @@ class RoutedCausalLM(nn.Module):
         decode = call.mode == "decode"
         causal = call.unpadded and call.past == 0 and self.windows[b] is None
         full, colsum, own = compute_rows(
-            layer, h, call.cos, call.sin, keys, values, allowed, q_index, self.head_dim, self.scaling,
-            col_weight=q_weight if call.signal and not decode else None, own=call.signal and decode, causal=causal,
+            layer, h, call.cos, call.sin, keys, values, call.allowed(self.windows[b]), q_index, self.head_dim, self.scaling,
+            col_weight=q_weight if call.signal and not decode else None, own=call.signal and decode, causal=causal, normed=x,
         )
         if gate is None:
             h, routed = full, None
@@ -268,78 +281,95 @@ class RoutedCausalLM(nn.Module):
         if not call.signal:
             return h, None, None, routed
         if decode:
-            w = q_weight.to(torch.float32)
-            return h, own * w, w, routed
-        return h, colsum[:, call.past :], query_count(call.all_tok, q_weight, h.shape[1]), routed
+            return h, own, call.valid, routed
+        return h, colsum[:, call.past :], suffix_count(q_weight.to(torch.float32)), routed
 
-    def _topk_block(self, b, layer, h, keys, values, scores, call: _Call, temperature):
+    def _topk_block(self, b, layer, h, x, keys, values, scores, call: _Call, temperature):
         """Prefill routing: the top-k tokens per sequence are gathered, computed and scattered back."""
         rows, idx, active = self.lowering.topk_gather(h, scores, call.valid, self.q16[b])
-        pos = torch.gather(call.position_ids, 1, idx)
-        r_cos, r_sin = self.hf.model.rotary_emb(rows, pos)
+        # the normed rows, cos and sin of the kept tokens are gathered, not recomputed (per-row ops)
+        flat = flat_rows(idx, h.shape[1])
+        x_rows, r_cos, r_sin = (take_rows(t, flat, idx.shape) for t in (x, call.cos, call.sin))
         q_index = idx + call.past
         allowed = attention_mask_for(call.key_valid, q_index, self.windows[b])
         q_weight = active & torch.gather(call.valid, 1, idx)
         out, colsum, _ = compute_rows(
             layer, rows, r_cos, r_sin, keys, values, allowed, q_index, self.head_dim, self.scaling,
-            col_weight=q_weight if call.signal else None,
+            col_weight=q_weight if call.signal else None, normed=x_rows,
         )
         h = self.lowering.topk_scatter(h, out, idx, active)
         if not call.signal:
             return h, None, None, BlockRouting(indices=idx, active=active)
-        return h, colsum[:, call.past :], query_count(idx, q_weight, h.shape[1]), BlockRouting(indices=idx, active=active)
+        count = self.lowering.query_count(idx, q_weight.to(torch.float32), h.shape[1])
+        return h, colsum[:, call.past :], count, BlockRouting(indices=idx, active=active)
 
-    def _threshold_block(self, b, layer, h, keys, values, scores, call: _Call, temperature):
-        """Decode routing: the tokens whose score reaches the threshold, as flat rows of the batch."""
+    def _threshold_block(self, b, layer, h, x, keys, values, scores, call: _Call, temperature):
+        """Decode routing: the tokens whose score reaches the threshold, as flat rows of the batch.
+
+        Only the kept rows run the linear layers (queries, o_proj, MLP). Attention runs for every
+        row of the call against its own cache, the kept rows' queries scattered into zeros (a
+        skipped row's result is never read): a decode row's attention reads that row's K/V once,
+        as the dense model does, where gathering each kept row's cache would copy it first."""
         bsz, seq = h.shape[:2]
         # the threshold at each token's context length is subtracted in the graph, so the
         # gather (and its TensorRT plugin) compares with a plain 0
-        margin = scores - self.schedule.decode_thresholds.at(b, call.n_tok)
+        thresholds = self.schedule.decode_thresholds
+        if call.located is None:
+            call.located = thresholds.locate(call.n_tok)
+        margin = scores - thresholds.at(b, call.n_tok, call.located)
         if self.lowering.decode == "static":
-            return self._threshold_block_static(b, layer, h, keys, values, margin, call)
+            return self._threshold_block_static(b, layer, h, x, keys, values, margin, call)
         rows, flat = self.lowering.threshold_gather(h, margin, call.valid, 0.0)
-        b_idx = torch.div(flat, seq, rounding_mode="floor")
-        t_idx = flat - b_idx * seq
-        pos = call.position_ids.reshape(-1).index_select(0, flat).unsqueeze(-1)
-        rows = rows.unsqueeze(1)
-        r_cos, r_sin = self.hf.model.rotary_emb(rows, pos)
-        q_index = (t_idx + call.past).unsqueeze(-1)
-        allowed = attention_mask_for(call.key_valid.index_select(0, b_idx), q_index, self.windows[b])
-        if bsz == 1 and not torch.compiler.is_compiling():
-            # eager batch 1: every row reads the one cache, so a view replaces the copy per row
-            k_rows, v_rows = keys.expand(len(flat), -1, -1, -1), values.expand(len(flat), -1, -1, -1)
-        else:
-            k_rows, v_rows = keys.index_select(0, b_idx), values.index_select(0, b_idx)
-        out, _, own = compute_rows(
-            layer, rows, r_cos, r_sin, k_rows, v_rows, allowed, q_index, self.head_dim, self.scaling, own=call.signal
-        )
-        h = self.lowering.row_scatter(h, out.squeeze(1), flat)
+        # rows as [N, 1, D], as the other blocks' [G, Q, D]: the linear layers export as MatMul (which
+        # --quantize int8 rewrites), not the Gemm a 2-D input gives
+        q_rows = layer.self_attn.q_proj(_row_view(x).index_select(0, flat)).squeeze(1)
+        q = self.lowering.row_scatter(q_rows.new_zeros(bsz, seq, q_rows.shape[-1]), q_rows, flat)
+        q = apply_rope(q.view(bsz, seq, -1, self.head_dim).transpose(1, 2), call.cos, call.sin)
+        out, _, own = attend(q, keys, values, call.allowed(self.windows[b]), self.scaling, call.all_tok + call.past, own=call.signal)
+        out_rows = _row_view(out).index_select(0, flat)
+        h = self.lowering.row_scatter(h, finish_rows(layer, rows.unsqueeze(1), out_rows).squeeze(1), flat)
         if not call.signal:
             return h, None, None, BlockRouting(rows=flat)
-        # each computed row's weight on its own key, moved to its (b, t) slot by a one-hot
-        # [B*T, N] product (no scatter: the trt flavour keeps every scatter in the plugins)
-        slot = (torch.arange(bsz * seq, device=h.device).unsqueeze(-1) == flat.unsqueeze(0)).to(torch.float32)
-        total = (slot @ own[:, 0].unsqueeze(-1)).view(bsz, seq)
-        count = slot.sum(-1).view(bsz, seq)
-        return h, total, count, BlockRouting(rows=flat)
+        # threshold_select's test (the threshold is already subtracted): the rows just computed
+        return h, own, call.valid & (margin >= 0), BlockRouting(rows=flat)
 
-    def _threshold_block_static(self, b, layer, h, keys, values, margin, call: _Call):
+    def _threshold_block_static(self, b, layer, h, x, keys, values, margin, call: _Call):
         """The static-shape lowering of a decode block (lowering.py): every row runs the block (as a
         dense block would: same queries, mask and cache indices), a device-side mask keeps the kept
         rows' outputs. The kept set, the attention signal (each kept token's weight on itself) and the
         cache (K/V were projected for every token before routing) are those of the dynamic lowering."""
         bsz, seq = h.shape[:2]
         keep = call.valid & (margin >= 0)  # threshold_select's test (the threshold is already subtracted)
-        q_index = call.all_tok + call.past
-        allowed = attention_mask_for(call.key_valid, q_index, self.windows[b])
         full, _, own = compute_rows(
-            layer, h, call.cos, call.sin, keys, values, allowed, q_index, self.head_dim, self.scaling, own=call.signal
+            layer, h, call.cos, call.sin, keys, values, call.allowed(self.windows[b]), call.all_tok + call.past, self.head_dim,
+            self.scaling, own=call.signal, normed=x,
         )
         h = torch.where(keep.unsqueeze(-1), full, h)
         flat = torch.arange(bsz * seq, device=h.device)
         routed = BlockRouting(rows=torch.where(keep.reshape(-1), flat, torch.full_like(flat, -1)))
         if not call.signal:
             return h, None, None, routed
-        # a skipped token adds nothing to the signal (count 0 keeps its carried signal, as in the dynamic lowering)
-        count = keep.to(torch.float32)
-        return h, torch.where(keep, own, torch.zeros_like(own)), count, routed
+        return h, own, keep, routed  # a skipped token keeps its carried signal, as in the dynamic lowering
+
+
+def take_rows(t: torch.Tensor, flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Rows ``flat`` of ``t`` [B, T, D] viewed as [B*T, D], shaped [*shape, D]."""
+    return t.reshape(-1, t.shape[-1]).index_select(0, flat).view(*shape, t.shape[-1])
+
+
+def _logit_rows(h: torch.Tensor, call: _Call, logits: str) -> torch.Tensor:
+    """The hidden rows the LM head runs on: every token (``'all'``) or each row's last valid one."""
+    if logits == "all":
+        return h
+    if logits != "last":
+        raise ValueError(f"logits={logits!r}: expected 'all' or 'last'")
+    # valid tokens' keys (t + T) all exceed invalid ones' (t): argmax = last valid, else T - 1
+    key = call.all_tok + call.valid * (call.all_tok[:, -1:] + 1)
+    last = key.argmax(-1, keepdim=True)  # [B, 1]
+    return torch.gather(h, 1, last.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+
+
+def _row_view(t: torch.Tensor) -> torch.Tensor:
+    """``t`` [B, T, D] as [B*T, 1, D]. The -1 keeps the shape a constant in the graph (a size
+    computed from B and T is a Shape/Gather/Concat chain per use: a decode step's cost at batch 1)."""
+    return t.reshape(-1, 1, t.shape[-1])

@@ -57,17 +57,24 @@ class DecodeThresholds:
         out = self.at(block, torch.tensor([n], dtype=torch.int64))
         return float(out[0])
 
-    def at(self, block: int, n: torch.Tensor) -> torch.Tensor:
-        """Thresholds [same shape as ``n``] float32 for context lengths ``n`` (int64 tensor)."""
+    def locate(self, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clamped length ``x`` (float32) and segment index ``seg`` of context lengths ``n``:
+        the knots are shared by all blocks, so a forward computes this once for all of them."""
+        x = torch.clamp(n.to(torch.float32), float(self.lengths[0]), float(self.lengths[-1]))
+        # segment i starts at knot i; the last "segment" is the last knot itself (slope 0)
+        seg = (x.unsqueeze(-1) >= torch.tensor(self.lengths[1:], dtype=torch.float32, device=n.device)).to(torch.int64).sum(-1)
+        return x, seg
+
+    def at(self, block: int, n: torch.Tensor, located: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Thresholds [same shape as ``n``] float32 for context lengths ``n`` (int64 tensor);
+        ``located``: :meth:`locate` of ``n`` when the caller has it already."""
         vals = self.values[block]
         if vals is None:
             return torch.full(n.shape, float("-inf"), dtype=torch.float32, device=n.device)
         if len(self.lengths) == 1:
             return torch.full(n.shape, vals[0], dtype=torch.float32, device=n.device)
         knots, slopes = self._segments(vals)
-        x = torch.clamp(n.to(torch.float32), float(self.lengths[0]), float(self.lengths[-1]))
-        # segment i starts at knot i; the last "segment" is the last knot itself (slope 0)
-        seg = (x.unsqueeze(-1) >= torch.tensor(self.lengths[1:], dtype=torch.float32, device=n.device)).to(torch.int64).sum(-1)
+        x, seg = located if located is not None else self.locate(n)
         lo = torch.tensor(knots, dtype=torch.float32, device=n.device)[seg]
         v0 = torch.tensor(vals, dtype=torch.float32, device=n.device)[seg]
         sl = torch.tensor(slopes, dtype=torch.float32, device=n.device)[seg]

@@ -1,10 +1,23 @@
-"""The per-block router: a 4 -> 64 -> 1 MLP over the factors of :mod:`.factors` (385 parameters).
+"""The per-block router: an MLP over the four factors of :mod:`.factors`, optionally also over a
+low-rank projection of the token's hidden state (the block's normalised input).
 
-Weights are stored in safetensors as ``blocks.{b}.fc1.weight`` [64, 4], ``blocks.{b}.fc1.bias`` [64],
-``blocks.{b}.fc2.weight`` [1, 64], ``blocks.{b}.fc2.bias`` [1], float32, for every block b.
+Two router kinds, one class (docs/routing.md, "Router"):
+
+- ``factors`` (the default, 385 parameters a block): ``score = fc2(relu(fc1(f)))``, ``f`` the four
+  factors. Safetensors: ``blocks.{b}.fc1.weight`` [64, 4], ``blocks.{b}.fc1.bias`` [64],
+  ``blocks.{b}.fc2.weight`` [1, 64], ``blocks.{b}.fc2.bias`` [1].
+- ``hidden`` (rank r): ``score = fc2(relu(fc1([f, P x])))`` with ``x`` the block's normalised
+  input hidden state (``input_layernorm(h)``) cast to float32 inside the router and ``P`` [r, D]
+  (no bias): ``blocks.{b}.proj.weight`` [r, D] and ``fc1.weight`` [64, 4 + r]. Whatever the model's
+  dtype, the projection and everything after it are float32, so every exported graph keeps a
+  float32 routing path.
+
+All tensors float32, for every block b.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,50 +25,87 @@ from torch import nn
 from ftp_export.routing.factors import FEATURES
 
 HIDDEN = 64
-ARCHITECTURE = {"type": "mlp", "features": list(FEATURES), "hidden": HIDDEN, "activation": "relu"}
+ROUTER_TYPE = "mlp"
+# the four-factor router as every schedule has described it (a hidden router adds "inputs" and "hidden_state_rank")
+ARCHITECTURE = {"type": ROUTER_TYPE, "features": list(FEATURES), "hidden": HIDDEN, "activation": "relu"}
+INPUTS_FACTORS = ["factors"]
+INPUTS_HIDDEN = ["factors", "hidden_state"]
+KINDS = ("factors", "hidden")  # ftp-train --router
 
 
 class RouterMLP(nn.Module):
-    """Scores tokens from their four factors; higher score = more important (computed first)."""
+    """Scores tokens from their four factors (and, with ``state_rank`` r > 0, a rank-r projection of
+    their normalised hidden state of width ``state_size``); higher score = more important."""
 
-    def __init__(self, hidden: int = HIDDEN) -> None:
+    def __init__(self, hidden: int = HIDDEN, state_rank: int = 0, state_size: int = 0) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(len(FEATURES), hidden)
+        if state_rank < 0 or (state_rank > 0 and state_size < 1):
+            raise ValueError(f"hidden-state rank {state_rank} needs a hidden size >= 1 (got {state_size})")
+        self.fc1 = nn.Linear(len(FEATURES) + state_rank, hidden)
         self.fc2 = nn.Linear(hidden, 1)
+        self.proj = nn.Linear(state_size, state_rank, bias=False) if state_rank else None
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """``features`` [..., 4] float32 -> scores [...] float32."""
-        return self.fc2(torch.relu(self.fc1(features))).squeeze(-1)
+    def forward(self, features: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
+        """``features`` [..., 4] float32, ``states`` [..., D] (any float dtype; hidden routers only)
+        -> scores [...] float32."""
+        x = features
+        if self.proj is not None:
+            if states is None:
+                raise ValueError("a hidden-state router needs the block's normalised input hidden state")
+            x = torch.cat([features, self.proj(states.to(torch.float32))], dim=-1)
+        return self.fc2(torch.relu(self.fc1(x))).squeeze(-1)
 
 
 class RouterBank(nn.Module):
-    """One router per decoder block."""
+    """One router per decoder block, all of one kind (``state_rank`` 0: four factors)."""
 
-    def __init__(self, num_blocks: int, hidden: int = HIDDEN) -> None:
+    def __init__(self, num_blocks: int, hidden: int = HIDDEN, state_rank: int = 0, state_size: int = 0) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(RouterMLP(hidden) for _ in range(num_blocks))
+        self.hidden = hidden
+        self.state_rank = state_rank
+        self.state_size = state_size if state_rank else 0
+        self.blocks = nn.ModuleList(RouterMLP(hidden, state_rank, state_size) for _ in range(num_blocks))
 
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def forward(self, block: int, features: torch.Tensor) -> torch.Tensor:
-        return self.blocks[block](features)
+    @property
+    def kind(self) -> str:
+        return "hidden" if self.state_rank else "factors"
+
+    def forward(self, block: int, features: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
+        return self.blocks[block](features, states)
+
+    def architecture(self) -> dict[str, Any]:
+        """The schedule's ``router`` object (without weights and sha256)."""
+        if not self.state_rank:
+            return dict(ARCHITECTURE)
+        return {**ARCHITECTURE, "hidden": self.hidden, "inputs": list(INPUTS_HIDDEN), "hidden_state_rank": self.state_rank,
+                "hidden_state_size": self.state_size}
 
 
-def static_router_bank(num_blocks: int, hidden: int = HIDDEN) -> RouterBank:
+def router_bank_from_state(num_blocks: int, tensors: dict[str, torch.Tensor]) -> RouterBank:
+    """An (unloaded) bank whose kind and shapes match a router state dict (a checkpoint's)."""
+    proj = next((t for k, t in tensors.items() if k.endswith(".proj.weight")), None)
+    hidden = next((int(t.shape[0]) for k, t in tensors.items() if k.endswith(".fc1.weight")), HIDDEN)
+    if proj is None:
+        return RouterBank(num_blocks, hidden)
+    return RouterBank(num_blocks, hidden, int(proj.shape[0]), int(proj.shape[1]))
+
+
+def static_router_bank(num_blocks: int, hidden: int = HIDDEN, state_rank: int = 0, state_size: int = 0) -> RouterBank:
     """Position-priority routers: score = 1 - position factor, so earlier tokens are computed first.
 
     Early tokens are the ones the most later queries attend to (and attention sinks sit
     there), so they are the last to skip. Expressed as the same MLP so that one router type
-    serves static and trained schedules alike, and training starts from it.
+    serves static and trained schedules alike, and training starts from it. A hidden-state
+    router's projection starts at zero (its scores equal the four-factor router's exactly).
     """
-    bank = RouterBank(num_blocks, hidden)
+    bank = RouterBank(num_blocks, hidden, state_rank, state_size)
     with torch.no_grad():
         for router in bank.blocks:
-            router.fc1.weight.zero_()
-            router.fc1.bias.zero_()
-            router.fc2.weight.zero_()
-            router.fc2.bias.zero_()
+            for p in router.parameters():
+                p.zero_()
             router.fc1.weight[0, 0] = -1.0
             router.fc1.bias[0] = 1.0
             router.fc2.weight[0, 0] = 1.0

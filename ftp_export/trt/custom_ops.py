@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ftp_export.routed.lowering import TorchLowering, check_decode_lowering
+from ftp_export.routing.factors import query_count
 
 DOMAIN = "ftp"
 PLUGIN_VERSION = "1"
@@ -103,6 +104,10 @@ class PluginLowering:
 
     def row_scatter(self, residual, rows_data, rows):
         return row_scatter(residual, rows_data, rows)
+
+    def query_count(self, indices, weight, seq_len):
+        # a [B, K, T] comparison rather than a scatter: every scatter of this flavour is a plugin node
+        return query_count(indices, weight, seq_len)
 
 
 def register_onnx_schemas() -> None:

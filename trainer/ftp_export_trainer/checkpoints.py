@@ -18,7 +18,7 @@ from typing import Any
 
 from ftp_export.atomic import atomic_file, atomic_write_text
 from ftp_export.errors import FTPError
-from ftp_export.routing.router import RouterBank
+from ftp_export.routing.router import RouterBank, router_bank_from_state
 from ftp_export_trainer import distributed as dist
 
 # Test hook: FTP_TRAIN_INTERRUPT=<point>[@<signal>] with <point> one of "ga1:<gen>", "step1",
@@ -112,8 +112,9 @@ class Checkpoints:
         from safetensors.torch import load_file
 
         try:
-            bank = RouterBank(n)
-            bank.load_state_dict(load_file(str(self.path(name))))
+            tensors = load_file(str(self.path(name)))
+            bank = router_bank_from_state(n, tensors)  # four-factor or hidden-state, as written
+            bank.load_state_dict(tensors)
         except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
             raise self.corrupt(name, type(exc).__name__) from None
         return bank.eval()

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from ftp_export.cli.parser import Parser, run_cli
+from ftp_export.routing.router import KINDS
 from ftp_export_trainer.checkpoints import Interrupted
 from ftp_export_trainer.settings import Settings
 
@@ -33,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on any one block's sparsity (1 lets the GA drop a block outright, K/V projections included)")
     p.add_argument("--cost-samples", type=int, default=d.cost_samples,
                    help="step 2a: sampled backward passes per window for the per-token skip costs")
+    p.add_argument("--router", choices=KINDS, default=d.router,
+                   help="router inputs: the four FTP factors, or those and a learned low-rank projection of the block's "
+                        "normalised input hidden state (counted in the FLOPs, at most 0.5%% of a block's)")
+    p.add_argument("--router-rank", type=int, default=d.router_rank,
+                   help="--router hidden: rank of the hidden-state projection (0: 1, the ridge direction step 2a fits; more rows start at 0 and only step 2b trains them)")
     p.add_argument("--fit-steps", type=int, default=d.fit_steps,
                    help="step 2a: optimiser steps fitting each router to the skip costs (0: start step 2b from the static routers)")
     p.add_argument("--router-steps", type=int, default=d.router_steps, help="step 2b: straight-through steps with the FTP losses")

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from ftp_export.routing.router import RouterBank, static_router_bank
 from ftp_export_trainer import distributed as dist
 from ftp_export_trainer.checkpoints import Checkpoints
 from ftp_export_trainer.data import CalibrationData
@@ -27,6 +28,11 @@ class Context:
     log: Callable[[str], None]
     influence: list[float]  # ShortGPT block influence on the calibration windows
     removal: dict[str, list] | None = None  # greedy KL block-removal order (GA seeds), see block_search
+    router_shape: tuple[int, int] = (0, 0)  # hidden-state rank and width of the routers (0, 0: four factors)
+
+    def static_routers(self) -> RouterBank:
+        """The position-priority routers of the kind ``--router`` asks for, on the data's device."""
+        return static_router_bank(self.n, state_rank=self.router_shape[0], state_size=self.router_shape[1]).to(self.data.train.device)
 
     def bar(self, total: int, desc: str) -> tqdm:
         """A progress bar, shown on rank 0 unless ``--no-progress``."""

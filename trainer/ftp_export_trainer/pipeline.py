@@ -17,9 +17,9 @@ from ftp_export.architectures import ModelRef, check_supported, load_config, loa
 from ftp_export.devices import torch_dtype
 from ftp_export.errors import FTPError
 from ftp_export.evaluation.baselines import block_influence
-from ftp_export.flops import routed_linear_flop_ratio
+from ftp_export.flops import counted_routers, routed_linear_flop_ratio
 from ftp_export.routing.decode_thresholds import DecodeThresholds
-from ftp_export.routing.router import RouterBank, static_router_bank
+from ftp_export.routing.router import RouterBank
 from ftp_export.schedule import Schedule, new_schedule, save_schedule
 from ftp_export_trainer import __version__
 from ftp_export_trainer import distributed as dist
@@ -31,7 +31,7 @@ from ftp_export_trainer.ga import GAState
 from ftp_export_trainer.heldout import compare, select_final
 from ftp_export_trainer.router_step import calibrate, run_router_training
 from ftp_export_trainer.search_steps import removal_order, run_search
-from ftp_export_trainer.settings import Settings, default_threads, free_blocks, uniform_sparsity, validate
+from ftp_export_trainer.settings import Settings, default_threads, free_blocks, router_shape, uniform_sparsity, validate
 
 METHOD = "FTP (arXiv 2412.11494): GA sparsity search with static routers, router training, GA fine-tuning"
 
@@ -91,6 +91,7 @@ def prepare(s: Settings, ref: ModelRef, log: Callable[[str], None]) -> Context:
     check_supported(config)
     n = int(config.num_hidden_layers)
     free = free_blocks(n, s.sparsity, s.route_first_block, s.max_block_sparsity)
+    shape = router_shape(s, config)  # a rank above the FLOP budget fails here, before any work
     if s.data is not None:  # fail on bad data before the (possibly large) model loads
         read_documents(Path(s.data), s.text_field, s.txt_mode)
     from transformers.utils import logging as hf_logging
@@ -105,7 +106,7 @@ def prepare(s: Settings, ref: ModelRef, log: Callable[[str], None]) -> Context:
     ckpt = open_checkpoints(s, ref, log)
     reference = dense_logits(hf, data.train, s.batch_size)
     influence = block_influence(hf, data.train, batch_size=s.batch_size)  # GA seeds and the ShortGPT row
-    return Context(s, hf, data, reference, free, n, ckpt, log, influence)
+    return Context(s, hf, data, reference, free, n, ckpt, log, influence, router_shape=shape)
 
 
 def open_checkpoints(s: Settings, ref: ModelRef, log: Callable[[str], None]) -> Checkpoints:
@@ -145,7 +146,7 @@ def train(ctx: Context, timings: dict[str, float]) -> Trained:
     t = time.perf_counter()
     ga3 = run_search(ctx, "ga3", bank, s.seed + 3, step1)
     step3, _ = ga3.best()
-    static = static_router_bank(ctx.n).to(s.device)
+    static = ctx.static_routers()  # step 1's position-priority routers, of the kind --router asks for
     candidates = [("step 1", step1, static), ("step 2", step1, bank), ("step 3", step3, bank)]
     selection = select_final(ctx, candidates)
     _, final, routers = next(c for c in candidates if c[0] == selection["chosen"])
@@ -203,7 +204,8 @@ def build_report(ctx: Context, trained: Trained) -> dict[str, Any]:
         "ranks_agree": True,
         "block_sparsity": {"uniform": trained.uniform, "step1_ga_static": step1, "step3_ga_dynamic": step3, "final": trained.final},
         "selection": trained.selection,
-        "flop_ratio_dense_over_routed": routed_linear_flop_ratio(ctx.hf.config, trained.final),
+        "router": trained.routers.architecture(),
+        "flop_ratio_dense_over_routed": routed_linear_flop_ratio(ctx.hf.config, trained.final, counted_routers(trained.routers)),
         "block_removal": ctx.removal,
         "ga1_history": trained.ga1.history,
         "router_history": trained.step2["history"],

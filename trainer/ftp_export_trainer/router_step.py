@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ftp_export.calibration.thresholds import calibrate_decode_thresholds, context_grid, default_max_context
-from ftp_export.routing.router import RouterBank, static_router_bank
+from ftp_export.routing.router import RouterBank
 from ftp_export.schedule import routed_sparsity
 from ftp_export_trainer.checkpoints import maybe_interrupt
 from ftp_export_trainer.context import Context
@@ -29,7 +29,7 @@ def run_router_training(ctx: Context, sparsity: list[float]) -> Step2:
     def hard_kl(candidate: RouterBank) -> float:  # the GA fitness: hard-routed KL on the calibration windows
         return routed_kl(routed_model(ctx.hf, sparsity, candidate), ctx.data.train, ctx.reference, s.batch_size)
 
-    static = static_router_bank(ctx.n).to(ctx.data.train.device)
+    static = ctx.static_routers()
     record: dict[str, Any] = {"kl_static": hard_kl(static)}
     start = static
     if s.fit_steps > 0:
@@ -78,7 +78,7 @@ def _fit(ctx: Context, sparsity: list[float]) -> tuple[RouterBank, Any]:
         costs = skip_costs(ctx.hf, ctx.data.train, s.cost_samples, s.batch_size, s.seed + 2, progress=bar.update)
     with ctx.bar(sum(map(routed_sparsity, sparsity)), "step 2a router fit") as bar:
         return fit_routers(ctx.hf, sparsity, costs, ctx.data.train, RouterFitConfig(steps=s.fit_steps), s.seed + 2,
-                           progress=lambda b, v: bar.update(1))
+                           progress=lambda b, v: bar.update(1), static=ctx.static_routers())
 
 
 def calibrate(ctx: Context, sparsity: list[float], bank: RouterBank) -> dict[str, Any]:

@@ -49,18 +49,21 @@ class RouterTrainConfig:
 
 
 def init_dynamic(static: RouterBank, noise: float, seed: int) -> RouterBank:
-    """A trainable copy of ``static`` with N(0, noise) added to every parameter."""
+    """A trainable copy of ``static`` with N(0, noise) added to every parameter (a hidden-state
+    projection: N(0, noise / sqrt(D)), so that its output starts as small as the MLP's noise)."""
     bank = copy.deepcopy(static).float()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in bank.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * noise)
+        for name, p in bank.named_parameters():
+            scale = noise / (p.shape[-1] ** 0.5 if name.endswith("proj.weight") else 1.0)
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
     return bank.train()
 
 
 @torch.no_grad()
 def static_targets(static: RouterBank, block_sparsity: list[float], ids: torch.Tensor) -> list[torch.Tensor | None]:
-    """The static routers' hard keep masks [B, T] per routed block (they only see positions)."""
+    """The static routers' hard keep masks [B, T] per routed block (they only see positions: a
+    hidden-state static router's projection is zero, and it is given zero states)."""
     from ftp_export.routing.selection import keep_q16
 
     bsz, seq = ids.shape
@@ -73,7 +76,8 @@ def static_targets(static: RouterBank, block_sparsity: list[float], ids: torch.T
             out.append(None)
             continue
         feats = router_features(torch.zeros(bsz, seq, device=ids.device), pos, n_ctx, valid, s)
-        idx, active = topk_select(static.to(ids.device)(b, feats), valid, keep_q16(1.0 - s))
+        states = (torch.zeros(bsz, seq, static.state_size, device=ids.device),) if static.state_rank else ()
+        idx, active = topk_select(static.to(ids.device)(b, feats, *states), valid, keep_q16(1.0 - s))
         out.append(torch.zeros(bsz, seq, device=ids.device).scatter(1, idx, active.float()))
     return out
 

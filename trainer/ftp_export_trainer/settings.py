@@ -8,6 +8,7 @@ from typing import Any
 
 from ftp_export.devices import resolve_device, torch_dtype
 from ftp_export.errors import FTPError
+from ftp_export.routing.router import KINDS
 from ftp_export_trainer import distributed as dist
 from ftp_export_trainer.ga import GAConfig
 from ftp_export_trainer.losses import DEFAULT_WEIGHTS
@@ -36,6 +37,8 @@ class Settings:
     elite: int = GAConfig.elite
     max_block_sparsity: float = 1.0
     cost_samples: int = 4
+    router: str = "factors"  # "hidden": the router also reads a projection of the block's normalised input
+    router_rank: int = 0  # --router hidden: the projection's rank (0: DEFAULT_ROUTER_RANK)
     fit_steps: int = RouterFitConfig.steps
     router_steps: int = RouterTrainConfig.steps
     router_batch: int = RouterTrainConfig.batch_size
@@ -88,6 +91,10 @@ def validate(s: Settings) -> None:
         raise FTPError(f"--calib-max-context {s.calib_max_context}: must be >= 2 (or 0: the model's limit, at most 2048)")
     if s.threads < 0:
         raise FTPError(f"--threads {s.threads}: must be >= 0 (0: half the cores per process)")
+    if s.router not in KINDS:
+        raise FTPError(f"--router {s.router}: expected factors or hidden")
+    if s.router_rank < 0 or (s.router_rank and s.router != "hidden"):
+        raise FTPError(f"--router-rank {s.router_rank}: a rank >= 1 for --router hidden (0: the default)")
 
 
 def default_threads() -> int:
@@ -115,3 +122,23 @@ def uniform_sparsity(n: int, sparsity: float, free: list[int]) -> list[float]:
     for b in free:
         uniform[b] = sparsity * n / len(free)
     return uniform
+
+
+DEFAULT_ROUTER_RANK = 1  # step 2a sets one row (the ridge direction); scripts/skip_cost_predictors.py
+
+
+def router_shape(s: Settings, config: Any) -> tuple[int, int]:
+    """(hidden-state rank, model width) of the routers ``--router`` / ``--router-rank`` ask for on a model
+    with ``config``: (0, 0) for the four-factor router; one error line when the rank does not fit the
+    0.5% FLOP budget (ftp_export/flops.py)."""
+    from ftp_export.flops import check_router_budget, max_router_rank
+    from ftp_export.routing.router import RouterBank
+
+    if s.router != "hidden":
+        return 0, 0
+    size = int(config.hidden_size)
+    rank = s.router_rank or min(DEFAULT_ROUTER_RANK, max_router_rank(config))
+    if rank < 1:
+        raise FTPError("--router hidden: no hidden-state projection fits in 0.5% of this model's block FLOPs; use --router factors")
+    check_router_budget(config, RouterBank(1, state_rank=rank, state_size=size))
+    return rank, size
