@@ -6,9 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from ftp_export.architectures import DEFAULT_MODEL_DIR, ModelRef, load_model
 from tests.helpers import build_tiny
+
+# Without a GPU the Triton kernels (tests/kernels) run in Triton's interpreter, which has to be on
+# before anything imports triton: torch.compile / AOTInductor tests import it, and triton.language's
+# own @jit helpers are built for one mode at import. Inductor's CPU code is C++, so nothing else
+# changes. On a GPU the variable stays unset and the kernels run compiled (scripts/gpu_check.sh).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):
