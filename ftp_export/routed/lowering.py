@@ -76,6 +76,11 @@ def flat_rows(indices: torch.Tensor, seq_len: int) -> torch.Tensor:
     return (indices + offsets).reshape(-1)
 
 
+def take_rows(t: torch.Tensor, flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Rows ``flat`` of ``t`` [B, T, D] viewed as [B*T, D], shaped [*shape, D]."""
+    return t.reshape(-1, t.shape[-1]).index_select(0, flat).view(*shape, t.shape[-1])
+
+
 class TorchLowering:
     """Reference lowering in standard torch ops. Rows move whole: a [B*T, D] view is indexed by
     flat row (ONNX Gather / ScatterND on axis 0), not element by element (GatherElements /
@@ -86,9 +91,7 @@ class TorchLowering:
 
     def topk_gather(self, hidden, scores, valid, q16):
         indices, active = topk_select(scores, valid, q16)
-        b, t, d = hidden.shape
-        rows = hidden.reshape(b * t, d).index_select(0, flat_rows(indices, t))
-        return rows.view(b, indices.shape[1], d), indices, active
+        return take_rows(hidden, flat_rows(indices, hidden.shape[1]), indices.shape), indices, active
 
     def topk_scatter(self, residual, rows, indices, active):
         b, t, d = residual.shape

@@ -18,7 +18,7 @@ from ftp_export.errors import ScheduleError
 from ftp_export.flops import check_router_budget
 from ftp_export.routed.attention import attend
 from ftp_export.routed.block import apply_rope, attention_mask_for, compute_rows, finish_rows, project_kv, zero_kv
-from ftp_export.routed.lowering import Lowering, TorchLowering, flat_rows, suffix_count
+from ftp_export.routed.lowering import Lowering, TorchLowering, flat_rows, suffix_count, take_rows
 from ftp_export.routing.factors import router_features, update_signal
 from ftp_export.routing.selection import decode_dither, keep_q16, soft_topk_gate
 from ftp_export.schedule import ALL_DROPPED, Schedule, all_dropped
@@ -84,6 +84,18 @@ class _Call:
         if window not in self.masks:
             self.masks[window] = attention_mask_for(self.key_valid, self.all_tok + self.past, window)
         return self.masks[window]
+
+    def segments(self, thresholds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode thresholds' segment lookup of ``n_tok`` (the knots are every block's), once per call."""
+        if self.located is None:
+            self.located = thresholds.locate(self.n_tok)
+        return self.located
+
+    def tie_break(self) -> torch.Tensor:
+        """Decode's tie-break [B, T] (:func:`decode_dither`: the same for every block), once per call."""
+        if self.dither is None:
+            self.dither = decode_dither(self.position_ids, self.input_ids)
+        return self.dither
 
 
 @dataclass
@@ -213,9 +225,7 @@ class RoutedCausalLM(nn.Module):
                     routed.scores = scores
                 routing.append(routed)
                 if total is not None:
-                    # decode hands over each token's own weight and a bool mask of the computed tokens: a
-                    # mean over one query is that weight (update_signal's result, in one Where)
-                    signal = torch.where(count, total, signal) if count.dtype == torch.bool else update_signal(signal, total, count)
+                    signal = update_signal(signal, total, count)
             if stop_after_block is not None and b >= stop_after_block:
                 return RoutedOutput(logits=None, past_key_values=cache, routing=routing)
         out = self.hf.lm_head(self.hf.model.norm(_logit_rows(h, call, logits)))
@@ -254,9 +264,7 @@ class RoutedCausalLM(nn.Module):
         if kind != "threshold":
             return self.routers(b, router_features(signal, call.position_ids, call.n_ctx, call.valid, sparsity), *extra)
         feats = router_features(signal, call.position_ids, call.n_tok, call.valid, sparsity, rank=False)
-        if call.dither is None:  # the same for every block: computed once per call
-            call.dither = decode_dither(call.position_ids, call.input_ids)
-        return self.routers(b, feats, *extra) + call.dither
+        return self.routers(b, feats, *extra) + call.tie_break()
 
     def _full_block(self, b, layer, h, x, keys, values, scores, call: _Call, temperature):
         """Dense and soft blocks: every token runs the block (soft: the update is gated)."""
@@ -314,9 +322,7 @@ class RoutedCausalLM(nn.Module):
         # the threshold at each token's context length is subtracted in the graph, so the
         # gather (and its TensorRT plugin) compares with a plain 0
         thresholds = self.schedule.decode_thresholds
-        if call.located is None:
-            call.located = thresholds.locate(call.n_tok)
-        margin = scores - thresholds.at(b, call.n_tok, call.located)
+        margin = scores - thresholds.at(b, call.n_tok, call.segments(thresholds))
         if self.lowering.decode == "static":
             return self._threshold_block_static(b, layer, h, x, keys, values, margin, call)
         rows, flat = self.lowering.threshold_gather(h, margin, call.valid, 0.0)
@@ -350,11 +356,6 @@ class RoutedCausalLM(nn.Module):
         if not call.signal:
             return h, None, None, routed
         return h, own, keep, routed  # a skipped token keeps its carried signal, as in the dynamic lowering
-
-
-def take_rows(t: torch.Tensor, flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Rows ``flat`` of ``t`` [B, T, D] viewed as [B*T, D], shaped [*shape, D]."""
-    return t.reshape(-1, t.shape[-1]).index_select(0, flat).view(*shape, t.shape[-1])
 
 
 def _logit_rows(h: torch.Tensor, call: _Call, logits: str) -> torch.Tensor:

@@ -71,6 +71,10 @@ def query_count(q_token: torch.Tensor, q_weight: torch.Tensor, seq_len: int) -> 
 
 
 def update_signal(signal: torch.Tensor, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """Mean received attention where some computed query saw the token, else the carried signal."""
+    """Mean received attention where some computed query saw the token, else the carried signal.
+    ``count`` is a query count per token, or (decode) a bool mask of the tokens computed, each its
+    own only query: the mean is then ``total`` itself, in one Where."""
+    if count.dtype == torch.bool:
+        return torch.where(count, total, signal)
     mean = total / torch.clamp(count, min=1.0)
     return torch.where(count > 0, mean, signal)
