@@ -55,21 +55,23 @@ def block_linear_flops(config: Any) -> BlockFlops:
 
 def router_flops(routers: Any) -> int:
     """Per-token FLOPs of one block's router (``2 * in * out`` per linear layer, as the block's are)
-    of a :class:`~ftp_export.routing.router.RouterBank`; 0 for None."""
+    of a :class:`~ftp_export.routing.router.RouterBank`, its skip adapter included (counted on every
+    token: the graphs compute it for all rows); 0 for None."""
     if routers is None:
         return 0
     from ftp_export.routing.factors import FEATURES
 
     hidden, rank = int(routers.hidden), int(routers.state_rank)
-    return 2 * (len(FEATURES) + rank) * hidden + 2 * hidden + 2 * int(routers.state_size) * rank
+    adapter = 2 * 2 * int(getattr(routers, "adapter_size", 0)) * int(getattr(routers, "adapter_rank", 0))
+    return 2 * (len(FEATURES) + rank) * hidden + 2 * hidden + 2 * int(routers.state_size) * rank + adapter
 
 
 def counted_routers(routers: Any) -> Any:
     """The routers whose FLOPs the reported ratios (ftp-train's report, ftp-export eval) count:
-    ``routers`` when they read the hidden state, else None. The four-factor router (640 FLOPs per
+    ``routers`` when they read the hidden state or carry a skip adapter, else None. The four-factor router (640 FLOPs per
     token, under 0.2% of a block of the embedded model) was never counted, and is still not, so
     the figures of four-factor schedules stay comparable with earlier ones."""
-    return routers if routers is not None and getattr(routers, "state_rank", 0) else None
+    return routers if routers is not None and (getattr(routers, "state_rank", 0) or getattr(routers, "adapter_rank", 0)) else None
 
 
 def _router_cost(routers: Any, s: float) -> int:
@@ -86,14 +88,22 @@ def max_router_rank(config: Any, hidden: int = 64) -> int:
 
 
 def check_router_budget(config: Any, routers: Any) -> None:
-    """Raise :class:`ScheduleError` when a hidden-state router costs more than 0.5% of a block's linear
-    FLOPs. The four-factor router (640 FLOPs) is always allowed: 0.17% of a block of the embedded
-    model, 0.009% of SmolLM2-135M's; only toy test models make it more than 0.5%."""
-    if routers is None or not getattr(routers, "state_rank", 0):
+    """Raise :class:`ScheduleError` when a hidden-state router (with its skip adapter, if any) or a
+    skip adapter costs more than 0.5% of a block's linear FLOPs. The four-factor router alone (640
+    FLOPs) is always allowed: 0.17% of a block of the embedded model, 0.009% of SmolLM2-135M's;
+    only toy test models make it more than 0.5%."""
+    if counted_routers(routers) is None:
         return
     block = block_linear_flops(config).total
     cost = router_flops(routers)
     if cost > ROUTER_BUDGET * block:
+        adapter = getattr(routers, "adapter_rank", 0)
+        if adapter:
+            raise ScheduleError(
+                f"a router with hidden-state rank {routers.state_rank} and skip adapter rank {adapter} costs {cost} FLOPs per "
+                f"token, {100 * cost / block:.2f}% of a block's {block}; the limit is {100 * ROUTER_BUDGET:g}%: lower the "
+                "adapter rank (ftp-train --skip-adapter) or the router rank"
+            )
         raise ScheduleError(
             f"a router with hidden-state rank {routers.state_rank} costs {cost} FLOPs per token, {100 * cost / block:.2f}% of a "
             f"block's {block}; the limit is {100 * ROUTER_BUDGET:g}%: use a rank of at most {max_router_rank(config, routers.hidden)} "

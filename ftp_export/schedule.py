@@ -13,6 +13,8 @@ Format (``format_version`` 2)::
       "router": {"type": "mlp", "features": [...4...], "hidden": 64, "activation": "relu",
                  # a router that sees the token also has (absent: the four-factor router)
                  "inputs": ["factors", "hidden_state"], "hidden_state_rank": 1, "hidden_state_size": D,
+                 # an adapter for skipped tokens (absent: a skipped token keeps its hidden state)
+                 "skip_adapter": {"rank": 8, "size": D, "activation": "silu"},
                  "weights": "s40.routers.safetensors",   # relative to the JSON's folder
                  "sha256": "<hex of the weights file>"},
       "decode_thresholds": {"context_lengths": [16, 32, ..., 1024],   # knots, increasing
@@ -33,6 +35,10 @@ normalised input (width ``hidden_state_size`` = the model's hidden size): ``bloc
 [r, D], ``fc1.weight`` [64, 4 + r]. The hidden-state router stayed in format 2: a reader from
 before it meets ``proj`` tensors and a wider ``fc1`` and refuses the file with its shape error
 (it cannot route with it silently), and four-factor schedules are written byte for byte as before.
+Either kind may add ``"skip_adapter": {"rank": a, "size": D, "activation": "silu"}``: the tokens a
+block skips get ``h + U silu(A x)`` (``blocks.{b}.adapter_down.weight`` [a, D],
+``blocks.{b}.adapter_up.weight`` [D, a]). Also still format 2: a reader from before it meets the
+adapter tensors and refuses the file ("unexpected tensors") rather than skip without them.
 An unknown ``router.type`` or ``router.inputs`` is one ScheduleError line.
 
 Every check failure raises :class:`~ftp_export.errors.ScheduleError` with one line naming the
@@ -55,7 +61,8 @@ import torch
 from ftp_export.atomic import atomic_file, atomic_write_text
 from ftp_export.errors import ScheduleError
 from ftp_export.routing.decode_thresholds import DecodeThresholds, check_curve
-from ftp_export.routing.router import ARCHITECTURE, INPUTS_FACTORS, INPUTS_HIDDEN, ROUTER_TYPE, RouterBank
+from ftp_export.routing.router import RouterBank
+from ftp_export.routing.router_file import _fail, check_router, load_routers, sha256_file  # noqa: F401 - sha256_file re-exported
 from ftp_export.routing.sparsity import dropped_sparsity, routed_sparsity  # noqa: F401 - re-exported
 
 FORMAT = "ftp-schedule"
@@ -127,18 +134,6 @@ def _show(value: Any) -> str:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fail(where: str, what: str) -> ScheduleError:
-    return ScheduleError(f"{where}: {what}")
-
-
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -158,10 +153,10 @@ def load_schedule(path: str | os.PathLike[str]) -> Schedule:
     n_layers = base["fingerprint"]["num_hidden_layers"]
     sparsity = _check_sparsity(doc, n_layers, src)
     thresholds = _check_thresholds(doc.get("decode_thresholds"), version, n_layers, src)
-    weights, shape = _check_router(doc.get("router"), path, src, base["fingerprint"].get("hidden_size"))
+    weights, shape = check_router(doc.get("router"), path, src, base["fingerprint"].get("hidden_size"))
     return Schedule(
         block_sparsity=[float(s) for s in sparsity],
-        routers=_load_routers(weights, n_layers, shape, src),
+        routers=load_routers(weights, n_layers, shape, src),
         decode_thresholds=thresholds,
         base_model=base,
         produced_by=doc.get("produced_by", {}),
@@ -230,72 +225,6 @@ def _check_sparsity(doc: dict[str, Any], n_layers: int, src: str) -> list[Any]:
         if abs(mean - target) > 1e-3:
             raise _fail(src, f"field 'target_sparsity' is {target} but the mean of block_sparsity is {mean:.4f}")
     return sparsity
-
-
-def _check_router(router: Any, path: Path, src: str, model_width: Any) -> tuple[Path, tuple[int, int, int]]:
-    """The router weights file (present, sha256 as recorded) and the bank's shape: (MLP width,
-    hidden-state rank, hidden-state size), rank 0 for the four-factor router."""
-    if not isinstance(router, dict):
-        raise _fail(src, "field 'router' is missing")
-    if router.get("type") != ROUTER_TYPE:
-        raise _fail(src, f"field 'router.type' is {router.get('type')!r}; this ftp-export runs router type {ROUTER_TYPE!r} "
-                         "(a newer ftp-export wrote this schedule, or retrain it with ftp-train)")
-    for key in ("features", "hidden", "activation"):
-        if router.get(key) != ARCHITECTURE[key]:
-            raise _fail(src, f"field 'router.{key}' is {router.get(key)!r}; this ftp-export runs {ARCHITECTURE[key]!r}")
-    shape = (int(router["hidden"]), 0, 0)
-    inputs = router.get("inputs", INPUTS_FACTORS)
-    if inputs == INPUTS_HIDDEN:
-        rank, size = router.get("hidden_state_rank"), router.get("hidden_state_size")
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise _fail(src, f"field 'router.hidden_state_rank' is {rank!r}; a hidden-state router needs an integer rank >= 1")
-        if size != model_width:
-            raise _fail(src, f"field 'router.hidden_state_size' is {size!r} but the model's hidden size is {model_width!r}")
-        shape = (shape[0], rank, int(size))
-    elif inputs != INPUTS_FACTORS:
-        raise _fail(src, f"field 'router.inputs' is {inputs!r}; this ftp-export reads {INPUTS_FACTORS!r} or {INPUTS_HIDDEN!r}")
-    weights_rel = router.get("weights")
-    if not isinstance(weights_rel, str) or not weights_rel:
-        raise _fail(src, "field 'router.weights' must name the router safetensors file")
-    weights = (path.parent / weights_rel).resolve()
-    if not weights.is_file():
-        raise _fail(src, f"router weights {weights} not found (field 'router.weights'); keep the .safetensors next to the JSON")
-    expected = router.get("sha256")
-    actual = sha256_file(weights)
-    if expected != actual:
-        raise _fail(
-            src,
-            f"router weights {weights.name} have sha256 {actual[:12]}... but field 'router.sha256' says "
-            f"{str(expected)[:12]}...; the weights were modified or belong to another schedule",
-        )
-    return weights, shape
-
-
-def _load_routers(weights: Path, n_layers: int, shape: tuple[int, int, int], src: str) -> RouterBank:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise _fail(src, f"router weights {weights.name} unreadable ({exc})") from None
-    bank = RouterBank(n_layers, *shape)
-    expected = bank.state_dict()
-    for name, ref in expected.items():
-        if name not in tensors:
-            raise _fail(src, f"router weights {weights.name} lack tensor {name!r}; the file is for another model")
-        if tuple(tensors[name].shape) != tuple(ref.shape):
-            raise _fail(
-                src, f"router tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {tuple(ref.shape)}"
-            )
-    extra = sorted(set(tensors) - set(expected))
-    if extra:
-        raise _fail(src, f"router weights {weights.name} have unexpected tensors (first: {extra[0]!r}); the file is for another model")
-    bad = sorted(name for name, t in tensors.items() if not bool(torch.isfinite(t.float()).all()))
-    if bad:  # NaN scores would sort as ties and silently route by position
-        raise _fail(src, f"router weights {weights.name} hold NaN or inf (first: {bad[0]!r}); retrain or restore the schedule")
-    bank.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
-    return bank.eval()
 
 
 def save_schedule(schedule: Schedule, path: str | os.PathLike[str]) -> Path:
@@ -377,6 +306,8 @@ def new_schedule(
     if routers is not None:
         if routers.state_rank and routers.state_size != int(config.hidden_size):
             raise ScheduleError(f"hidden-state router of width {routers.state_size} for a model of hidden size {config.hidden_size}")
+        if getattr(routers, "adapter_rank", 0) and routers.adapter_size != int(config.hidden_size):
+            raise ScheduleError(f"skip adapter of width {routers.adapter_size} for a model of hidden size {config.hidden_size}")
         check_router_budget(config, routers)
     arch = (getattr(config, "architectures", None) or [config.model_type])[0]
     return Schedule(

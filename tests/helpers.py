@@ -78,3 +78,22 @@ def assert_parity(report):
         assert c["routing_identical"], c["routing_mismatches"]
         assert c["tokens_identical"], c
     assert report["passed"]
+
+
+def assert_router_object_refused(schedule, path: Path, mutate, needle: str) -> None:
+    """``schedule`` saved to ``path``, its ``router`` object changed by ``mutate``: loading it is one
+    ScheduleError line containing ``needle``."""
+    import json
+
+    import pytest
+
+    from ftp_export.errors import ScheduleError
+    from ftp_export.schedule import load_schedule, save_schedule
+
+    saved = save_schedule(schedule, path)
+    doc = json.loads(saved.read_text())
+    mutate(doc["router"])
+    saved.write_text(json.dumps(doc))
+    with pytest.raises(ScheduleError) as err:
+        load_schedule(saved)
+    assert needle in str(err.value) and "\n" not in str(err.value)

@@ -31,6 +31,9 @@ def eval_parser(prog: str = "ftp-export eval") -> argparse.ArgumentParser:
                         "path with the KV cache (0: prefill-mode perplexity only)")
     p.add_argument("--bootstrap-resamples", type=int, default=d.resamples,
                    help="paired bootstrap resamples over windows and items for the standard errors")
+    p.add_argument("--oracle", action="store_true",
+                   help="also route each schedule's block sparsities by the scored text's own skip costs (Fisher, "
+                        "4 backward passes per batch): the ceiling any router could reach, prefill mode only")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("-o", "--output", default=d.output, help="folder for eval.json, eval.md, eval.png")
     p.add_argument("--device", default=d.device)
@@ -48,7 +51,7 @@ def cmd_eval(argv: list[str], prog: str = "ftp-export eval") -> int:
     req = EvalRequest(model=a.model, schedules=a.schedule, uniform=a.uniform, tasks=[t for t in a.tasks.split(",") if t],
                       items=a.items, ppl_windows=a.ppl_windows, seq_len=a.seq_len, decode_prefill=a.decode_prefill,
                       resamples=a.bootstrap_resamples, seed=a.seed, output=a.output,
-                      device=a.device, brown_tarball=a.brown_tarball, progress=a.progress)
+                      device=a.device, brown_tarball=a.brown_tarball, progress=a.progress, oracle=a.oracle)
     report = run_eval(req, log=lambda m: print(m, file=sys.stderr))
     paths = write(report, Path(a.output))
     print(markdown_table(report))

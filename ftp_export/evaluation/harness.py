@@ -42,6 +42,7 @@ from ftp_export.evaluation import methods as M
 from ftp_export.evaluation.baselines import block_influence, interpolate_at_flops, interpolate_replicates
 from ftp_export.evaluation.bootstrap import RESAMPLES, Resampler, safe_ratio, standard_error
 from ftp_export.evaluation.metrics import token_nll
+from ftp_export.evaluation.oracle import ORACLE_SAMPLES, oracle_method
 from ftp_export.evaluation.scoring import Encoder, score_items
 from ftp_export.evaluation.tasks import TASKS, build_tasks
 from ftp_export.schedule import load_schedule
@@ -77,6 +78,7 @@ class EvalRequest:
     max_tokens: int = 4096
     brown_tarball: str | None = None
     progress: bool = True
+    oracle: bool = False  # add each schedule's oracle-router row (:mod:`.oracle`): the ceiling of routing
 
 
 def prefill_tokens(req: EvalRequest) -> int:
@@ -125,10 +127,13 @@ def _removal_order(schedule: Any) -> list[int]:
     return [int(b) for b in doc.get("order", [])]
 
 
-def build_methods(hf: Any, schedules: list[tuple[str, Any]], uniform: list[float], influence: list[float]) -> list[tuple[str, M.Method]]:
-    """(group, method) rows: dense, then per schedule FTP + uniform-static (same FLOPs) + ShortGPT
-    at the drop counts that bracket those FLOPs (+ the greedy KL drop at those counts where the
-    schedule carries ftp-train's removal order)."""
+def build_methods(
+    hf: Any, schedules: list[tuple[str, Any]], uniform: list[float], influence: list[float], oracle: bool = False, seed: int = 0
+) -> list[tuple[str, M.Method]]:
+    """(group, method) rows: dense, then per schedule FTP (+ with ``oracle``, the oracle router at
+    its block sparsities) + uniform-static (same FLOPs) + ShortGPT at the drop counts that bracket
+    those FLOPs (+ the greedy KL drop at those counts where the schedule carries ftp-train's
+    removal order)."""
     rows = [("dense", M.dense(hf))]
     groups = [(f"s={sched.target_sparsity:.2f} ({label})", M.ftp(hf, sched, label), sched.target_sparsity, _removal_order(sched))
               for label, sched in schedules]
@@ -136,7 +141,8 @@ def build_methods(hf: Any, schedules: list[tuple[str, Any]], uniform: list[float
     for group, ftp, s, order in groups:
         u = M.uniform_static(hf, s)
         sp = ftp.detail["block_sparsity"] if ftp is not None else u.detail["block_sparsity"]
-        rows += [(group, m) for m in (ftp, u) if m is not None]
+        best = oracle_method(hf, sp, ORACLE_SAMPLES, seed) if oracle and ftp is not None else None
+        rows += [(group, m) for m in (ftp, best, u) if m is not None]
         rows += [(group, m) for m in M.layer_drops(hf, sp, influence, order)]
     return rows
 
@@ -190,7 +196,7 @@ def run_eval(req: EvalRequest, log: Any = print) -> dict[str, Any]:
     calib = _windows(_texts(brown, "train"), encoder.encode, min(req.seq_len, 256), req.influence_windows, eos)
     influence = block_influence(hf, calib.to(req.device), batch_size=4)
     tasks = build_tasks(documents, req.tasks, req.items, req.seed)
-    rows = build_methods(hf, schedules, req.uniform, influence)
+    rows = build_methods(hf, schedules, req.uniform, influence, req.oracle, req.seed)
     prefill = prefill_tokens(req)
     results = []
     show = req.progress
@@ -307,12 +313,12 @@ EQUAL_FLOP_BASELINES = {"shortgpt": "shortgpt", "greedy-drop": "greedy_drop"}  #
 
 
 def add_equal_flop_comparison(results: list[dict[str, Any]], reps: list[dict[str, Any]]) -> None:
-    """For every FTP row and layer-dropping baseline (``vs_shortgpt``, ``vs_greedy_drop``): the
+    """For every FTP (and oracle-router) row and layer-dropping baseline (``vs_shortgpt``, ``vs_greedy_drop``): the
     baseline's retention at FTP's FLOPs - the group's bracketing drop counts mixed over requests
     to FTP's cost (:func:`~ftp_export.evaluation.baselines.interpolate_at_flops`) - and FTP minus
     that (positive = FTP retains more), each with its paired bootstrap standard error (``_se``)."""
     for r, rep in zip(results, reps):
-        if r["kind"] != "ftp":
+        if r["kind"] not in ("ftp", "oracle"):
             continue
         for kind, prefix in EQUAL_FLOP_BASELINES.items():
             rows = sorted((i for i, s in enumerate(results) if s["group"] == r["group"] and s["kind"] == kind),

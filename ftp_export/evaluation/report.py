@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-KIND_LABEL = {"ftp": "FTP (trained routers + schedule)", "uniform-static": "uniform + static router", "shortgpt": "ShortGPT layer drop",
+KIND_LABEL = {"ftp": "FTP (trained routers + schedule)", "oracle": "oracle router (the text's own skip costs)",
+              "uniform-static": "uniform + static router", "shortgpt": "ShortGPT layer drop",
               "greedy-drop": "greedy KL layer drop (ftp-train's order)"}
 BASELINE_TITLE = {"shortgpt": "ShortGPT", "greedy_drop": "greedy KL drop"}  # vs_<prefix> -> name
 
@@ -74,7 +75,7 @@ def comparison_table(report: dict[str, Any], prefix: str = "shortgpt") -> str:
     lines = ["| " + " | ".join(head) + " | FTP better on |", "|---|" + "---:|" * (len(head) - 1) + "---|"]
     for r in rows:
         v = r[f"vs_{prefix}"]
-        cells, wins = [r["group"], f"{v['flop_ratio']:.3f}"], []
+        cells, wins = [r["group"] + (" oracle router" if r["kind"] == "oracle" else ""), f"{v['flop_ratio']:.3f}"], []
         for key in keys:
             if f"{prefix}_{key}_retention" in v:
                 cells.append(f"{r['retention'][key]:.1%} / {v[f'{prefix}_{key}_retention']:.1%}")

@@ -216,11 +216,13 @@ class RoutedCausalLM(nn.Module):
                 x = layer.input_layernorm(h)  # normed once: K/V of every token, and the rows a block computes
                 k_new, v_new = project_kv(layer, x, call.cos, call.sin, self.head_dim)
                 keys, values = cache.update(k_new, v_new, b)
-                scores = None
+                scores, skip_to = None, h
                 if kind != "dense":
                     scores = self._scores(b, kind, signal, call, x)
+                    if getattr(self.routers, "adapter_rank", 0):  # what a skipped token becomes (router.py)
+                        skip_to = h + self.routers.adapt(b, x).to(h.dtype)
                 run = {"dense": self._full_block, "soft": self._full_block, "topk": self._topk_block}.get(kind, self._threshold_block)
-                h, total, count, routed = run(b, layer, h, x, keys, values, scores, call, temperature)
+                h, total, count, routed = run(b, layer, h, x, keys, values, scores, call, temperature, skip_to)
                 if routed is not None and keep_scores and kind != "soft":
                     routed.scores = scores
                 routing.append(routed)
@@ -266,8 +268,9 @@ class RoutedCausalLM(nn.Module):
         feats = router_features(signal, call.position_ids, call.n_tok, call.valid, sparsity, rank=False)
         return self.routers(b, feats, *extra) + call.tie_break()
 
-    def _full_block(self, b, layer, h, x, keys, values, scores, call: _Call, temperature):
-        """Dense and soft blocks: every token runs the block (soft: the update is gated)."""
+    def _full_block(self, b, layer, h, x, keys, values, scores, call: _Call, temperature, skip_to):
+        """Dense and soft blocks: every token runs the block (soft: the update is gated between
+        ``skip_to``, what a skipped token becomes, and the block's output)."""
         q_index = call.all_tok + call.past
         if scores is None:
             gate, q_weight = None, call.valid
@@ -284,7 +287,7 @@ class RoutedCausalLM(nn.Module):
         if gate is None:
             h, routed = full, None
         else:
-            h = h + gate.unsqueeze(-1).to(h.dtype) * (full - h)
+            h = skip_to + gate.unsqueeze(-1).to(h.dtype) * (full - skip_to)
             routed = BlockRouting(scores=scores, gate=gate)
         if not call.signal:
             return h, None, None, routed
@@ -292,8 +295,9 @@ class RoutedCausalLM(nn.Module):
             return h, own, call.valid, routed
         return h, colsum[:, call.past :], suffix_count(q_weight.to(torch.float32)), routed
 
-    def _topk_block(self, b, layer, h, x, keys, values, scores, call: _Call, temperature):
-        """Prefill routing: the top-k tokens per sequence are gathered, computed and scattered back."""
+    def _topk_block(self, b, layer, h, x, keys, values, scores, call: _Call, temperature, skip_to):
+        """Prefill routing: the top-k tokens per sequence are gathered, computed and scattered back
+        into ``skip_to`` (``h``, or ``h`` plus the skip adapter's update)."""
         rows, idx, active = self.lowering.topk_gather(h, scores, call.valid, self.q16[b])
         # the normed rows, cos and sin of the kept tokens are gathered, not recomputed (per-row ops)
         flat = flat_rows(idx, h.shape[1])
@@ -305,13 +309,13 @@ class RoutedCausalLM(nn.Module):
             layer, rows, r_cos, r_sin, keys, values, allowed, q_index, self.head_dim, self.scaling,
             col_weight=q_weight if call.signal else None, normed=x_rows,
         )
-        h = self.lowering.topk_scatter(h, out, idx, active)
+        h = self.lowering.topk_scatter(skip_to, out, idx, active)
         if not call.signal:
             return h, None, None, BlockRouting(indices=idx, active=active)
         count = self.lowering.query_count(idx, q_weight.to(torch.float32), h.shape[1])
         return h, colsum[:, call.past :], count, BlockRouting(indices=idx, active=active)
 
-    def _threshold_block(self, b, layer, h, x, keys, values, scores, call: _Call, temperature):
+    def _threshold_block(self, b, layer, h, x, keys, values, scores, call: _Call, temperature, skip_to):
         """Decode routing: the tokens whose score reaches the threshold, as flat rows of the batch.
 
         Only the kept rows run the linear layers (queries, o_proj, MLP). Attention runs for every
@@ -324,7 +328,7 @@ class RoutedCausalLM(nn.Module):
         thresholds = self.schedule.decode_thresholds
         margin = scores - thresholds.at(b, call.n_tok, call.segments(thresholds))
         if self.lowering.decode == "static":
-            return self._threshold_block_static(b, layer, h, x, keys, values, margin, call)
+            return self._threshold_block_static(b, layer, h, x, keys, values, margin, call, skip_to)
         rows, flat = self.lowering.threshold_gather(h, margin, call.valid, 0.0)
         # rows as [N, 1, D], as the other blocks' [G, Q, D]: the linear layers export as MatMul (which
         # --quantize int8 rewrites), not the Gemm a 2-D input gives
@@ -333,13 +337,13 @@ class RoutedCausalLM(nn.Module):
         q = apply_rope(q.view(bsz, seq, -1, self.head_dim).transpose(1, 2), call.cos, call.sin)
         out, _, own = attend(q, keys, values, call.allowed(self.windows[b]), self.scaling, call.all_tok + call.past, own=call.signal)
         out_rows = _row_view(out).index_select(0, flat)
-        h = self.lowering.row_scatter(h, finish_rows(layer, rows.unsqueeze(1), out_rows).squeeze(1), flat)
+        h = self.lowering.row_scatter(skip_to, finish_rows(layer, rows.unsqueeze(1), out_rows).squeeze(1), flat)
         if not call.signal:
             return h, None, None, BlockRouting(rows=flat)
         # threshold_select's test (the threshold is already subtracted): the rows just computed
         return h, own, call.valid & (margin >= 0), BlockRouting(rows=flat)
 
-    def _threshold_block_static(self, b, layer, h, x, keys, values, margin, call: _Call):
+    def _threshold_block_static(self, b, layer, h, x, keys, values, margin, call: _Call, skip_to):
         """The static-shape lowering of a decode block (lowering.py): every row runs the block (as a
         dense block would: same queries, mask and cache indices), a device-side mask keeps the kept
         rows' outputs. The kept set, the attention signal (each kept token's weight on itself) and the
@@ -350,7 +354,7 @@ class RoutedCausalLM(nn.Module):
             layer, h, call.cos, call.sin, keys, values, call.allowed(self.windows[b]), call.all_tok + call.past, self.head_dim,
             self.scaling, own=call.signal, normed=x,
         )
-        h = torch.where(keep.unsqueeze(-1), full, h)
+        h = torch.where(keep.unsqueeze(-1), full, skip_to)
         flat = torch.arange(bsz * seq, device=h.device)
         routed = BlockRouting(rows=torch.where(keep.reshape(-1), flat, torch.full_like(flat, -1)))
         if not call.signal:

@@ -19,6 +19,7 @@ import torch
 from ftp_export.cli import main
 from ftp_export.errors import FTPError
 from ftp_export.evaluation import assets
+from ftp_export.evaluation.oracle import ORACLE_TITLE
 from ftp_export.evaluation.scoring import Encoder, continuation_logprobs
 from ftp_export.evaluation.tasks import build_tasks
 
@@ -160,7 +161,8 @@ def test_eval_end_to_end_on_default_model(brown, tmp_path, capsys):
 
     out = tmp_path / "eval"
     rc = main(["eval", "--schedule", str(DEFAULT_MODEL_DIR / "s40.json"), "--uniform", "0.2", "--items", "3",
-               "--ppl-windows", "2", "--seq-len", "48", "--bootstrap-resamples", "200", "-o", str(out), "--no-progress"])
+               "--ppl-windows", "2", "--seq-len", "48", "--bootstrap-resamples", "200", "-o", str(out), "--no-progress",
+               "--oracle"])
     assert rc == 0
     report = json.loads((out / "eval.json").read_text())
     assert (out / "eval.png").stat().st_size > 1000 and "| FTP s40 |" in (out / "eval.md").read_text()
@@ -192,14 +194,21 @@ def test_eval_end_to_end_on_default_model(brown, tmp_path, capsys):
     assert ftp["vs_greedy_drop"]["greedy_drop_perplexity_retention"] == pytest.approx(q0 ** (1 - w) * q1**w)
     assert "FTP vs greedy KL drop at FTP's FLOPs" in (out / "eval.md").read_text()
     assert ftp["perplexity"]["perplexity"] != rows["dense"]["perplexity"]["perplexity"]
+    # --oracle: the schedule's sparsities routed by the scored text's own skip costs, compared the same way
+    oracle = rows[ORACLE_TITLE]
+    assert oracle["group"] == ftp["group"] and oracle["block_sparsity"] == ftp["block_sparsity"]
+    assert oracle["flop_ratio"] == pytest.approx(ftp["flop_ratio"]) and "ftp_minus_greedy_drop_perplexity" in oracle["vs_greedy_drop"]
+    assert oracle["perplexity"]["perplexity"] not in (ftp["perplexity"]["perplexity"], dense["perplexity"]["perplexity"])
+    assert "oracle router" in (out / "eval.md").read_text()
     assert {r["group"] for r in report["results"]} == {"dense", ftp["group"], "s=0.20"}
     assert report["tasks"]["brown-cloze"]["items"] == 3 and report["text"]["asset"] == "brown"
     # decode-mode perplexity: FTP and layer drops (and dense); none for the static baseline (no thresholds)
     assert report["perplexity_windows"]["decode_prefill_tokens"] == 24 and report["bootstrap"]["resamples"] == 200
     for r in report["results"]:
         d = r["decode_perplexity"]
-        if r["kind"] == "uniform-static":
-            assert "decode thresholds" in d["note"] and "decode_perplexity" not in r["retention"]
+        if r["kind"] in ("uniform-static", "oracle"):
+            assert ("decode thresholds" if r["kind"] == "uniform-static" else "prefill only") in d["note"]
+            assert "decode_perplexity" not in r["retention"]
             continue
         assert d["tokens"] == 2 * 24 and d["prefill_tokens"] == 24 and d["perplexity_se"] is not None
         if r["kind"] != "ftp":  # nothing routed: decode mode is prefill mode

@@ -22,6 +22,7 @@ from ftp_export.flops import (
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.routing.router import ARCHITECTURE, RouterBank, router_bank_from_state, static_router_bank
 from ftp_export.schedule import load_schedule, new_schedule, save_schedule, uniform_sparsity
+from tests.helpers import assert_router_object_refused
 
 RANK = 3  # the largest rank within 0.5% of a block of the embedded default model (hidden size 128)
 
@@ -98,13 +99,7 @@ def test_a_static_hidden_router_scores_like_the_four_factor_one(default_model):
     ],
 )
 def test_bad_router_objects_are_one_clear_error(hidden_schedule, tmp_path, mutate, needle):
-    path = save_schedule(hidden_schedule, tmp_path / "h.json")
-    doc = json.loads(path.read_text())
-    mutate(doc["router"])
-    path.write_text(json.dumps(doc))
-    with pytest.raises(ScheduleError) as err:
-        load_schedule(path)
-    assert needle in str(err.value) and "\n" not in str(err.value)
+    assert_router_object_refused(hidden_schedule, tmp_path / "h.json", mutate, needle)
 
 
 def test_router_flops_are_counted_and_capped(default_model):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ftp_export.evaluation.oracle import ORACLE_TITLE
 from ftp_export.schedule import load_schedule
 from ftp_export_trainer.checkpoints import INTERRUPT_ENV
 from ftp_export_trainer.cli import main
@@ -61,7 +62,11 @@ def test_output_schedule_is_valid(first_run):
     assert [r["method"].endswith(" = FTP") for r in steps] == [k == chosen for k in (1, 2, 3)]
     ftp = next(r for r in steps if r["method"].endswith(" = FTP"))
     assert ftp["flop_ratio"] == pytest.approx(report["flop_ratio_dense_over_routed"])
-    drops = report["comparison"][5:]
+    # the oracle router (the scored text's own skip costs) at the same sparsities and FLOPs
+    oracle = report["comparison"][5]
+    assert oracle["method"] == ORACLE_TITLE and oracle["flop_ratio"] == pytest.approx(ftp["flop_ratio"])
+    assert 0 < oracle["kl_to_dense"] < math.inf
+    drops = report["comparison"][6:]
     short, greedy, (interp, greedy_interp) = drops[:2], drops[2:4], drops[4:]
     assert interp["flop_ratio"] == ftp["flop_ratio"] and [r["flop_ratio"] <= ftp["flop_ratio"] for r in short] == [True, False]
     (x0, k0), (x1, k1) = [(r["flop_ratio"], r["kl_to_dense"]) for r in short]

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "normalised input hidden state (counted in the FLOPs, at most 0.5%% of a block's)")
     p.add_argument("--router-rank", type=int, default=d.router_rank,
                    help="--router hidden: rank of the hidden-state projection (0: 1, the ridge direction step 2a fits; more rows start at 0 and only step 2b trains them)")
+    p.add_argument("--skip-adapter", type=int, default=d.skip_adapter,
+                   help="rank of an adapter for skipped tokens (h + U silu(A x)), trained with the routers in step 2b; "
+                        "counted in the FLOPs and the 0.5%% router budget")
     p.add_argument("--fit-steps", type=int, default=d.fit_steps,
                    help="step 2a: optimiser steps fitting each router to the skip costs (0: start step 2b from the static routers)")
     p.add_argument("--router-steps", type=int, default=d.router_steps, help="step 2b: straight-through steps with the FTP losses")

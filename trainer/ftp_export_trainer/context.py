@@ -28,11 +28,15 @@ class Context:
     log: Callable[[str], None]
     influence: list[float]  # ShortGPT block influence on the calibration windows
     removal: dict[str, list] | None = None  # greedy KL block-removal order (GA seeds), see block_search
-    router_shape: tuple[int, int] = (0, 0)  # hidden-state rank and width of the routers (0, 0: four factors)
+    # hidden-state rank and width of the routers (0, 0: four factors), skip-adapter rank and width (0, 0: none)
+    router_shape: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def static_routers(self) -> RouterBank:
-        """The position-priority routers of the kind ``--router`` asks for, on the data's device."""
-        return static_router_bank(self.n, state_rank=self.router_shape[0], state_size=self.router_shape[1]).to(self.data.train.device)
+        """The position-priority routers of the kind ``--router`` asks for, with the identity skip
+        adapter ``--skip-adapter`` asks for, on the data's device."""
+        rank, size, adapter, width = self.router_shape
+        bank = static_router_bank(self.n, state_rank=rank, state_size=size, adapter_rank=adapter, adapter_size=width)
+        return bank.to(self.data.train.device)
 
     def bar(self, total: int, desc: str) -> tqdm:
         """A progress bar, shown on rank 0 unless ``--no-progress``."""

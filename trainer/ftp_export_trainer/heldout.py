@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ftp_export.evaluation import methods as M
 from ftp_export.evaluation.baselines import interpolate_metrics
 from ftp_export.evaluation.metrics import perplexity
+from ftp_export.evaluation.oracle import oracle_method
 from ftp_export.routing.router import RouterBank
 from ftp_export_trainer import distributed as dist
 from ftp_export_trainer.context import Context
@@ -49,14 +50,16 @@ def select_final(ctx: Context, candidates: list[Candidate]) -> dict[str, Any]:
 
 
 def _methods(ctx: Context, uniform: list[float], candidates: list[Candidate], chosen: str) -> list[M.Method]:
-    """Dense, uniform + static router, steps 1-3 (the chosen one marked "= FTP"), then layer
+    """Dense, uniform + static router, steps 1-3 (the chosen one marked "= FTP"), the oracle router
+    at the chosen schedule's sparsities (:mod:`.oracle`: the ceiling of routing), then layer
     dropping at the drop counts that bracket the chosen schedule's FLOPs."""
     hf = ctx.hf
     steps = [M.routed(hf, STEP_TITLES[name] + (" = FTP" if name == chosen else ""), "ftp" if name == chosen else "routed", sp, routers)
              for name, sp, routers in candidates]
     final = next(sp for name, sp, _ in candidates if name == chosen)
     order = ctx.removal["order"] if ctx.removal else []
-    return [M.dense(hf), M.routed(hf, "uniform + static router", "uniform-static", uniform), *steps,
+    oracle = oracle_method(hf, final, ctx.settings.cost_samples, ctx.settings.seed + 3)
+    return [M.dense(hf), M.routed(hf, "uniform + static router", "uniform-static", uniform), *steps, oracle,
             *M.layer_drops(hf, final, ctx.influence, order)]
 
 

@@ -31,7 +31,7 @@ from ftp_export_trainer.ga import GAState
 from ftp_export_trainer.heldout import compare, select_final
 from ftp_export_trainer.router_step import calibrate, run_router_training
 from ftp_export_trainer.search_steps import removal_order, run_search
-from ftp_export_trainer.settings import Settings, default_threads, free_blocks, router_shape, uniform_sparsity, validate
+from ftp_export_trainer.settings import Settings, bank_shape, default_threads, free_blocks, uniform_sparsity, validate
 
 METHOD = "FTP (arXiv 2412.11494): GA sparsity search with static routers, router training, GA fine-tuning"
 
@@ -91,7 +91,7 @@ def prepare(s: Settings, ref: ModelRef, log: Callable[[str], None]) -> Context:
     check_supported(config)
     n = int(config.num_hidden_layers)
     free = free_blocks(n, s.sparsity, s.route_first_block, s.max_block_sparsity)
-    shape = router_shape(s, config)  # a rank above the FLOP budget fails here, before any work
+    shape = bank_shape(s, config)  # a router or adapter rank above the FLOP budget fails here, before any work
     if s.data is not None:  # fail on bad data before the (possibly large) model loads
         read_documents(Path(s.data), s.text_field, s.txt_mode)
     from transformers.utils import logging as hf_logging

@@ -57,18 +57,20 @@ def fit_router(
     (``cfg.projection == "ridge"``, :func:`.ridge.hidden_direction`; not trained here) or starts
     small (``init_scale / sqrt(D)``) and is trained with the MLP ("learned")."""
     gen = torch.Generator().manual_seed(seed)
+    # a skip adapter is not fitted here: it stays the identity (step 2b trains it)
+    fitted = [(name, p) for name, p in router.named_parameters() if not name.startswith("adapter_")]
     with torch.no_grad():
-        for name, p in router.named_parameters():
+        for name, p in fitted:
             scale = cfg.init_scale / (p.shape[-1] ** 0.5 if name.startswith("proj") else 1.0)
             p.copy_((torch.randn(p.shape, generator=gen) * scale).to(p.device))
     x = features.detach().float().clone()
     x[..., FEATURES.index("sparsity")] = torch.rand(x.shape[:-1], generator=gen).to(x.device)
     extra = () if states is None else (states.detach().float(),)
     y = centred_log_cost(cost.float())
-    params = list(router.parameters())
+    params = [p for _, p in fitted]
     if states is not None and cfg.projection == "ridge":
         _set_ridge_projection(router, states, features, y)
-        params = [p for name, p in router.named_parameters() if not name.startswith("proj")]
+        params = [p for name, p in fitted if not name.startswith("proj")]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     with torch.enable_grad():
         for _ in range(cfg.steps):

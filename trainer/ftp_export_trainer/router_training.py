@@ -49,12 +49,15 @@ class RouterTrainConfig:
 
 
 def init_dynamic(static: RouterBank, noise: float, seed: int) -> RouterBank:
-    """A trainable copy of ``static`` with N(0, noise) added to every parameter (a hidden-state
-    projection: N(0, noise / sqrt(D)), so that its output starts as small as the MLP's noise)."""
+    """A trainable copy of ``static`` with N(0, noise) added to every router parameter (a hidden-state
+    projection: N(0, noise / sqrt(D)), so that its output starts as small as the MLP's noise). A
+    skip adapter is copied as it is: it starts as the exact identity."""
     bank = copy.deepcopy(static).float()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in bank.named_parameters():
+            if "adapter_" in name:
+                continue
             scale = noise / (p.shape[-1] ** 0.5 if name.endswith("proj.weight") else 1.0)
             p.add_(torch.randn(p.shape, generator=gen) * scale)
     return bank.train()

@@ -39,6 +39,7 @@ class Settings:
     cost_samples: int = 4
     router: str = "factors"  # "hidden": the router also reads a projection of the block's normalised input
     router_rank: int = 0  # --router hidden: the projection's rank (0: DEFAULT_ROUTER_RANK)
+    skip_adapter: int = 0  # rank of the adapter for skipped tokens (0: none; trained in step 2b)
     fit_steps: int = RouterFitConfig.steps
     router_steps: int = RouterTrainConfig.steps
     router_batch: int = RouterTrainConfig.batch_size
@@ -95,6 +96,8 @@ def validate(s: Settings) -> None:
         raise FTPError(f"--router {s.router}: expected factors or hidden")
     if s.router_rank < 0 or (s.router_rank and s.router != "hidden"):
         raise FTPError(f"--router-rank {s.router_rank}: a rank >= 1 for --router hidden (0: the default)")
+    if s.skip_adapter < 0:
+        raise FTPError(f"--skip-adapter {s.skip_adapter}: must be >= 0 (0: no adapter)")
 
 
 def default_threads() -> int:
@@ -142,3 +145,18 @@ def router_shape(s: Settings, config: Any) -> tuple[int, int]:
         raise FTPError("--router hidden: no hidden-state projection fits in 0.5% of this model's block FLOPs; use --router factors")
     check_router_budget(config, RouterBank(1, state_rank=rank, state_size=size))
     return rank, size
+
+
+def bank_shape(s: Settings, config: Any) -> tuple[int, int, int, int]:
+    """(hidden-state rank, its width, skip-adapter rank, its width) of the routers the settings ask
+    for (:func:`router_shape` plus ``--skip-adapter``); one error line when router and adapter
+    together do not fit the 0.5% FLOP budget."""
+    from ftp_export.flops import check_router_budget
+    from ftp_export.routing.router import RouterBank
+
+    state = router_shape(s, config)
+    if not s.skip_adapter:
+        return (*state, 0, 0)
+    size = int(config.hidden_size)
+    check_router_budget(config, RouterBank(1, state_rank=state[0], state_size=state[1], adapter_rank=s.skip_adapter, adapter_size=size))
+    return (*state, s.skip_adapter, size)
