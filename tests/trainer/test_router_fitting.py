@@ -94,3 +94,12 @@ def test_negative_fit_steps_are_refused(tmp_path, capsys):
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__])
+
+
+def test_step_2a_fits_every_free_block():
+    """A block step 1 left dense or dropped is routed in step 2a's forward (so its router is fitted);
+    routed blocks keep their sparsity, blocks that are not free stay as they are."""
+    from ftp_export_trainer.router_step import FIT_DENSE, FIT_DROPPED, fit_sparsity
+
+    assert fit_sparsity([0.0, 0.0, 1.0, 0.4, 1.0], [1, 2, 3]) == [0.0, FIT_DENSE, FIT_DROPPED, 0.4, 1.0]
+    assert 0 < FIT_DENSE < 0.5 < FIT_DROPPED < 1

@@ -89,6 +89,9 @@ def test_output_schedule_is_valid(first_run):
     # step 2 starts from whichever of the fitted and static routers routes the calibration windows better
     fit = report["router_fit"]
     assert fit["start"] == ("fitted" if fit["kl_fitted"] <= fit["kl_static"] else "static")
+    # step 2a fits the blocks step 1 routed (--fit-all-blocks: every free one)
+    step1 = report["block_sparsity"]["step1_ga_static"]
+    assert [v is not None for v in fit["fit_explained"]] == [0 < s < 1 for s in step1]
     assert report["router_history"][0]["selection"] == pytest.approx(min(fit["kl_fitted"], fit["kl_static"]), rel=1e-6)
     # the greedy removal order (GA seed) names as many distinct routed blocks as s fills at the cap
     removal = report["block_removal"]
@@ -204,3 +207,12 @@ def test_dropped_kl_is_zero_for_the_dense_model_and_grows_with_removals(tiny_mod
     assert dropped_kl(tiny_model, [], data, ref, 2) == pytest.approx(0.0, abs=1e-6)
     one, two = dropped_kl(tiny_model, [2], data, ref, 2), dropped_kl(tiny_model, [1, 2], data, ref, 2)
     assert 0 < one < two
+
+
+def test_fit_all_blocks_fits_every_free_block(tiny_dir, text_file, tmp_path):
+    out = tmp_path / "s40.json"
+    assert main(["--model", str(tiny_dir), "--data", str(text_file), "-o", str(out), *TINY_ARGS, "--no-eval", "--fit-all-blocks"]) == 0
+    report = json.loads(out.with_name("s40.report.json").read_text())
+    assert report["settings"]["fit_all_blocks"] is True
+    explained = report["router_fit"]["fit_explained"]
+    assert explained[0] is None and all(v is not None for v in explained[1:])  # block 0 is not free

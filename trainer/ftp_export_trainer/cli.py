@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-adapter", type=int, default=d.skip_adapter,
                    help="rank of an adapter for skipped tokens (h + U silu(A x)), trained with the routers in step 2b; "
                         "counted in the FLOPs and the 0.5%% router budget")
+    p.add_argument("--fit-all-blocks", action="store_true",
+                   help="step 2a: fit the router of every block step 3 may route, not only of those step 1 routed "
+                        "(SmolLM2-135M at s=0.4: step 3 then spread sparsity and lost 2.4 pt to layer dropping; docs/evaluation.md)")
     p.add_argument("--fit-steps", type=int, default=d.fit_steps,
                    help="step 2a: optimiser steps fitting each router to the skip costs (0: start step 2b from the static routers)")
     p.add_argument("--router-steps", type=int, default=d.router_steps, help="step 2b: straight-through steps with the FTP losses")

@@ -41,6 +41,7 @@ class Settings:
     router_rank: int = 0  # --router hidden: the projection's rank (0: DEFAULT_ROUTER_RANK)
     skip_adapter: int = 0  # rank of the adapter for skipped tokens (0: none; trained in step 2b)
     fit_steps: int = RouterFitConfig.steps
+    fit_all_blocks: bool = False  # step 2a fits every free block's router, not only step 1's routed ones
     router_steps: int = RouterTrainConfig.steps
     router_batch: int = RouterTrainConfig.batch_size
     router_lr: float = 3e-3
