@@ -41,3 +41,31 @@ def test_skip_adapter_export_parity(adapter_schedule_file, tmp_path, target):
     assert rates and any(r["realised"] > 0 for r in rates.values())  # decode really skipped (and adapted) tokens
     copied = json.loads(next((out / "schedule").glob("*.json")).read_text())
     assert copied["router"]["skip_adapter"]["rank"] == RANK
+
+
+def test_float16_trt_graph_with_a_skip_adapter(adapter_schedule_file, tmp_path):
+    """float16 graphs: the adapter's update is computed in float32 from the float16 state and cast
+    back; routing stays in its float32 islands and parity (routing identical) holds."""
+    from ftp_export.architectures import DEFAULT_MODEL_DIR, ModelRef, load_model
+    from ftp_export.export.parity import run_parity
+    from ftp_export.export.request import ExportRequest
+    from ftp_export.export.targets import get_target
+    from ftp_export.export.tolerance import tolerance_for
+    from ftp_export.schedule import load_schedule
+    from ftp_export.trt.precision import routing_precision_problems
+    from tests.helpers import parity_cases
+
+    schedule = load_schedule(adapter_schedule_file)
+    model16 = RoutedCausalLM(load_model(ModelRef("default", str(DEFAULT_MODEL_DIR)), torch.float16), schedule).eval()
+    req = ExportRequest(target="trt", output=str(tmp_path), dtype="float16", logits="last")
+    target = get_target("trt")
+    target.check(req)
+    result = target.export(model16, tmp_path, req, lambda _: None)
+    import onnx
+
+    for name in ("decoder_model.onnx", "decoder_with_past_model.onnx"):
+        problems, _ = routing_precision_problems(onnx.load(str(tmp_path / name), load_external_data=False))
+        assert problems == [], problems
+    reference = RoutedCausalLM(load_model(ModelRef("default", str(DEFAULT_MODEL_DIR))), schedule).eval()
+    report = run_parity(reference, result.runtime, parity_cases(4), tolerance_for("float16"), dtype="float16")
+    assert report["passed"], [(c["name"], c["steps_over_tolerance"], c["routing_mismatches"][:3]) for c in report["cases"]]
