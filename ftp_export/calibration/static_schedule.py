@@ -57,9 +57,11 @@ def check_schedule_output(out: Path) -> None:
         raise FTPError(f"-o {out}: cannot write to {parent} ({exc.strerror or exc}); choose another -o") from None
 
 
-def _calibrate(routed: RoutedCausalLM, tokenizer: Any, text: str | None, samples: int, max_context: int | None) -> CalibrationResult:
-    """Decode-threshold calibration on ``text`` (None: the packaged sample), with a progress bar
-    on stderr (knots x routed blocks)."""
+def _calibrate(
+    routed: RoutedCausalLM, tokenizer: Any, text: str | None, samples: int, max_context: int | None, decode_tokens: int = 2
+) -> CalibrationResult:
+    """Decode-threshold calibration on ``text`` (None: the packaged sample), ``samples`` windows of
+    ``decode_tokens`` decoded tokens per knot, with a progress bar on stderr (knots x routed blocks)."""
     from tqdm import tqdm
 
     max_context = max_context or default_max_context(routed.config)
@@ -71,7 +73,7 @@ def _calibrate(routed: RoutedCausalLM, tokenizer: Any, text: str | None, samples
             bar.total = total
             bar.update(done - bar.n)
 
-        return calibrate_decode_thresholds(routed, stream, max_context, windows=samples, progress=tick)
+        return calibrate_decode_thresholds(routed, stream, max_context, windows=samples, decode_tokens=decode_tokens, progress=tick)
 
 
 def make_uniform_schedule(
@@ -118,6 +120,7 @@ def recalibrate_schedule(
     samples: int = 256,
     max_context: int | None = None,
     device: str = "cpu",
+    decode_tokens: int = 2,
 ) -> tuple[Path, CalibrationResult]:
     """``ftp-export calibrate``: new decode threshold curves for an existing schedule (routers and
     sparsities unchanged), written in the current format with the model's full fingerprint."""
@@ -127,7 +130,7 @@ def recalibrate_schedule(
     model = load_model(ref, torch.float32, device)
     routed = RoutedCausalLM(model, schedule).eval()  # checks the schedule is for this model
     schedule.base_model["fingerprint"] = fingerprint(model.config)
-    result = _calibrate(routed, load_tokenizer(ref), text, samples, max_context)
+    result = _calibrate(routed, load_tokenizer(ref), text, samples, max_context, decode_tokens)
     calibration = dict(schedule.produced_by.get("calibration") or {})
     calibration["decode_thresholds"] = {**result.record(), "source": "--calibration-text" if text is not None else "packaged sample text",
                                         "tool": "ftp-export calibrate"}

@@ -120,6 +120,9 @@ def calibrate_parser() -> Parser:
     p.add_argument("--model", help="the model the schedule is for (default: embedded tiny model)")
     p.add_argument("-o", "--output", required=True, help="schedule JSON to write (may be --schedule itself)")
     _calibration_arguments(p)
+    p.add_argument("--decode-tokens", type=int_at_least(1), default=2,
+                   help="tokens decoded per calibration window (default 2): a knot's threshold rests on samples x this "
+                        "many tokens, and more per window costs less prefill per token (e.g. --samples 32 --decode-tokens 16)")
     return p
 
 
@@ -183,7 +186,7 @@ def cmd_calibrate(argv: list[str]) -> int:
     a = calibrate_parser().parse_args(argv)
     device, text = _calibration_inputs(a)
     out, result = recalibrate_schedule(a.model, a.schedule, Path(a.output), text=text, samples=a.samples,
-                                       max_context=a.max_context, device=device)
+                                       max_context=a.max_context, device=device, decode_tokens=a.decode_tokens)
     for b, rates in enumerate(result.rates):
         if rates is not None:
             print(f"block {b}: decode skip rate {min(rates):.3f}-{max(rates):.3f} over contexts "

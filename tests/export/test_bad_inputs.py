@@ -93,6 +93,7 @@ CASES: dict[str, tuple[list[str], str, tuple[str, ...]]] = {
     "samples-0": (["schedule", "--uniform", "0.4", "--samples", "0", "-o", "s.json"], ".", ("--samples",)),
     "max-context-1": (["schedule", "--uniform", "0.4", "--max-context", "1", "-o", "s.json"], ".", ("--max-context",)),
     "calibrate-samples-0": (["calibrate", "--schedule", "s.json", "--samples", "0", "-o", "t.json"], ".", ("--samples",)),
+    "calibrate-decode-tokens-0": (["calibrate", "--schedule", "s.json", "--decode-tokens", "0", "-o", "t.json"], ".", ("--decode-tokens",)),
     "calibration-text-missing": (["schedule", "--uniform", "0.4", "--calibration-text", "missing.txt", "-o", "s.json"], ".",
                                  ("--calibration-text", "not found")),
     "calibration-text-empty": (["schedule", "--uniform", "0.4", "--calibration-text", "blank.txt", "-o", "s.json"], ".",

@@ -52,8 +52,11 @@ def test_calibrate_command_upgrades_a_format_1_schedule(tmp_path, capsys):
         doc["base_model"]["fingerprint"].pop(key)
     (tmp_path / "old.json").write_text(json.dumps(doc))
     out = tmp_path / "new" / "s40.json"
-    assert main(["calibrate", "--schedule", str(tmp_path / "old.json"), "-o", str(out), "--samples", "2", "--max-context", "32"]) == 0
+    assert main(["calibrate", "--schedule", str(tmp_path / "old.json"), "-o", str(out), "--samples", "2", "--max-context", "32",
+                 "--decode-tokens", "4"]) == 0
     old, new = load_schedule(tmp_path / "old.json"), load_schedule(out)
+    record = new.produced_by["calibration"]["decode_thresholds"]
+    assert record["windows_per_length"] == 2 and record["decode_tokens_per_window"] == 4
     assert new.format_version == 2 and new.block_sparsity == old.block_sparsity
     assert new.base_model["fingerprint"]["rope"]["rope_type"] == "default"
     assert all(torch.equal(a, b) for a, b in zip(old.routers.state_dict().values(), new.routers.state_dict().values(), strict=True))
