@@ -21,19 +21,10 @@ import torch
 from ftp_export.architectures import load_model, load_tokenizer, resolve_model
 from ftp_export.calibration.thresholds import measure_decode_skip_rates
 from ftp_export.evaluation.assets import materialise_brown
+from ftp_export.evaluation.harness import split_ids
+from ftp_export.evaluation.scoring import Encoder
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.schedule import load_schedule
-
-
-def held_out_stream(tokenizer, brown: Path) -> torch.Tensor:
-    """The held-out split as one token stream (documents joined by EOS, as ftp-eval's windows are)."""
-    eos = getattr(tokenizer, "eos_token_id", None)
-    ids: list[int] = []
-    with open(brown / "held_out.jsonl") as f:
-        for line in f:
-            if line.strip():
-                ids += tokenizer(json.loads(line)["text"])["input_ids"] + ([eos] if eos is not None else [])
-    return torch.tensor(ids, dtype=torch.int64)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     hf = load_model(ref, torch.float32, "cpu")
     tokenizer = load_tokenizer(ref)
     tokenizer.model_max_length = 1 << 40
-    stream = held_out_stream(tokenizer, materialise_brown(None))
+    # the held-out split as ftp-eval tokenises it: documents without special tokens, joined by EOS
+    eos = getattr(tokenizer, "eos_token_id", None)
+    stream = torch.tensor(split_ids(materialise_brown(None), "held_out", Encoder(tokenizer).encode, eos), dtype=torch.int64)
     out, worst_all = {}, 0.0
     for path in a.schedule:
         sched = load_schedule(path)

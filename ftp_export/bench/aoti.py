@@ -36,8 +36,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ftp_export.bench.decode_calibration import calibrate_on_prompts, decode_prompts
-from ftp_export.bench.models import bench_schedule
+from ftp_export.bench.decode_calibration import calibrated_routed, decode_prompts
 from ftp_export.bench.ort import (
     OrtDecodeRow,
     OrtPrefillRow,
@@ -175,10 +174,9 @@ def run_aoti(model: Any, s: OrtSettings, workdir: Path | None = None) -> dict[st
             checked["dense"] = parity(dense, hf, vocab, min(s.seqs), s.dtype)
             bar.update()
             for sp in s.sparsities:
-                schedule = bench_schedule(cfg, sp)
-                routed_model = RoutedCausalLM(model, schedule).eval()
                 bar.set_postfix_str(f"s={sp}: decode thresholds, package")
-                calibrate_on_prompts(routed_model, prompts, s.decode_steps)
+                routed_model = calibrated_routed(model, sp, prompts, s.decode_steps)
+                schedule = routed_model.schedule
                 routed = export_routed(routed_model, Path(tmp) / f"s{sp}", s.dtype, s.logits)
                 graphs = {g: spec.module for g, spec in trace_specs(routed_model, s.logits).items()}
                 checked[f"routed s={sp}"] = parity(routed, graphs, vocab, min(s.seqs), s.dtype)

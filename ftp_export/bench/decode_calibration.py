@@ -17,6 +17,7 @@ and prints it from the graph's routing outputs either way.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -35,6 +36,16 @@ def decode_prompts(vocab: int, contexts: list[int], rows: int, steps: int) -> di
 def decode_knot(context: int, steps: int) -> int:
     """The knot of a context's prompts: the mean context length of its decoded tokens."""
     return context + (steps + 1) // 2
+
+
+def calibrated_routed(model: Any, sparsity: float, prompts: dict[int, torch.Tensor], steps: int) -> RoutedCausalLM:
+    """The bench's routed model at overall ``sparsity`` (:func:`~.models.bench_schedule`) with its
+    decode thresholds calibrated on the timed ``prompts`` (:func:`calibrate_on_prompts`)."""
+    from ftp_export.bench.models import bench_schedule
+
+    routed = RoutedCausalLM(model, bench_schedule(model.config, sparsity)).eval()
+    calibrate_on_prompts(routed, prompts, steps)
+    return routed
 
 
 @torch.no_grad()

@@ -43,9 +43,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ftp_export.bench.artefacts import ExportedPair, export_model, ort_runtime
-from ftp_export.bench.decode_calibration import calibrate_on_prompts, decode_prompts
+from ftp_export.bench.decode_calibration import calibrated_routed, decode_prompts
 from ftp_export.bench.memory import MemoryRow, measure, ort_args
-from ftp_export.bench.models import bench_schedule
 from ftp_export.flops import routed_linear_flop_ratio, routed_matmul_flop_ratio
 from ftp_export.graph_io import DEFAULT_LOGITS
 from ftp_export.routed.model import RoutedCausalLM
@@ -232,10 +231,9 @@ def run_onnxruntime(model: Any, s: OrtSettings, workdir: Path | None = None) -> 
         bar.update()
         dense_mib = _rise(dense_pair, s, cfg) if s.memory else None
         for sp in s.sparsities:
-            schedule = bench_schedule(cfg, sp)
-            routed_model = RoutedCausalLM(model, schedule).eval()
             bar.set_postfix_str(f"s={sp}: decode thresholds, export")
-            calibrate_on_prompts(routed_model, prompts, s.decode_steps)
+            routed_model = calibrated_routed(model, sp, prompts, s.decode_steps)
+            schedule = routed_model.schedule
             pair = export_model(routed_model, Path(tmp) / f"s{sp}", s.dtype, s.logits)
             routed = ort_runtime(pair, s.threads)
             bar.update()

@@ -126,13 +126,11 @@ def bench_decode(
     threshold set from one step's own score would keep every token)."""
     from transformers import DynamicCache
 
-    from ftp_export.bench.decode_calibration import calibrate_on_prompts, decode_prompts
+    from ftp_export.bench.decode_calibration import calibrated_routed, decode_prompts
 
     cfg = model.config
-    schedule = bench_schedule(cfg, sparsity)
-    routed = RoutedCausalLM(model, schedule).eval()
     ids = decode_prompts(int(cfg.vocab_size), [context], batch, steps)[context].to(device)
-    calibrate_on_prompts(routed, {context: ids}, steps)
+    routed = calibrated_routed(model, sparsity, {context: ids}, steps)
     prompt, tokens = ids[:, :context], ids[:, context:]
     dense_cache, routed_cache = DynamicCache(), DynamicCache()
     model(input_ids=prompt, past_key_values=dense_cache, use_cache=True)

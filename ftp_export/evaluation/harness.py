@@ -106,11 +106,16 @@ def _validate(req: EvalRequest) -> None:
         raise FTPError("--seq-len must be >= 8")
 
 
-def _windows(texts: list[str], encode: Any, seq_len: int, count: int, eos: int | None) -> torch.Tensor:
-    """``count`` windows spread evenly over all of ``texts`` (every category of the corpus)."""
+def split_ids(folder: Path, split: str, encode: Any, eos: int | None) -> list[int]:
+    """A corpus split (``held_out``, ``train``) as one token stream, documents joined by ``eos``."""
     ids: list[int] = []
-    for t in texts:
+    for t in _texts(folder, split):
         ids += encode(t) + ([eos] if eos is not None else [])
+    return ids
+
+
+def _windows(ids: list[int], seq_len: int, count: int) -> torch.Tensor:
+    """``count`` windows spread evenly over all of ``ids`` (every category of the corpus)."""
     if len(ids) < seq_len:
         raise FTPError(f"held-out text has {len(ids)} tokens, fewer than --seq-len {seq_len}")
     return windows(ids, seq_len, min(count, len(ids) // seq_len))  # disjoint windows only
@@ -192,8 +197,8 @@ def run_eval(req: EvalRequest, log: Any = print) -> dict[str, Any]:
     brown = materialise_brown(Path(req.brown_tarball) if req.brown_tarball else None)
     documents = load_documents(brown)
     eos = getattr(tokenizer, "eos_token_id", None)
-    held = _windows(_texts(brown, "held_out"), encoder.encode, req.seq_len, req.ppl_windows, eos)
-    calib = _windows(_texts(brown, "train"), encoder.encode, min(req.seq_len, 256), req.influence_windows, eos)
+    held = _windows(split_ids(brown, "held_out", encoder.encode, eos), req.seq_len, req.ppl_windows)
+    calib = _windows(split_ids(brown, "train", encoder.encode, eos), min(req.seq_len, 256), req.influence_windows)
     influence = block_influence(hf, calib.to(req.device), batch_size=4)
     tasks = build_tasks(documents, req.tasks, req.items, req.seed)
     rows = build_methods(hf, schedules, req.uniform, influence, req.oracle, req.seed)
