@@ -62,8 +62,7 @@ def router_flops(routers: Any) -> int:
     from ftp_export.routing.factors import FEATURES
 
     hidden, rank = int(routers.hidden), int(routers.state_rank)
-    adapter = 2 * 2 * int(getattr(routers, "adapter_size", 0)) * int(getattr(routers, "adapter_rank", 0))
-    return 2 * (len(FEATURES) + rank) * hidden + 2 * hidden + 2 * int(routers.state_size) * rank + adapter
+    return 2 * (len(FEATURES) + rank) * hidden + 2 * hidden + 2 * int(routers.state_size) * rank + adapter_flops(routers)
 
 
 def counted_routers(routers: Any) -> Any:
@@ -75,7 +74,16 @@ def counted_routers(routers: Any) -> Any:
 
 
 def _router_cost(routers: Any, s: float) -> int:
-    return router_flops(routers) if routed_sparsity(s) else 0
+    """Per-token router FLOPs of a block at sparsity ``s``: the router and adapter of a routed
+    block; a dropped block's skip adapter (every token takes it); else 0."""
+    if routed_sparsity(s):
+        return router_flops(routers)
+    return adapter_flops(routers) if dropped_sparsity(s) else 0
+
+
+def adapter_flops(routers: Any) -> int:
+    """Per-token FLOPs of a bank's skip adapter (``U silu(A x)``: ``4 D a``); 0 without one."""
+    return 4 * int(getattr(routers, "adapter_size", 0) or 0) * int(getattr(routers, "adapter_rank", 0) or 0) if routers is not None else 0
 
 
 def max_router_rank(config: Any, hidden: int = 64) -> int:
@@ -113,9 +121,10 @@ def check_router_budget(config: Any, routers: Any) -> None:
 
 def routed_linear_flops(config: Any, block_sparsity: list[float], routers: Any = None) -> float:
     """Per-token linear FLOPs of all blocks when block b computes a fraction ``1 - s_b`` of tokens
-    (with ``routers``: plus each routed block's router, which scores every token)."""
+    (with ``routers``: plus each routed block's router, which scores every token, and the skip
+    adapter of every routed or dropped block)."""
     f = block_linear_flops(config)
-    return sum(0.0 if dropped_sparsity(s) else f.kv + (1.0 - s) * f.rest + _router_cost(routers, s) for s in block_sparsity)
+    return sum(_router_cost(routers, s) if dropped_sparsity(s) else f.kv + (1.0 - s) * f.rest + _router_cost(routers, s) for s in block_sparsity)
 
 
 def dense_linear_flops(config: Any) -> int:
@@ -155,7 +164,8 @@ def call_matmul_flops(
     f = block_linear_flops(config)
     attn = attention_flops_per_query(config, keys)
     blocks = sum(
-        0.0 if dropped_sparsity(s) else new_tokens * (f.kv + (1.0 - s) * (f.rest + attn) + _router_cost(routers, s)) for s in block_sparsity
+        new_tokens * _router_cost(routers, s) if dropped_sparsity(s) else new_tokens * (f.kv + (1.0 - s) * (f.rest + attn) + _router_cost(routers, s))
+        for s in block_sparsity
     )
     return blocks + logits_rows * lm_head_flops(config)
 

@@ -33,7 +33,8 @@ def eval_parser(prog: str = "ftp-export eval") -> argparse.ArgumentParser:
                    help="paired bootstrap resamples over windows and items for the standard errors")
     p.add_argument("--oracle", action="store_true",
                    help="also route each schedule's block sparsities by the scored text's own skip costs (Fisher, "
-                        "4 backward passes per batch): the ceiling any router could reach, prefill mode only")
+                        "4 backward passes per batch): the ceiling any router could reach, prefill mode only; a second "
+                        "row routes attention and MLP apart the same way (would sublayer routing win more?)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("-o", "--output", default=d.output, help="folder for eval.json, eval.md, eval.png")
     p.add_argument("--device", default=d.device)

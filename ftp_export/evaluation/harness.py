@@ -42,8 +42,9 @@ from ftp_export.evaluation import methods as M
 from ftp_export.evaluation.baselines import block_influence, interpolate_at_flops, interpolate_replicates
 from ftp_export.evaluation.bootstrap import RESAMPLES, Resampler, safe_ratio, standard_error
 from ftp_export.evaluation.metrics import token_nll
-from ftp_export.evaluation.oracle import ORACLE_SAMPLES, oracle_method
+from ftp_export.evaluation.oracle import ORACLE_SAMPLES, SkipCostMemo, oracle_method
 from ftp_export.evaluation.scoring import Encoder, score_items
+from ftp_export.evaluation.split_oracle import split_oracle_method
 from ftp_export.evaluation.tasks import TASKS, build_tasks
 from ftp_export.schedule import load_schedule
 
@@ -136,7 +137,7 @@ def build_methods(
     hf: Any, schedules: list[tuple[str, Any]], uniform: list[float], influence: list[float], oracle: bool = False, seed: int = 0
 ) -> list[tuple[str, M.Method]]:
     """(group, method) rows: dense, then per schedule FTP (+ with ``oracle``, the oracle router at
-    its block sparsities) + uniform-static (same FLOPs) + ShortGPT at the drop counts that bracket
+    its block sparsities, and the oracle with attention and MLP routed apart, :mod:`.split_oracle`) + uniform-static (same FLOPs) + ShortGPT at the drop counts that bracket
     those FLOPs (+ the greedy KL drop at those counts where the schedule carries ftp-train's
     removal order)."""
     rows = [("dense", M.dense(hf))]
@@ -146,8 +147,9 @@ def build_methods(
     for group, ftp, s, order in groups:
         u = M.uniform_static(hf, s)
         sp = ftp.detail["block_sparsity"] if ftp is not None else u.detail["block_sparsity"]
-        best = oracle_method(hf, sp, ORACLE_SAMPLES, seed) if oracle and ftp is not None else None
-        rows += [(group, m) for m in (ftp, best, u) if m is not None]
+        memo = SkipCostMemo(hf, ORACLE_SAMPLES, seed)  # both oracle rows score the same windows: one backward each
+        best = [oracle_method(hf, sp, ORACLE_SAMPLES, seed, memo), split_oracle_method(hf, sp, ORACLE_SAMPLES, seed, memo=memo)] if oracle and ftp is not None else []
+        rows += [(group, m) for m in (ftp, *best, u) if m is not None]
         rows += [(group, m) for m in M.layer_drops(hf, sp, influence, order)]
     return rows
 

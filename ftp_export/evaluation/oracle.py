@@ -11,6 +11,7 @@ Prefill (top-k) routing only: the costs of a decoded token need its future.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import torch
@@ -43,14 +44,35 @@ def oracle_scores(hf: Any, ids: torch.Tensor, samples: int, seed: int = 0, atten
     return torch.log(fisher_skip_costs(hf, ids, samples, seed, attention_mask).clamp_min(1e-30))
 
 
-def oracle_method(hf: Any, block_sparsity: list[float], samples: int, seed: int = 0) -> M.Method:
-    """The routed model at ``block_sparsity`` routed by :func:`oracle_scores` of each scored batch."""
+class SkipCostMemo:
+    """Sublayer skip costs [blocks, 3, B, T] (attention, MLP, whole block) of each scored batch,
+    computed once for every oracle row that scores it (the block oracle and the split oracle of
+    :mod:`.split_oracle` share one; the whole-block costs are the same numbers either way)."""
+
+    def __init__(self, hf: Any, samples: int, seed: int = 0) -> None:
+        self.hf, self.samples, self.seed = hf, samples, seed
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        key = hashlib.sha1(ids.cpu().numpy().tobytes() + str(tuple(ids.shape)).encode()
+                           + (b"" if mask is None else mask.cpu().numpy().tobytes())).hexdigest()
+        if key not in self.cache:
+            self.cache[key] = fisher_skip_costs(self.hf, ids, self.samples, self.seed, mask, sublayers=True)
+        return self.cache[key]
+
+
+def oracle_method(hf: Any, block_sparsity: list[float], samples: int, seed: int = 0, memo: SkipCostMemo | None = None) -> M.Method:
+    """The routed model at ``block_sparsity`` routed by :func:`oracle_scores` of each scored batch
+    (from ``memo`` when given)."""
     bank = OracleScores(int(hf.config.num_hidden_layers))
     method = M.routed(hf, ORACLE_TITLE, "oracle", block_sparsity, bank)
     forward = method.forward
 
     def scored(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        bank.scores = oracle_scores(hf, ids, samples, seed, mask)
+        if memo is not None:
+            bank.scores = torch.log(memo(ids, mask)[:, 2].clamp_min(1e-30))
+        else:
+            bank.scores = oracle_scores(hf, ids, samples, seed, mask)
         try:
             return forward(ids, mask)
         finally:

@@ -31,15 +31,21 @@ from ftp_export.evaluation.baselines import layer_io
 
 
 def fisher_skip_costs(
-    hf: Any, ids: torch.Tensor, samples: int, seed: int, attention_mask: torch.Tensor | None = None
+    hf: Any, ids: torch.Tensor, samples: int, seed: int, attention_mask: torch.Tensor | None = None, sublayers: bool = False
 ) -> torch.Tensor:
     """Skip costs [blocks, B, T] (float32) of every token of ``ids`` [B, T] in every block of the
     frozen Hugging Face causal LM ``hf``, from ``samples`` sampled next tokens per position
     (seeded). ``attention_mask`` [B, T] (1 = real token, left or right padding): padded positions
     are left out of the sampled log-likelihood and positions count real tokens, as the routed
-    model's do."""
+    model's do.
+
+    ``sublayers=True`` returns [blocks, 3, B, T]: the costs of a token skipping only the attention
+    sublayer (perturbation ``-(h_mid - h_in)`` at ``h_mid``, the residual stream after attention,
+    whose gradient carries the MLP's reaction), only the MLP (``-(h_out - h_mid)`` at ``h_out``),
+    and the whole block (index 2, the same numbers as ``sublayers=False``)."""
     layers = hf.model.layers
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    mid: dict[int, torch.Tensor] = {}
 
     def hook(i: int) -> Callable[..., None]:
         def fn(module: torch.nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
@@ -49,11 +55,20 @@ def fisher_skip_costs(
 
         return fn
 
+    def mid_hook(i: int) -> Callable[..., None]:
+        def fn(module: torch.nn.Module, args: tuple) -> None:  # the post-attention norm's input is h_mid
+            args[0].retain_grad()
+            mid[i] = args[0]
+
+        return fn
+
     extra: dict[str, torch.Tensor] = {}
     if attention_mask is not None:
         extra = {"attention_mask": attention_mask, "position_ids": (torch.cumsum(attention_mask, -1) - 1).clamp(min=0)}
     handles = [layer.register_forward_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
-    cost = torch.zeros(len(layers), *ids.shape, dtype=torch.float32, device=ids.device)
+    if sublayers:
+        handles += [layer.post_attention_layernorm.register_forward_pre_hook(mid_hook(i)) for i, layer in enumerate(layers)]
+    cost = torch.zeros(len(layers), *((3,) if sublayers else ()), *ids.shape, dtype=torch.float32, device=ids.device)
     gen = torch.Generator(device=ids.device).manual_seed(seed)
     try:
         for _ in range(samples):
@@ -68,9 +83,19 @@ def fisher_skip_costs(
                     picked = picked * attention_mask.to(picked.dtype)
                 picked.sum().backward()
             for i, (h_in, h_out) in seen.items():
-                delta = (h_out - h_in).detach().float()
-                cost[i] += (h_out.grad.float() * delta).sum(-1).square()
+                whole = _projected(h_out, h_out - h_in)
+                if not sublayers:
+                    cost[i] += whole
+                    continue
+                cost[i, 0] += _projected(mid[i], mid[i] - h_in)
+                cost[i, 1] += _projected(h_out, h_out - mid[i])
+                cost[i, 2] += whole
     finally:
         for h in handles:
             h.remove()
     return cost / (2 * samples)
+
+
+def _projected(at: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``(grad(at) . delta)^2`` per token: one sample of ``delta^T F delta``."""
+    return (at.grad.float() * delta.detach().float()).sum(-1).square()

@@ -208,9 +208,12 @@ class RoutedCausalLM(nn.Module):
             call.signal = any(k not in ("dense", "dropped") for k in kinds[b + 1 :])
             if kind == "dropped":
                 # No query ever reads this block's cache, so nothing is projected: zeros keep
-                # the cache layout (every layer the same length) at no FLOPs; h and the
-                # attention signal pass through unchanged.
+                # the cache layout (every layer the same length) at no FLOPs; the attention
+                # signal passes through unchanged, and h too unless a skip adapter gives every
+                # (skipped) token its update.
                 cache.update(*zero_kv(layer, h, self.head_dim), b)
+                if getattr(self.routers, "adapter_rank", 0):
+                    h = h + self.routers.adapt(b, layer.input_layernorm(h)).to(h.dtype)
                 routing.append(None)
             else:
                 x = layer.input_layernorm(h)  # normed once: K/V of every token, and the rows a block computes

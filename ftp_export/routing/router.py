@@ -17,7 +17,8 @@ FlexiDepth, shared/DESIGN.md section 9): a skipped token's hidden state becomes
 ``h + U silu(A x)`` instead of ``h``, with ``A`` [a, D] and ``U`` [D, a] (no biases) on the same
 normalised input ``x`` in float32, the result cast to the model's dtype:
 ``blocks.{b}.adapter_down.weight`` [a, D], ``blocks.{b}.adapter_up.weight`` [D, a]. ``U`` starts
-at zero, so an untrained adapter is the identity (plain skipping). Computed tokens never see it.
+at zero, so an untrained adapter is the identity (plain skipping). Computed tokens never see it;
+every token of a dropped block (sparsity 1) skips it, so gets it.
 
 All tensors float32, for every block b.
 """

@@ -21,6 +21,7 @@ from ftp_export.errors import FTPError
 from ftp_export.evaluation import assets
 from ftp_export.evaluation.oracle import ORACLE_TITLE
 from ftp_export.evaluation.scoring import Encoder, continuation_logprobs
+from ftp_export.evaluation.split_oracle import SPLIT_ORACLE_TITLE
 from ftp_export.evaluation.tasks import build_tasks
 
 NOUNS = "house dog river table window garden letter city road book horse money paper church child door field music water summer".split()
@@ -200,6 +201,10 @@ def test_eval_end_to_end_on_default_model(brown, tmp_path, capsys):
     assert oracle["flop_ratio"] == pytest.approx(ftp["flop_ratio"]) and "ftp_minus_greedy_drop_perplexity" in oracle["vs_greedy_drop"]
     assert oracle["perplexity"]["perplexity"] not in (ftp["perplexity"]["perplexity"], dense["perplexity"]["perplexity"])
     assert "oracle router" in (out / "eval.md").read_text()
+    split = rows[SPLIT_ORACLE_TITLE]  # the same ceiling with attention and MLP routed apart
+    assert split["kind"] == "oracle" and split["flop_ratio"] == pytest.approx(oracle["flop_ratio"])
+    assert "ftp_minus_greedy_drop_perplexity_se" in split["vs_greedy_drop"]
+    assert split["perplexity"]["perplexity"] not in (oracle["perplexity"]["perplexity"], dense["perplexity"]["perplexity"])
     assert {r["group"] for r in report["results"]} == {"dense", ftp["group"], "s=0.20"}
     assert report["tasks"]["brown-cloze"]["items"] == 3 and report["text"]["asset"] == "brown"
     # decode-mode perplexity: FTP and layer drops (and dense); none for the static baseline (no thresholds)

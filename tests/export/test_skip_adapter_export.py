@@ -14,14 +14,15 @@ import torch
 from ftp_export.calibration.thresholds import calibrate_decode_thresholds
 from ftp_export.cli import main
 from ftp_export.routed.model import RoutedCausalLM
-from ftp_export.schedule import new_schedule, save_schedule, uniform_sparsity
+from ftp_export.schedule import new_schedule, save_schedule
 from tests.routing.test_skip_adapter import RANK, adapter_bank
 
 
 @pytest.fixture(scope="module")
 def adapter_schedule_file(default_model, tmp_path_factory):
     cfg = default_model.config
-    schedule = new_schedule(cfg, uniform_sparsity(cfg.num_hidden_layers, 0.4), routers=adapter_bank(cfg), name_or_path="default")
+    # mean 0.4 with a dropped block: routed blocks' skipped tokens and all of block 2's take the adapter
+    schedule = new_schedule(cfg, [0.0, 0.3, 1.0, 0.5, 0.4, 0.2], routers=adapter_bank(cfg), name_or_path="default")
     stream = torch.randint(3, 250, (4000,), generator=torch.Generator().manual_seed(3))
     calibrate_decode_thresholds(RoutedCausalLM(default_model, schedule).eval(), stream, max_context=64, windows=16)
     return save_schedule(schedule, tmp_path_factory.mktemp("adapter") / "adapter40.json")

@@ -1,5 +1,5 @@
 """Issue 16 item 3: an adapter for the tokens a block skips (FlexiDepth): a skipped token becomes
-``h + U silu(A x)`` instead of ``h``. Its schedule format, its semantics in prefill, soft and decode
+``h + U silu(A x)`` instead of ``h`` (every token of a dropped block too). Its schedule format, its semantics in prefill, soft and decode
 modes, and its FLOP count and budget; a schedule without it is unchanged."""
 
 from __future__ import annotations
@@ -113,6 +113,33 @@ def test_skipped_tokens_get_the_adapter_and_kept_tokens_do_not(default_model):
     assert torch.equal(identity, plain)
 
 
+def test_a_dropped_block_gives_every_token_the_adapter(default_model):
+    """A dropped block (s = 1) with a skip adapter: every token skips it, so every token leaves with
+    h + U silu(A norm(h)) and nothing else of the block runs; without an adapter (or with the
+    identity one) it is exact layer dropping."""
+    cfg = default_model.config
+    n = cfg.num_hidden_layers
+    sp = [0.0] * (n - 1) + [1.0]
+    ids = torch.randint(3, 250, (2, 24), generator=torch.Generator().manual_seed(5))
+    bank = adapter_bank(cfg)
+    with torch.no_grad():
+        h_in = default_model(ids, output_hidden_states=True).hidden_states[n - 1]
+        got, out = _final_hidden(RoutedCausalLM(default_model, new_schedule(cfg, sp, routers=bank)), ids)
+        expect = h_in + bank.adapt(n - 1, default_model.model.layers[n - 1].input_layernorm(h_in))
+        identity, _ = _final_hidden(RoutedCausalLM(default_model, new_schedule(cfg, sp, routers=static_router_bank(n, adapter_rank=RANK, adapter_size=128))), ids)
+        plain, _ = _final_hidden(RoutedCausalLM(default_model, new_schedule(cfg, sp)), ids)
+    assert out.routing[n - 1] is None
+    assert torch.allclose(got, expect, atol=1e-4) and not torch.allclose(got, h_in, atol=1e-3)
+    assert torch.equal(identity, plain) and torch.allclose(plain, h_in, atol=1e-4)
+    steps = DynamicCache()  # decode: the same update for every new token
+    model = RoutedCausalLM(default_model, new_schedule(cfg, sp, routers=bank)).eval()
+    with torch.no_grad():
+        model(ids[:, :20], past_key_values=steps)
+        step = model(ids[:, 20:], past_key_values=steps).logits
+        whole = model(ids).logits[:, 20:]
+    assert torch.allclose(step, whole, atol=1e-4)
+
+
 def test_soft_mode_forward_is_the_hard_routed_model_and_trains_the_adapter(default_model, adapter_schedule):
     model = RoutedCausalLM(default_model, adapter_schedule)
     ids = torch.randint(3, 250, (2, 20), generator=torch.Generator().manual_seed(3))
@@ -154,6 +181,10 @@ def test_adapter_flops_are_counted_and_capped(default_model):
     assert counted_routers(bank) is bank and counted_routers(RouterBank(2)) is None
     sp = uniform_sparsity(cfg.num_hidden_layers, 0.4)
     assert routed_linear_flop_ratio(cfg, sp, bank) < routed_linear_flop_ratio(cfg, sp)
+    dropped = [0.0, 0.0, 1.0, 0.5, 0.5, 0.0]  # a dropped block computes its adapter for every token
+    from ftp_export.flops import routed_linear_flops
+
+    assert routed_linear_flops(cfg, dropped, bank) - routed_linear_flops(cfg, dropped) == pytest.approx(2 * router_flops(bank) + 4 * 128 * RANK)
     check_router_budget(cfg, bank)
     with pytest.raises(ScheduleError, match="skip adapter rank 3 costs .* lower the adapter rank"):
         check_router_budget(cfg, RouterBank(cfg.num_hidden_layers, adapter_rank=RANK + 1, adapter_size=128))

@@ -65,6 +65,43 @@ def test_step_2a_keeps_and_step_2b_trains_the_adapter(default_model):
     assert torch.equal(bank.blocks[3].adapter_up.weight.cpu(), start[3][1])  # an unrouted block: no gradient
 
 
+def test_dropped_blocks_adapters_train_without_routed_blocks(default_model):
+    """A schedule of whole-block drops (what step 1 often picks on real models) still trains the
+    dropped blocks' adapters: they are all those blocks compute."""
+    ids = torch.randint(3, 250, (4, 16), generator=torch.Generator().manual_seed(1))
+    static = static_router_bank(6, adapter_rank=2, adapter_size=128)
+    with torch.no_grad():
+        reference = default_model(ids).logits.float()
+    cfg = RouterTrainConfig(steps=3, batch_size=4, micro_batch=2, select_every=0)
+    bank, history = train_routers(default_model, [0.0, 0.0, 1.0, 0.0, 1.0, 0.0], static, ids, reference, cfg, seed=0)
+    assert len(history) == 3
+    assert [bool(r.adapter_up.weight.abs().sum() > 0) for r in bank.blocks] == [False, False, True, False, True, False]
+    _, none = train_routers(default_model, [0.0, 0.0, 1.0, 0.0, 1.0, 0.0], static_router_bank(6), ids, reference, cfg, seed=0)
+    assert none == []  # without adapters a schedule of drops has nothing to train
+
+
+def test_step_4_trains_for_step_3s_sparsities_from_step_2s_adapters(tmp_path):
+    """Step 4 (:func:`run_router_training` named 'step4'): routers and adapters for step 3's
+    sparsities, starting from step 2's adapters, checkpointed apart from step 2."""
+    from ftp_export.architectures import resolve_model
+    from ftp_export_trainer.pipeline import prepare
+    from ftp_export_trainer.router_step import run_router_training
+
+    s = Settings(output=str(tmp_path / "x.json"), samples=6, seq_len=32, held_out_samples=2, validation_samples=0, fit_steps=5,
+                 router_steps=3, router_batch=2, select_every=0, skip_adapter=2, progress=False, threads=1)
+    ctx = prepare(s, resolve_model(s.model), lambda _: None)
+    bank2, _ = run_router_training(ctx, [0.0, 1.0, 0.5, 0.0, 0.0, 0.0])
+    up2 = [r.adapter_up.weight.detach().clone() for r in bank2.blocks]
+    assert [bool(u.any()) for u in up2] == [False, True, True, False, False, False]
+    bank4, record = run_router_training(ctx, [0.0, 1.0, 0.0, 0.0, 0.5, 0.0], name="step4", adapters_from=bank2)
+    up4 = [r.adapter_up.weight.detach() for r in bank4.blocks]
+    assert torch.equal(up4[2], up2[2])  # dense in step 3's schedule: step 2's adapter, untouched
+    assert not torch.equal(up4[1], up2[1]) and bool(up4[1].any())  # still dropped: trained on from step 2's
+    assert bool(up4[4].any()) and not bool(up2[4].any())  # newly routed: trained
+    assert (ctx.ckpt.dir / "step4.json").exists() and (ctx.ckpt.dir / "step2.json").exists()
+    assert "kl_static" in record and len(record["history"]) == 3
+
+
 def test_checkpoint_round_trips_the_adapter(tmp_path):
     bank = static_router_bank(4, state_rank=1, state_size=16, adapter_rank=3, adapter_size=16)
     with torch.no_grad():
@@ -91,11 +128,16 @@ def _check_run(out: Path, rank: int, config) -> dict:
     assert ratio == pytest.approx(routed_linear_flop_ratio(config, sparsity, routers))
     assert ratio < routed_linear_flop_ratio(config, sparsity, None)  # the adapter is counted
     ups = [r.adapter_up.weight for r in routers.blocks]
-    if report["selection"]["chosen"] == "step 1":  # the static routers: the exact identity adapter
+    chosen, steps = report["selection"]["chosen"], report["block_sparsity"]
+    skipping1 = [routed_sparsity(s) or s >= 1.0 for s in steps["step1_ga_static"]]
+    skipping3 = [routed_sparsity(s) or s >= 1.0 for s in steps["step3_ga_dynamic"]]
+    assert ("step 4" in report["selection"]["kl"]) == (steps["step3_ga_dynamic"] != steps["step1_ga_static"])
+    if chosen == "step 1":  # the static routers: the exact identity adapter
         assert not any(u.any() for u in ups)
-    else:  # step 2b (--select-every 0: its last step) trained the adapters of the blocks step 1 routed, only those
-        trained = [routed_sparsity(s) for s in report["block_sparsity"]["step1_ga_static"]]
-        assert any(trained) and [bool(u.any()) for u in ups] == trained
+    elif chosen in ("step 2", "step 3"):  # step 2b (--select-every 0: its last step) trained the adapters of the blocks step 1 skips in
+        assert any(skipping1) and [bool(u.any()) for u in ups] == skipping1
+    else:  # step 4 kept step 2's adapters and trained those of the blocks step 3 skips in
+        assert [bool(u.any()) for u in ups] == [a or b for a, b in zip(skipping1, skipping3)]
     return report
 
 

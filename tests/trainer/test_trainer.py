@@ -131,10 +131,13 @@ def test_bad_inputs(tiny_dir, text_file, tmp_path, capsys):
         assert "(0, 1)" in _error(capsys, [*base, "--data", str(text_file), "--sparsity", bad])
     assert "not found" in _error(capsys, [*base, "--data", str(tmp_path / "missing.txt"), "--sparsity", "0.4"])
     assert "--threads -1" in _error(capsys, [*base, "--data", str(text_file), "--sparsity", "0.4", "--threads", "-1"])
+    assert "--calib-decode-tokens must be >= 1" in _error(capsys, [*base, "--data", str(text_file), "--sparsity", "0.4", "--calib-decode-tokens", "0"])
     one = build_tiny(tmp_path / "one-block", num_hidden_layers=1)
+    capsys.readouterr()  # saving a model may draw a progress bar
     msg = _error(capsys, ["--model", str(one), "-o", str(tmp_path / "y.json"), "--data", str(text_file), "--sparsity", "0.4"])
     assert "blocks" in msg
     two = build_tiny(tmp_path / "two-block", num_hidden_layers=2)
+    capsys.readouterr()
     assert "blocks" in _error(capsys, ["--model", str(two), "-o", str(tmp_path / "y.json"), "--data", str(text_file), "--sparsity", "0.6"])
 
 

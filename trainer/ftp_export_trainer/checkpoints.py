@@ -2,7 +2,7 @@
 
 ``meta.json`` (settings that determine the result), ``removal.json`` (greedy block-removal
 order), ``ga1.json`` / ``ga3.json`` (GA state), ``step2.json`` + ``step2.routers.safetensors``
-(trained routers, losses, decode thresholds). ``--resume`` continues from them; a run with
+(trained routers, losses, decode thresholds), ``step4.json`` + ``step4.routers.safetensors``. ``--resume`` continues from them; a run with
 different settings or unreadable files is refused. A run without ``--resume`` discards them (and
 says so); a finished run removes the folder.
 """
@@ -22,7 +22,7 @@ from ftp_export.routing.router import RouterBank, router_bank_from_state
 from ftp_export_trainer import distributed as dist
 
 # Test hook: FTP_TRAIN_INTERRUPT=<point>[@<signal>] with <point> one of "ga1:<gen>", "step1",
-# "step2", "ga3:<gen>" (each right after its checkpoint is written): raise Interrupted there, or,
+# "step2", "ga3:<gen>", "step4" (each right after its checkpoint is written): raise Interrupted there, or,
 # with @KILL (@TERM, ...), send the process that signal, as a real kill at that point would.
 INTERRUPT_ENV = "FTP_TRAIN_INTERRUPT"
 
@@ -45,7 +45,8 @@ def maybe_interrupt(tag: str) -> None:
 class Checkpoints:
     """JSON and safetensors files in ``<output>.ckpt/``; only rank 0 writes."""
 
-    FILES = ("meta.json", "removal.json", "ga1.json", "step2.json", "step2.routers.safetensors", "ga3.json")
+    FILES = ("meta.json", "removal.json", "ga1.json", "step2.json", "step2.routers.safetensors", "ga3.json", "step4.json",
+             "step4.routers.safetensors")
 
     def __init__(self, output: Path) -> None:
         self.dir = output.with_name(output.name + ".ckpt")

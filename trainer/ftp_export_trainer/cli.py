@@ -57,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select-every", type=int, default=d.select_every,
                    help="score the hard-routed routers every N steps and keep the best (0: keep the last)")
     p.add_argument("--calib-samples", type=int, default=d.calib_samples,
-                   help="windows of text per context length for the decode thresholds (2 tokens decoded in each)")
+                   help="windows of text per context length for the decode thresholds (--calib-decode-tokens decoded in each)")
+    p.add_argument("--calib-decode-tokens", type=int, default=d.calib_decode_tokens,
+                   help="tokens decoded per calibration window (default 2): a knot's threshold rests on calib-samples x this "
+                        "many tokens, for less prefill per token (e.g. --calib-samples 32 --calib-decode-tokens 16)")
     p.add_argument("--calib-max-context", type=int, default=d.calib_max_context,
                    help="longest context the decode thresholds are calibrated at (0: the model's limit, at most 2048)")
     p.add_argument("--route-first-block", action="store_true", help="also route block 0 (dense by default)")
@@ -66,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--removal-samples", type=int, default=d.removal_samples,
                    help="calibration windows that judge the greedy block-removal order")
     p.add_argument("--validation-samples", type=int, default=d.validation_samples,
-                   help="held-out windows (after the comparison's) that pick the final schedule among steps 1-3 "
-                        "by KL to dense (0: always step 3)")
+                   help="held-out windows (after the comparison's) that pick the final schedule among steps 1-4 "
+                        "by KL to dense (0: always the last step)")
     p.add_argument("--no-influence-seeds", dest="influence_seeds", action="store_false",
                    help="start the GA from the even spread only (default: also from ShortGPT block influence)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from <output>.ckpt/ (without it the checkpoints are discarded; a finished run removes them)")

@@ -30,6 +30,7 @@ class Context:
     removal: dict[str, list] | None = None  # greedy KL block-removal order (GA seeds), see block_search
     # hidden-state rank and width of the routers (0, 0: four factors), skip-adapter rank and width (0, 0: none)
     router_shape: tuple[int, int, int, int] = (0, 0, 0, 0)
+    skip_costs: Any = None  # step 2a's per-token skip costs of the calibration windows, once measured
 
     def static_routers(self) -> RouterBank:
         """The position-priority routers of the kind ``--router`` asks for, with the identity skip

@@ -1,4 +1,4 @@
-"""Judging the steps' schedules on text no step fitted: the final choice among steps 1-3
+"""Judging the steps' schedules on text no step fitted: the final choice among steps 1-4
 (validation windows) and the comparison table with layer dropping (held-out windows).
 
 The table's rows are :mod:`ftp_export.evaluation.methods` - the same model variants, layer-drop
@@ -22,19 +22,21 @@ from ftp_export_trainer import distributed as dist
 from ftp_export_trainer.context import Context
 from ftp_export_trainer.evaluate import dense_logits, routed_kl, routed_model
 
-Candidate = tuple[str, list[float], RouterBank]  # ("step 1".."step 3", block sparsity, routers)
+Candidate = tuple[str, list[float], RouterBank]  # ("step 1".."step 4", block sparsity, routers)
 
 STEP_TITLES = {"step 1": "GA + static router (step 1)", "step 2": "GA + dynamic router (step 2)",
-               "step 3": "GA fine-tuned + dynamic router (step 3)"}
+               "step 3": "GA fine-tuned + dynamic router (step 3)",
+               "step 4": "GA fine-tuned + router retrained (step 4)"}
 
 
 @torch.no_grad()
 def select_final(ctx: Context, candidates: list[Candidate]) -> dict[str, Any]:
-    """Which of steps 1-3 becomes the schedule: the lowest KL to dense on the validation windows
+    """Which of steps 1-4 becomes the schedule: the lowest KL to dense on the validation windows
     (held-out text, disjoint from the calibration windows every step fits and from the
-    comparison table's). Steps 2 and 3 only ever lower the *calibration* KL; on held-out text
+    comparison table's). Steps 2-4 only ever lower the *calibration* KL; on held-out text
     that can be a loss (SmolLM2-135M, docs/evaluation.md), and then an earlier step is kept.
-    Without validation windows (``--validation-samples 0`` or too little held-out text) step 3 is."""
+    Without validation windows (``--validation-samples 0`` or too little held-out text) the last
+    step is."""
     s, val = ctx.settings, ctx.data.validation
     if len(val) == 0:
         return {"windows": 0, "kl": {}, "chosen": candidates[-1][0]}
@@ -50,7 +52,7 @@ def select_final(ctx: Context, candidates: list[Candidate]) -> dict[str, Any]:
 
 
 def _methods(ctx: Context, uniform: list[float], candidates: list[Candidate], chosen: str) -> list[M.Method]:
-    """Dense, uniform + static router, steps 1-3 (the chosen one marked "= FTP"), the oracle router
+    """Dense, uniform + static router, steps 1-4 (the chosen one marked "= FTP"), the oracle router
     at the chosen schedule's sparsities (:mod:`.oracle`: the ceiling of routing), then layer
     dropping at the drop counts that bracket the chosen schedule's FLOPs."""
     hf = ctx.hf

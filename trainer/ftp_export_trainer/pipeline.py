@@ -1,4 +1,4 @@
-"""``ftp-train``'s pipeline: load the model and data, run steps 1-3 (:mod:`.search_steps`,
+"""``ftp-train``'s pipeline: load the model and data, run steps 1-4 (:mod:`.search_steps`,
 :mod:`.router_step`), pick the final schedule on validation windows (:mod:`.heldout`), and
 write the schedule and report. Every rank runs it; rank 0 writes (:mod:`.distributed`)."""
 
@@ -38,12 +38,13 @@ METHOD = "FTP (arXiv 2412.11494): GA sparsity search with static routers, router
 
 @dataclass
 class Trained:
-    """What steps 1-3 and the final choice produced."""
+    """What steps 1-4 and the final choice produced."""
 
     uniform: list[float]
     ga1: GAState
     ga3: GAState
     step2: dict[str, Any]  # step 2's record
+    step4: dict[str, Any] | None  # step 4's record (None: step 3 kept step 1's sparsities)
     candidates: list[tuple[str, list[float], RouterBank]]
     selection: dict[str, Any]
     final: list[float]
@@ -128,7 +129,8 @@ def open_checkpoints(s: Settings, ref: ModelRef, log: Callable[[str], None]) -> 
 
 
 def train(ctx: Context, timings: dict[str, float]) -> Trained:
-    """Steps 1-3, then the final choice among them (with its decode thresholds)."""
+    """Steps 1-3 (and 4 when step 3 changed the sparsities), then the final choice among them
+    (with its decode thresholds)."""
     s = ctx.settings
     if s.greedy_seeds:
         t = time.perf_counter()
@@ -148,13 +150,23 @@ def train(ctx: Context, timings: dict[str, float]) -> Trained:
     step3, _ = ga3.best()
     static = ctx.static_routers()  # step 1's position-priority routers, of the kind --router asks for
     candidates = [("step 1", step1, static), ("step 2", step1, bank), ("step 3", step3, bank)]
+    timings["step3_s"] = time.perf_counter() - t
+    step4 = None
+    if step3 != step1:
+        # step 3 may route blocks step 2 left dense or dropped, with their static routers and
+        # identity adapters: train routers and adapters for step 3's own sparsities
+        t = time.perf_counter()
+        bank4, step4 = run_router_training(ctx, step3, name="step4", adapters_from=bank)
+        candidates.append(("step 4", step3, bank4))
+        timings["step4_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     selection = select_final(ctx, candidates)
     _, final, routers = next(c for c in candidates if c[0] == selection["chosen"])
-    timings["step3_s"] = time.perf_counter() - t
+    timings["selection_s"] = time.perf_counter() - t
     t = time.perf_counter()
     thresholds = calibrate(ctx, final, routers)  # once, for the schedule written
     timings["decode_thresholds_s"] = time.perf_counter() - t
-    return Trained(uniform, ga1, ga3, step2, candidates, selection, final, routers, thresholds)
+    return Trained(uniform, ga1, ga3, step2, step4, candidates, selection, final, routers, thresholds)
 
 
 def _settings_doc(s: Settings) -> dict[str, Any]:
@@ -210,6 +222,7 @@ def build_report(ctx: Context, trained: Trained) -> dict[str, Any]:
         "ga1_history": trained.ga1.history,
         "router_history": trained.step2["history"],
         "router_fit": {k: v for k, v in trained.step2.items() if k != "history"},
+        **({"step4": trained.step4} if trained.step4 is not None else {}),
         "ga3_history": trained.ga3.history,
         "decode_thresholds": trained.thresholds,
     }

@@ -30,7 +30,7 @@ from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.routing.factors import router_features
 from ftp_export.routing.router import RouterBank
 from ftp_export.routing.selection import topk_select
-from ftp_export.schedule import new_schedule, routed_sparsity
+from ftp_export.schedule import dropped_sparsity, new_schedule, routed_sparsity
 from ftp_export_trainer import distributed as dist
 from ftp_export_trainer.losses import DEFAULT_WEIGHTS, distill_loss, guide_loss, relaxed_logit, sparsity_loss
 
@@ -107,6 +107,13 @@ def micro_loss(
     return loss, {"loss": float(loss.detach()), "distill": float(kd.detach()), "guide": float(g.detach()), "sparsity": float(s.detach())}
 
 
+def _trainable(static: RouterBank, block_sparsity: list[float]) -> bool:
+    """Whether ``block_sparsity`` leaves anything to train: a routed block, or a dropped block
+    with a skip adapter (only dense and adapter-less drops: nothing)."""
+    adapted = bool(getattr(static, "adapter_rank", 0)) and any(map(dropped_sparsity, block_sparsity))
+    return adapted or any(map(routed_sparsity, block_sparsity))
+
+
 def train_routers(
     hf: Any,
     block_sparsity: list[float],
@@ -125,7 +132,7 @@ def train_routers(
     for p in hf.parameters():
         p.requires_grad_(False)
     device = data.device
-    if not any(map(routed_sparsity, block_sparsity)):  # only dense and dropped blocks: nothing to route
+    if not _trainable(static, block_sparsity):
         return copy.deepcopy(init if init is not None else static).float().eval().to(device), []
     if init is not None:
         bank = copy.deepcopy(init).float().train().to(device)

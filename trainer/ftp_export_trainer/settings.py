@@ -51,6 +51,7 @@ class Settings:
     sparsity_weight: float = DEFAULT_WEIGHTS["sparsity"]
     calib_samples: int = 128  # windows per context length for the decode thresholds (ftp-export calibrate: 256)
     calib_max_context: int = 0  # 0: the model's limit, at most 2048
+    calib_decode_tokens: int = 2  # tokens decoded per calibration window
     route_first_block: bool = False
     influence_seeds: bool = True
     greedy_seeds: bool = True
@@ -71,7 +72,7 @@ class Settings:
 
 
 POSITIVE = ("samples", "seq_len", "population", "held_out_samples", "batch_size", "router_batch", "calib_samples", "cost_samples",
-            "removal_samples")
+            "removal_samples", "calib_decode_tokens")
 
 
 def validate(s: Settings) -> None:
