@@ -36,7 +36,7 @@ normalised input (width ``hidden_state_size`` = the model's hidden size): ``bloc
 before it meets ``proj`` tensors and a wider ``fc1`` and refuses the file with its shape error
 (it cannot route with it silently), and four-factor schedules are written byte for byte as before.
 Either kind may add ``"skip_adapter": {"rank": a, "size": D, "activation": "silu"}``: the tokens a
-block skips get ``h + U silu(A x)`` (``blocks.{b}.adapter_down.weight`` [a, D],
+block skips (every token of a dropped block) get ``h + U silu(A x)`` (``blocks.{b}.adapter_down.weight`` [a, D],
 ``blocks.{b}.adapter_up.weight`` [D, a]). Also still format 2: a reader from before it meets the
 adapter tensors and refuses the file ("unexpected tensors") rather than skip without them.
 An unknown ``router.type`` or ``router.inputs`` is one ScheduleError line.

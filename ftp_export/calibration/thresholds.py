@@ -224,7 +224,10 @@ def measure_decode_skip_rates(
     thresholds in force: the fraction of decoded tokens each routed block skipped."""
     schedule = model.schedule
     n = schedule.num_blocks
-    last = max((b for b in range(n) if model.block_mode(b, "decode") == "threshold"), default=n - 1)
+    routed = [b for b in range(n) if model.block_mode(b, "decode") == "threshold"]
+    if not routed:  # dense and dropped blocks only: nothing decides per token, nothing to decode
+        return DecodeRates(list(lengths), [None] * n, [0] * len(lengths))
+    last = max(routed)
     stream = stream.reshape(-1).to(torch.int64)
     skipped = [[0] * len(lengths) for _ in range(n)]
     tokens = []

@@ -104,13 +104,13 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(1 + 4.5 * len(panels), 3.8), squeeze=False)
     dense = next(r for r in report["results"] if r["kind"] == "dense")
     for ax, (key, title) in zip(axes[0], panels):
-        for kind, label in KIND_LABEL.items():
+        for i, (kind, label) in enumerate(KIND_LABEL.items()):  # one colour per kind in every panel
             pts = sorted({(r["flop_ratio"], r["retention"].get(key), r.get("retention_se", {}).get(key) or 0.0)
                           for r in report["results"] if r["kind"] == kind})
             pts = [p for p in pts if p[1] is not None]
             if pts:
                 ax.errorbar([1.0] + [p[0] for p in pts], [1.0] + [p[1] for p in pts], yerr=[0.0] + [p[2] for p in pts],
-                            marker="o", capsize=2, label=label)
+                            marker="o", capsize=2, label=label, color=f"C{i}")
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
         ax.set_xlabel("dense / pruned linear FLOPs (higher = cheaper)")
         ax.set_title(title)

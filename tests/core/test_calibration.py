@@ -70,6 +70,14 @@ def test_realised_rate_at_each_knot_is_the_calibrated_one(tiny_model, seed):
         assert max(abs(r - sch.block_sparsity[b]) for r in real.rates[b]) <= 1 / 40 + 1e-9, (b, real.rates[b])
 
 
+def test_a_schedule_without_routed_blocks_has_no_decode_rates(tiny_model):
+    """Dense and dropped blocks only (e.g. drops with skip adapters): no block decides per token,
+    so there is nothing to measure, and nothing is decoded (an empty stream would fail otherwise)."""
+    sch = new_schedule(tiny_model.config, [0.0, 1.0, 0.0, 1.0])
+    rates = measure_decode_skip_rates(RoutedCausalLM(tiny_model, sch).eval(), torch.zeros(0, dtype=torch.int64), [64, 256])
+    assert rates.rates == [None] * 4 and rates.tokens == [0, 0] and rates.worst(sch.block_sparsity) == 0.0
+
+
 def test_stopping_after_a_block_gives_that_blocks_scores(tiny_model):
     """Calibration runs each decode pass only up to the block it calibrates: same scores, later blocks not run."""
     n = tiny_model.config.num_hidden_layers
