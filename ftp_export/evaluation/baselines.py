@@ -91,29 +91,32 @@ def drop_blocks(model: nn.Module, blocks: list[int]) -> nn.Module:
     return new
 
 
-def equal_flops_dropped_blocks(config: Any, block_sparsity: list[float], rounding: str = "nearest") -> int:
+def equal_flops_dropped_blocks(config: Any, block_sparsity: list[float], rounding: str = "nearest", routers: Any = None) -> int:
     """Blocks to drop so the pruned model's linear FLOPs are closest to the routed model's
     (``rounding='ceil'``: the fewest drops that cost no more than the routed model).
 
-    Routed skipped tokens still pay the K/V projections (see :mod:`ftp_export.flops`).
+    Routed skipped tokens still pay the K/V projections (see :mod:`ftp_export.flops`); counted
+    ``routers`` (hidden-state routers, skip adapters) add their FLOPs to the routed model's.
     """
     n = int(config.num_hidden_layers)
-    drop = _fractional_drop(config, block_sparsity)
+    drop = _fractional_drop(config, block_sparsity, routers)
     count = math.ceil(drop - 1e-9) if rounding == "ceil" else math.floor(drop + 0.5)
     return max(0, min(n - 1, int(count)))
 
 
-def _fractional_drop(config: Any, block_sparsity: list[float]) -> float:
+def _fractional_drop(config: Any, block_sparsity: list[float], routers: Any = None) -> float:
     """How many whole blocks' linear FLOPs the routed model saves (not rounded)."""
     n = int(config.num_hidden_layers)
-    return n - routed_linear_flops(config, block_sparsity) / block_linear_flops(config).total
+    return n - routed_linear_flops(config, block_sparsity, routers) / block_linear_flops(config).total
 
 
-def bracketing_drop_counts(config: Any, block_sparsity: list[float]) -> list[int]:
-    """The drop counts whose linear FLOPs bracket the routed model's: ``[floor, ceil]`` of the
+def bracketing_drop_counts(config: Any, block_sparsity: list[float], routers: Any = None) -> list[int]:
+    """The drop counts whose linear FLOPs bracket the routed model's (with ``routers``, as
+    :func:`~ftp_export.flops.counted_routers` gives them: 12 drops of 30 with skip adapters cost a
+    little more than 12 plain drops, so 11 and 12 bracket them): ``[floor, ceil]`` of the
     fractional equal-FLOP count (one count when it is a whole number)."""
-    hi = equal_flops_dropped_blocks(config, block_sparsity, rounding="ceil")
-    exact = _fractional_drop(config, block_sparsity)
+    hi = equal_flops_dropped_blocks(config, block_sparsity, rounding="ceil", routers=routers)
+    exact = _fractional_drop(config, block_sparsity, routers)
     return [hi] if abs(exact - hi) < 1e-9 or hi == 0 else [hi - 1, hi]
 
 

@@ -137,20 +137,21 @@ def build_methods(
     hf: Any, schedules: list[tuple[str, Any]], uniform: list[float], influence: list[float], oracle: bool = False, seed: int = 0
 ) -> list[tuple[str, M.Method]]:
     """(group, method) rows: dense, then per schedule FTP (+ with ``oracle``, the oracle router at
-    its block sparsities, and the oracle with attention and MLP routed apart, :mod:`.split_oracle`) + uniform-static (same FLOPs) + ShortGPT at the drop counts that bracket
-    those FLOPs (+ the greedy KL drop at those counts where the schedule carries ftp-train's
-    removal order)."""
+    its block sparsities, and the oracle with attention and MLP routed apart, :mod:`.split_oracle`)
+    + uniform-static (same FLOPs) + ShortGPT at the drop counts that bracket FTP's FLOPs, its
+    counted routers included (+ the greedy KL drop at those counts where the schedule carries
+    ftp-train's removal order)."""
     rows = [("dense", M.dense(hf))]
-    groups = [(f"s={sched.target_sparsity:.2f} ({label})", M.ftp(hf, sched, label), sched.target_sparsity, _removal_order(sched))
+    groups = [(f"s={sched.target_sparsity:.2f} ({label})", M.ftp(hf, sched, label), sched.target_sparsity, _removal_order(sched), sched.routers)
               for label, sched in schedules]
-    groups += [(f"s={s:.2f}", None, s, []) for s in uniform]
-    for group, ftp, s, order in groups:
+    groups += [(f"s={s:.2f}", None, s, [], None) for s in uniform]
+    for group, ftp, s, order, routers in groups:
         u = M.uniform_static(hf, s)
         sp = ftp.detail["block_sparsity"] if ftp is not None else u.detail["block_sparsity"]
         memo = SkipCostMemo(hf, ORACLE_SAMPLES, seed)  # both oracle rows score the same windows: one backward each
         best = [oracle_method(hf, sp, ORACLE_SAMPLES, seed, memo), split_oracle_method(hf, sp, ORACLE_SAMPLES, seed, memo=memo)] if oracle and ftp is not None else []
         rows += [(group, m) for m in (ftp, *best, u) if m is not None]
-        rows += [(group, m) for m in M.layer_drops(hf, sp, influence, order)]
+        rows += [(group, m) for m in M.layer_drops(hf, sp, influence, order, routers)]
     return rows
 
 

@@ -149,8 +149,9 @@ def greedy_drop(hf: Any, order: list[int], count: int) -> Method:
     return _layer_drop(hf, "greedy-drop", sorted(order[:count]), {"removal_order": list(order)})
 
 
-def layer_drops(hf: Any, block_sparsity: list[float], influence: list[float], order: list[int]) -> list[Method]:
-    """Layer dropping at the drop counts that bracket ``block_sparsity``'s linear FLOPs: ShortGPT's
-    blocks, then the first blocks of the greedy removal ``order`` at each count it covers."""
-    counts = bracketing_drop_counts(hf.config, block_sparsity)
+def layer_drops(hf: Any, block_sparsity: list[float], influence: list[float], order: list[int], routers: Any = None) -> list[Method]:
+    """Layer dropping at the drop counts that bracket ``block_sparsity``'s linear FLOPs (with the
+    counted ``routers``' FLOPs): ShortGPT's blocks, then the first blocks of the greedy removal
+    ``order`` at each count it covers."""
+    counts = bracketing_drop_counts(hf.config, block_sparsity, counted_routers(routers))
     return [shortgpt(hf, influence, c) for c in counts] + [greedy_drop(hf, order, c) for c in counts if c <= len(order)]

@@ -71,6 +71,21 @@ def test_bracketing_drop_counts_straddle_the_routed_flops():
     assert bracketing_drop_counts(CFG, [0.0] * 4) == [0]
 
 
+def test_skip_adapters_move_the_bracketing_drop_counts(default_model):
+    """Whole-block drops with skip adapters cost a little more than the same plain drops: the
+    equal-FLOP baselines then bracket them between one fewer drop and as many (before, the single
+    count of the plain drops, which is cheaper, was compared as if equal)."""
+    from ftp_export.evaluation.baselines import bracketing_drop_counts
+    from ftp_export.routing.router import RouterBank
+
+    cfg = default_model.config
+    drops = [0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    bank = RouterBank(6, adapter_rank=2, adapter_size=128)
+    assert bracketing_drop_counts(cfg, drops) == [2]
+    assert bracketing_drop_counts(cfg, drops, bank) == [1, 2]
+    assert 6 / 5 <= routed_linear_flop_ratio(cfg, drops, bank) < 6 / 4
+
+
 def test_matmul_flops_count_attention_and_lm_head():
     from ftp_export.flops import call_matmul_flops, routed_matmul_flop_ratio
 

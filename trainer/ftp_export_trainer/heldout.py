@@ -58,11 +58,11 @@ def _methods(ctx: Context, uniform: list[float], candidates: list[Candidate], ch
     hf = ctx.hf
     steps = [M.routed(hf, STEP_TITLES[name] + (" = FTP" if name == chosen else ""), "ftp" if name == chosen else "routed", sp, routers)
              for name, sp, routers in candidates]
-    final = next(sp for name, sp, _ in candidates if name == chosen)
+    final, routers = next((sp, r) for name, sp, r in candidates if name == chosen)
     order = ctx.removal["order"] if ctx.removal else []
     oracle = oracle_method(hf, final, ctx.settings.cost_samples, ctx.settings.seed + 3)
     return [M.dense(hf), M.routed(hf, "uniform + static router", "uniform-static", uniform), *steps, oracle,
-            *M.layer_drops(hf, final, ctx.influence, order)]
+            *M.layer_drops(hf, final, ctx.influence, order, routers)]
 
 
 def _title(method: M.Method) -> str:
