@@ -95,6 +95,16 @@ def max_router_rank(config: Any, hidden: int = 64) -> int:
     return max(0, int(spare // (2 * dim + 2 * hidden)))
 
 
+def max_adapter_rank(config: Any, state_rank: int = 0, state_size: int = 0, hidden: int = 64) -> int:
+    """The largest skip-adapter rank whose adapter, beside a router of hidden-state rank
+    ``state_rank`` (0: the four-factor router), stays within the budget (0: none fits)."""
+    from ftp_export.routing.factors import FEATURES
+
+    router = 2 * (len(FEATURES) + state_rank) * hidden + 2 * hidden + 2 * state_size * state_rank
+    spare = ROUTER_BUDGET * block_linear_flops(config).total - router
+    return max(0, int(spare // (4 * int(config.hidden_size))))
+
+
 def check_router_budget(config: Any, routers: Any) -> None:
     """Raise :class:`ScheduleError` when a hidden-state router (with its skip adapter, if any) or a
     skip adapter costs more than 0.5% of a block's linear FLOPs. The four-factor router alone (640

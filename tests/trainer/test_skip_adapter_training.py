@@ -33,9 +33,15 @@ def _adapters(bank) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(r.adapter_down.weight.detach().cpu(), r.adapter_up.weight.detach().cpu()) for r in bank.blocks]
 
 
-def test_skip_adapter_settings(default_model):
+def test_skip_adapter_settings(default_model, tiny_model):
     cfg = default_model.config
-    assert bank_shape(Settings(), cfg) == (0, 0, 0, 0)
+    assert bank_shape(Settings(skip_adapter=0), cfg) == (0, 0, 0, 0)
+    # auto (the default): the largest rank that fits beside the router; none where none fits
+    assert Settings().skip_adapter == "auto" and bank_shape(Settings(), cfg) == (0, 0, 2, 128)
+    assert bank_shape(Settings(router="hidden"), cfg) == (1, 128, 1, 128)
+    assert bank_shape(Settings(), tiny_model.config) == (0, 0, 0, 0)
+    with pytest.raises(FTPError, match="--skip-adapter big"):
+        validate(Settings(skip_adapter="big"))
     assert bank_shape(Settings(skip_adapter=2), cfg) == (0, 0, 2, 128)
     assert bank_shape(Settings(router="hidden", skip_adapter=1), cfg) == (1, 128, 1, 128)
     with pytest.raises(FTPError, match="skip adapter rank 3"):
@@ -185,4 +191,5 @@ def test_bad_skip_adapter(tmp_path, capsys):
     out = tmp_path / "x.json"
     assert "--skip-adapter -1" in _error(capsys, ["-o", str(out), *ARGS, "--skip-adapter", "-1"])
     assert "skip adapter rank 10000" in _error(capsys, ["-o", str(out), *ARGS, "--skip-adapter", "10000"])
+    assert "expected auto or a rank" in _error(capsys, ["-o", str(out), *ARGS, "--skip-adapter", "big"])
     assert not out.exists() and not out.with_name("x.json.ckpt").exists()  # refused before any work

@@ -12,6 +12,16 @@ from ftp_export_trainer.checkpoints import Interrupted
 from ftp_export_trainer.settings import Settings
 
 
+def _adapter_rank(text: str) -> int | str:
+    """``--skip-adapter``: 'auto' or an int (a negative one is refused by settings.validate)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto or a rank (0: no adapter)") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = Settings()
     p = Parser(prog="ftp-train", description="Train an FTP token-routing schedule for a Hugging Face LLM.",
@@ -39,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "normalised input hidden state (counted in the FLOPs, at most 0.5%% of a block's)")
     p.add_argument("--router-rank", type=int, default=d.router_rank,
                    help="--router hidden: rank of the hidden-state projection (0: 1, the ridge direction step 2a fits; more rows start at 0 and only step 2b trains them)")
-    p.add_argument("--skip-adapter", type=int, default=d.skip_adapter,
-                   help="rank of an adapter for skipped tokens (h + U silu(A x)), trained with the routers in step 2b; "
-                        "counted in the FLOPs and the 0.5%% router budget")
+    p.add_argument("--skip-adapter", type=_adapter_rank, default=d.skip_adapter,
+                   help="rank of an adapter for skipped tokens, every token of a dropped block included (h + U silu(A x)), "
+                        "trained with the routers in step 2b; counted in the FLOPs and the 0.5%% router budget. Default auto: "
+                        "the largest rank that fits (SmolLM2-135M: 15, or 14 beside --router hidden; +15 pt perplexity "
+                        "retention over layer dropping there, docs/evaluation.md); 0: none")
     p.add_argument("--fit-all-blocks", action="store_true",
                    help="step 2a: fit the router of every block step 3 may route, not only of those step 1 routed "
                         "(SmolLM2-135M at s=0.4: step 3 then spread sparsity and lost 2.4 pt to layer dropping; docs/evaluation.md)")

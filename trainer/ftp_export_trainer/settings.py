@@ -39,7 +39,7 @@ class Settings:
     cost_samples: int = 4
     router: str = "factors"  # "hidden": the router also reads a projection of the block's normalised input
     router_rank: int = 0  # --router hidden: the projection's rank (0: DEFAULT_ROUTER_RANK)
-    skip_adapter: int = 0  # rank of the adapter for skipped tokens (0: none; trained in step 2b)
+    skip_adapter: int | str = "auto"  # rank of the adapter for skipped tokens (0: none; "auto": the largest within the budget)
     fit_steps: int = RouterFitConfig.steps
     fit_all_blocks: bool = False  # step 2a fits every free block's router, not only step 1's routed ones
     router_steps: int = RouterTrainConfig.steps
@@ -98,8 +98,8 @@ def validate(s: Settings) -> None:
         raise FTPError(f"--router {s.router}: expected factors or hidden")
     if s.router_rank < 0 or (s.router_rank and s.router != "hidden"):
         raise FTPError(f"--router-rank {s.router_rank}: a rank >= 1 for --router hidden (0: the default)")
-    if s.skip_adapter < 0:
-        raise FTPError(f"--skip-adapter {s.skip_adapter}: must be >= 0 (0: no adapter)")
+    if s.skip_adapter != "auto" and (not isinstance(s.skip_adapter, int) or s.skip_adapter < 0):
+        raise FTPError(f"--skip-adapter {s.skip_adapter}: must be auto or a rank >= 0 (0: no adapter)")
 
 
 def default_threads() -> int:
@@ -151,14 +151,16 @@ def router_shape(s: Settings, config: Any) -> tuple[int, int]:
 
 def bank_shape(s: Settings, config: Any) -> tuple[int, int, int, int]:
     """(hidden-state rank, its width, skip-adapter rank, its width) of the routers the settings ask
-    for (:func:`router_shape` plus ``--skip-adapter``); one error line when router and adapter
-    together do not fit the 0.5% FLOP budget."""
-    from ftp_export.flops import check_router_budget
+    for (:func:`router_shape` plus ``--skip-adapter``; ``auto``: the largest adapter rank that
+    fits beside the router, none on a model too small for one); one error line when router and
+    adapter together do not fit the 0.5% FLOP budget."""
+    from ftp_export.flops import check_router_budget, max_adapter_rank
     from ftp_export.routing.router import RouterBank
 
     state = router_shape(s, config)
-    if not s.skip_adapter:
+    rank = max_adapter_rank(config, *state) if s.skip_adapter == "auto" else int(s.skip_adapter)
+    if not rank:
         return (*state, 0, 0)
     size = int(config.hidden_size)
-    check_router_budget(config, RouterBank(1, state_rank=state[0], state_size=state[1], adapter_rank=s.skip_adapter, adapter_size=size))
-    return (*state, s.skip_adapter, size)
+    check_router_budget(config, RouterBank(1, state_rank=state[0], state_size=state[1], adapter_rank=rank, adapter_size=size))
+    return (*state, rank, size)

