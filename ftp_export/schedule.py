@@ -62,7 +62,7 @@ from ftp_export.atomic import atomic_file, atomic_write_text
 from ftp_export.errors import ScheduleError
 from ftp_export.routing.decode_thresholds import DecodeThresholds, check_curve
 from ftp_export.routing.router import RouterBank
-from ftp_export.routing.router_file import _fail, check_router, load_routers, sha256_file  # noqa: F401 - sha256_file re-exported
+from ftp_export.routing.router_file import check_router, load_routers, schedule_error, sha256_file  # noqa: F401 - sha256_file re-exported
 from ftp_export.routing.sparsity import dropped_sparsity, routed_sparsity  # noqa: F401 - re-exported
 
 FORMAT = "ftp-schedule"
@@ -146,10 +146,10 @@ def load_schedule(path: str | os.PathLike[str]) -> Schedule:
     version = doc["format_version"]
     base = doc.get("base_model")
     if not isinstance(base, dict) or not isinstance(base.get("fingerprint"), dict):
-        raise _fail(src, "field 'base_model.fingerprint' is missing; it ties the schedule to a model")
+        raise schedule_error(src, "field 'base_model.fingerprint' is missing; it ties the schedule to a model")
     for key in FINGERPRINT_KEYS if version >= 2 else FINGERPRINT_KEYS_V1:
         if key not in base["fingerprint"]:
-            raise _fail(src, f"field 'base_model.fingerprint.{key}' is missing")
+            raise schedule_error(src, f"field 'base_model.fingerprint.{key}' is missing")
     n_layers = base["fingerprint"]["num_hidden_layers"]
     sparsity = _check_sparsity(doc, n_layers, src)
     thresholds = _check_thresholds(doc.get("decode_thresholds"), version, n_layers, src)
@@ -169,16 +169,16 @@ def load_schedule(path: str | os.PathLike[str]) -> Schedule:
 def _check_thresholds(doc: Any, version: int, n_layers: int, src: str) -> DecodeThresholds:
     if version == 1:
         if not isinstance(doc, list) or len(doc) != n_layers:
-            raise _fail(src, f"field 'decode_thresholds' must be a list of {n_layers} numbers or nulls")
+            raise schedule_error(src, f"field 'decode_thresholds' must be a list of {n_layers} numbers or nulls")
         for i, t in enumerate(doc):
             if t is not None and not _number(t):
-                raise _fail(src, f"field 'decode_thresholds[{i}]' is {t!r}; use a finite number or null")
+                raise schedule_error(src, f"field 'decode_thresholds[{i}]' is {t!r}; use a finite number or null")
         return DecodeThresholds.constant(doc)
     if not isinstance(doc, dict):
-        raise _fail(src, "field 'decode_thresholds' must be an object with 'context_lengths' and 'per_block'")
+        raise schedule_error(src, "field 'decode_thresholds' must be an object with 'context_lengths' and 'per_block'")
     problem = check_curve(doc.get("context_lengths"), doc.get("per_block"), n_layers)
     if problem:
-        raise _fail(src, f"field {problem}")
+        raise schedule_error(src, f"field {problem}")
     return DecodeThresholds(list(doc["context_lengths"]), [None if v is None else [float(x) for x in v] for v in doc["per_block"]])
 
 
@@ -186,44 +186,44 @@ def _read_document(path: Path) -> tuple[bytes, dict[str, Any]]:
     """The file's bytes and its JSON object, checked to be an ftp-export schedule of this version."""
     src = str(path)
     if not path.is_file():
-        raise _fail(src, "file not found; pass --schedule with an existing schedule JSON")
+        raise schedule_error(src, "file not found; pass --schedule with an existing schedule JSON")
     raw = path.read_bytes()
     try:
         doc = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _fail(src, f"not valid JSON ({exc}); regenerate it with ftp-train or ftp-export schedule") from None
+        raise schedule_error(src, f"not valid JSON ({exc}); regenerate it with ftp-train or ftp-export schedule") from None
     if not isinstance(doc, dict):
-        raise _fail(src, "top level must be a JSON object")
+        raise schedule_error(src, "top level must be a JSON object")
     if doc.get("format") != FORMAT:
-        raise _fail(src, f"field 'format' must be {FORMAT!r}; this is not an ftp-export schedule")
+        raise schedule_error(src, f"field 'format' must be {FORMAT!r}; this is not an ftp-export schedule")
     version = doc.get("format_version")
     if version not in READABLE_VERSIONS or isinstance(version, bool):
-        raise _fail(src, f"field 'format_version' is {version!r}; this ftp-export reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+        raise schedule_error(src, f"field 'format_version' is {version!r}; this ftp-export reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     return raw, doc
 
 
 def _check_sparsity(doc: dict[str, Any], n_layers: int, src: str) -> list[Any]:
     sparsity = doc.get("block_sparsity")
     if not isinstance(sparsity, list) or not sparsity:
-        raise _fail(src, "field 'block_sparsity' must be a non-empty list of numbers")
+        raise schedule_error(src, "field 'block_sparsity' must be a non-empty list of numbers")
     if len(sparsity) != n_layers:
-        raise _fail(
+        raise schedule_error(
             src,
             f"field 'block_sparsity' has {len(sparsity)} entries but the model has {n_layers} blocks; "
             "give one sparsity per block",
         )
     for i, s in enumerate(sparsity):
         if not _number(s) or not (0.0 <= s <= 1.0):
-            raise _fail(src, f"field 'block_sparsity[{i}]' is {s!r}; each block sparsity must be in [0, 1] (1 drops the block)")
+            raise schedule_error(src, f"field 'block_sparsity[{i}]' is {s!r}; each block sparsity must be in [0, 1] (1 drops the block)")
     if all_dropped(sparsity):
-        raise _fail(src, f"field 'block_sparsity': {ALL_DROPPED}")
+        raise schedule_error(src, f"field 'block_sparsity': {ALL_DROPPED}")
     target = doc.get("target_sparsity")
     if target is not None:
         if not _number(target) or not (0.0 <= target < 1.0):
-            raise _fail(src, f"field 'target_sparsity' is {target!r}; it must be in [0, 1)")
+            raise schedule_error(src, f"field 'target_sparsity' is {target!r}; it must be in [0, 1)")
         mean = sum(sparsity) / len(sparsity)
         if abs(mean - target) > 1e-3:
-            raise _fail(src, f"field 'target_sparsity' is {target} but the mean of block_sparsity is {mean:.4f}")
+            raise schedule_error(src, f"field 'target_sparsity' is {target} but the mean of block_sparsity is {mean:.4f}")
     return sparsity
 
 

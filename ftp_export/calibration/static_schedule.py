@@ -84,6 +84,7 @@ def make_uniform_schedule(
     samples: int = 256,
     max_context: int | None = None,
     device: str = "cpu",
+    decode_tokens: int = 2,
 ) -> Path:
     if not (0.0 < sparsity < 1.0):
         raise FTPError(f"--uniform {sparsity}: sparsity must be in (0, 1)")
@@ -103,7 +104,7 @@ def make_uniform_schedule(
         produced_by={"tool": "ftp-export schedule", "method": "uniform + static position-priority routers"},
     )
     routed = RoutedCausalLM(model, schedule).eval()
-    result = _calibrate(routed, tokenizer, text, samples, max_context)
+    result = _calibrate(routed, tokenizer, text, samples, max_context, decode_tokens)
     schedule.produced_by["calibration"] = {
         "source": "--calibration-text" if text is not None else "packaged sample text",
         "decode_thresholds": result.record(),

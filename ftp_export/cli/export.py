@@ -120,9 +120,6 @@ def calibrate_parser() -> Parser:
     p.add_argument("--model", help="the model the schedule is for (default: embedded tiny model)")
     p.add_argument("-o", "--output", required=True, help="schedule JSON to write (may be --schedule itself)")
     _calibration_arguments(p)
-    p.add_argument("--decode-tokens", type=int_at_least(1), default=2,
-                   help="tokens decoded per calibration window (default 2): a knot's threshold rests on samples x this "
-                        "many tokens, and more per window costs less prefill per token (e.g. --samples 32 --decode-tokens 16)")
     return p
 
 
@@ -130,6 +127,9 @@ def _calibration_arguments(p: Parser) -> None:
     p.add_argument("--calibration-text", help="UTF-8 text file for decode-threshold calibration (default: packaged sample)")
     p.add_argument("--samples", type=int_at_least(1), default=256,
                    help="calibration windows per context length for the decode thresholds (default 256)")
+    p.add_argument("--decode-tokens", type=int_at_least(1), default=2,
+                   help="tokens decoded per calibration window (default 2): a knot's threshold rests on samples x this "
+                        "many tokens, and more per window costs less prefill per token (e.g. --samples 32 --decode-tokens 16)")
     p.add_argument("--max-context", type=int_at_least(2), default=None,
                    help="longest context the decode thresholds are calibrated at (default: the model's limit, at most 2048)")
     p.add_argument("--device", default="cpu", type=device_choice, metavar="{" + ",".join(DEVICE_CHOICES) + "}",
@@ -201,7 +201,8 @@ def cmd_schedule(argv: list[str]) -> int:
     a = schedule_parser().parse_args(argv)
     device, text = _calibration_inputs(a)
     out = make_uniform_schedule(
-        a.model, a.uniform, Path(a.output), text=text, samples=a.samples, max_context=a.max_context, device=device
+        a.model, a.uniform, Path(a.output), text=text, samples=a.samples, max_context=a.max_context, device=device,
+        decode_tokens=a.decode_tokens,
     )
     print(f"wrote {out}")
     return 0

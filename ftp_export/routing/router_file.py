@@ -29,7 +29,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fail(where: str, what: str) -> ScheduleError:
+def schedule_error(where: str, what: str) -> ScheduleError:
+    """One ScheduleError line: ``<where>: <what>``."""
     return ScheduleError(f"{where}: {what}")
 
 
@@ -38,35 +39,35 @@ def check_router(router: Any, path: Path, src: str, model_width: Any) -> tuple[P
     hidden-state rank, hidden-state size, skip-adapter rank, skip-adapter size), rank 0 for the
     four-factor router and for no adapter."""
     if not isinstance(router, dict):
-        raise _fail(src, "field 'router' is missing")
+        raise schedule_error(src, "field 'router' is missing")
     if router.get("type") != ROUTER_TYPE:
-        raise _fail(src, f"field 'router.type' is {router.get('type')!r}; this ftp-export runs router type {ROUTER_TYPE!r} "
+        raise schedule_error(src, f"field 'router.type' is {router.get('type')!r}; this ftp-export runs router type {ROUTER_TYPE!r} "
                          "(a newer ftp-export wrote this schedule, or retrain it with ftp-train)")
     for key in ("features", "hidden", "activation"):
         if router.get(key) != ARCHITECTURE[key]:
-            raise _fail(src, f"field 'router.{key}' is {router.get(key)!r}; this ftp-export runs {ARCHITECTURE[key]!r}")
+            raise schedule_error(src, f"field 'router.{key}' is {router.get(key)!r}; this ftp-export runs {ARCHITECTURE[key]!r}")
     shape = (int(router["hidden"]), 0, 0)
     inputs = router.get("inputs", INPUTS_FACTORS)
     if inputs == INPUTS_HIDDEN:
         rank, size = router.get("hidden_state_rank"), router.get("hidden_state_size")
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise _fail(src, f"field 'router.hidden_state_rank' is {rank!r}; a hidden-state router needs an integer rank >= 1")
+            raise schedule_error(src, f"field 'router.hidden_state_rank' is {rank!r}; a hidden-state router needs an integer rank >= 1")
         if size != model_width:
-            raise _fail(src, f"field 'router.hidden_state_size' is {size!r} but the model's hidden size is {model_width!r}")
+            raise schedule_error(src, f"field 'router.hidden_state_size' is {size!r} but the model's hidden size is {model_width!r}")
         shape = (shape[0], rank, int(size))
     elif inputs != INPUTS_FACTORS:
-        raise _fail(src, f"field 'router.inputs' is {inputs!r}; this ftp-export reads {INPUTS_FACTORS!r} or {INPUTS_HIDDEN!r}")
+        raise schedule_error(src, f"field 'router.inputs' is {inputs!r}; this ftp-export reads {INPUTS_FACTORS!r} or {INPUTS_HIDDEN!r}")
     shape = (*shape, *_adapter_shape(router.get("skip_adapter"), src, model_width))
     weights_rel = router.get("weights")
     if not isinstance(weights_rel, str) or not weights_rel:
-        raise _fail(src, "field 'router.weights' must name the router safetensors file")
+        raise schedule_error(src, "field 'router.weights' must name the router safetensors file")
     weights = (path.parent / weights_rel).resolve()
     if not weights.is_file():
-        raise _fail(src, f"router weights {weights} not found (field 'router.weights'); keep the .safetensors next to the JSON")
+        raise schedule_error(src, f"router weights {weights} not found (field 'router.weights'); keep the .safetensors next to the JSON")
     expected = router.get("sha256")
     actual = sha256_file(weights)
     if expected != actual:
-        raise _fail(
+        raise schedule_error(
             src,
             f"router weights {weights.name} have sha256 {actual[:12]}... but field 'router.sha256' says "
             f"{str(expected)[:12]}...; the weights were modified or belong to another schedule",
@@ -79,14 +80,14 @@ def _adapter_shape(adapter: Any, src: str, model_width: Any) -> tuple[int, int]:
     if adapter is None:
         return 0, 0
     if not isinstance(adapter, dict):
-        raise _fail(src, f"field 'router.skip_adapter' is {adapter!r}; expected an object with rank, size and activation")
+        raise schedule_error(src, f"field 'router.skip_adapter' is {adapter!r}; expected an object with rank, size and activation")
     rank, size, act = adapter.get("rank"), adapter.get("size"), adapter.get("activation")
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise _fail(src, f"field 'router.skip_adapter.rank' is {rank!r}; a skip adapter needs an integer rank >= 1")
+        raise schedule_error(src, f"field 'router.skip_adapter.rank' is {rank!r}; a skip adapter needs an integer rank >= 1")
     if size != model_width:
-        raise _fail(src, f"field 'router.skip_adapter.size' is {size!r} but the model's hidden size is {model_width!r}")
+        raise schedule_error(src, f"field 'router.skip_adapter.size' is {size!r} but the model's hidden size is {model_width!r}")
     if act != ADAPTER_ACTIVATION:
-        raise _fail(src, f"field 'router.skip_adapter.activation' is {act!r}; this ftp-export runs {ADAPTER_ACTIVATION!r}")
+        raise schedule_error(src, f"field 'router.skip_adapter.activation' is {act!r}; this ftp-export runs {ADAPTER_ACTIVATION!r}")
     return rank, int(size)
 
 
@@ -97,21 +98,21 @@ def load_routers(weights: Path, n_layers: int, shape: tuple[int, ...], src: str)
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise _fail(src, f"router weights {weights.name} unreadable ({exc})") from None
+        raise schedule_error(src, f"router weights {weights.name} unreadable ({exc})") from None
     bank = RouterBank(n_layers, *shape)
     expected = bank.state_dict()
     for name, ref in expected.items():
         if name not in tensors:
-            raise _fail(src, f"router weights {weights.name} lack tensor {name!r}; the file is for another model")
+            raise schedule_error(src, f"router weights {weights.name} lack tensor {name!r}; the file is for another model")
         if tuple(tensors[name].shape) != tuple(ref.shape):
-            raise _fail(
+            raise schedule_error(
                 src, f"router tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {tuple(ref.shape)}"
             )
     extra = sorted(set(tensors) - set(expected))
     if extra:
-        raise _fail(src, f"router weights {weights.name} have unexpected tensors (first: {extra[0]!r}); the file is for another model")
+        raise schedule_error(src, f"router weights {weights.name} have unexpected tensors (first: {extra[0]!r}); the file is for another model")
     bad = sorted(name for name, t in tensors.items() if not bool(torch.isfinite(t.float()).all()))
     if bad:  # NaN scores would sort as ties and silently route by position
-        raise _fail(src, f"router weights {weights.name} hold NaN or inf (first: {bad[0]!r}); retrain or restore the schedule")
+        raise schedule_error(src, f"router weights {weights.name} hold NaN or inf (first: {bad[0]!r}); retrain or restore the schedule")
     bank.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
     return bank.eval()

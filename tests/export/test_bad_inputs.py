@@ -94,6 +94,7 @@ CASES: dict[str, tuple[list[str], str, tuple[str, ...]]] = {
     "max-context-1": (["schedule", "--uniform", "0.4", "--max-context", "1", "-o", "s.json"], ".", ("--max-context",)),
     "calibrate-samples-0": (["calibrate", "--schedule", "s.json", "--samples", "0", "-o", "t.json"], ".", ("--samples",)),
     "calibrate-decode-tokens-0": (["calibrate", "--schedule", "s.json", "--decode-tokens", "0", "-o", "t.json"], ".", ("--decode-tokens",)),
+    "schedule-decode-tokens-0": (["schedule", "--uniform", "0.3", "--decode-tokens", "0", "-o", "t.json"], ".", ("--decode-tokens",)),
     "calibration-text-missing": (["schedule", "--uniform", "0.4", "--calibration-text", "missing.txt", "-o", "s.json"], ".",
                                  ("--calibration-text", "not found")),
     "calibration-text-empty": (["schedule", "--uniform", "0.4", "--calibration-text", "blank.txt", "-o", "s.json"], ".",

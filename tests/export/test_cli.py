@@ -37,6 +37,10 @@ def test_uniform_schedule_command(tmp_path):
     assert abs(sch.target_sparsity - 0.3) < 1e-6 and sch.block_sparsity[0] == 0.0
     assert all(t is not None for t in sch.decode_thresholds[1:])
     assert 22 <= sch.decode_thresholds.lengths[-1] <= 24 and len(sch.decode_thresholds.lengths) >= 3  # last knot: the longest context
+    more = tmp_path / "s30-4.json"  # --decode-tokens: each window decodes that many tokens per knot
+    assert main(["schedule", "--uniform", "0.3", "-o", str(more), "--samples", "2", "--max-context", "24", "--decode-tokens", "4"]) == 0
+    record = load_schedule(more).produced_by["calibration"]["decode_thresholds"]
+    assert record["decode_tokens_per_window"] == 4 and sch.produced_by["calibration"]["decode_thresholds"]["decode_tokens_per_window"] == 2
 
 
 def test_calibrate_command_upgrades_a_format_1_schedule(tmp_path, capsys):
