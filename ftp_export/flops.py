@@ -30,10 +30,12 @@ ROUTER_BUDGET = 0.005  # a router may cost at most this share of its block's lin
 
 @dataclass(frozen=True)
 class BlockFlops:
-    """Per-token linear FLOPs of one block, split into the K/V part and the routed rest."""
+    """Per-token linear FLOPs of one block, split into the K/V part and the routed rest (q, o
+    and the MLP; ``mlp`` is the MLP's part of it)."""
 
     kv: int
     rest: int
+    mlp: int
 
     @property
     def total(self) -> int:
@@ -50,7 +52,7 @@ def block_linear_flops(config: Any) -> BlockFlops:
     q = o = 2 * hidden * heads * head_dim
     k = v = 2 * hidden * kv_heads * head_dim
     mlp = 3 * 2 * hidden * inter
-    return BlockFlops(kv=k + v, rest=q + o + mlp)
+    return BlockFlops(kv=k + v, rest=q + o + mlp, mlp=mlp)
 
 
 def router_flops(routers: Any) -> int:
@@ -98,10 +100,9 @@ def max_router_rank(config: Any, hidden: int = 64) -> int:
 def max_adapter_rank(config: Any, state_rank: int = 0, state_size: int = 0, hidden: int = 64) -> int:
     """The largest skip-adapter rank whose adapter, beside a router of hidden-state rank
     ``state_rank`` (0: the four-factor router), stays within the budget (0: none fits)."""
-    from ftp_export.routing.factors import FEATURES
+    from ftp_export.routing.router import RouterBank
 
-    router = 2 * (len(FEATURES) + state_rank) * hidden + 2 * hidden + 2 * state_size * state_rank
-    spare = ROUTER_BUDGET * block_linear_flops(config).total - router
+    spare = ROUTER_BUDGET * block_linear_flops(config).total - router_flops(RouterBank(1, hidden, state_rank, state_size))
     return max(0, int(spare // (4 * int(config.hidden_size))))
 
 
@@ -134,7 +135,7 @@ def routed_linear_flops(config: Any, block_sparsity: list[float], routers: Any =
     (with ``routers``: plus each routed block's router, which scores every token, and the skip
     adapter of every routed or dropped block)."""
     f = block_linear_flops(config)
-    return sum(_router_cost(routers, s) if dropped_sparsity(s) else f.kv + (1.0 - s) * f.rest + _router_cost(routers, s) for s in block_sparsity)
+    return sum(_router_cost(routers, s) + (0.0 if dropped_sparsity(s) else f.kv + (1.0 - s) * f.rest) for s in block_sparsity)
 
 
 def dense_linear_flops(config: Any) -> int:
@@ -174,8 +175,7 @@ def call_matmul_flops(
     f = block_linear_flops(config)
     attn = attention_flops_per_query(config, keys)
     blocks = sum(
-        new_tokens * _router_cost(routers, s) if dropped_sparsity(s) else new_tokens * (f.kv + (1.0 - s) * (f.rest + attn) + _router_cost(routers, s))
-        for s in block_sparsity
+        new_tokens * (_router_cost(routers, s) + (0.0 if dropped_sparsity(s) else f.kv + (1.0 - s) * (f.rest + attn))) for s in block_sparsity
     )
     return blocks + logits_rows * lm_head_flops(config)
 

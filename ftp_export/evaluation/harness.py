@@ -148,8 +148,10 @@ def build_methods(
     for group, ftp, s, order, routers in groups:
         u = M.uniform_static(hf, s)
         sp = ftp.detail["block_sparsity"] if ftp is not None else u.detail["block_sparsity"]
-        memo = SkipCostMemo(hf, ORACLE_SAMPLES, seed)  # both oracle rows score the same windows: one backward each
-        best = [oracle_method(hf, sp, ORACLE_SAMPLES, seed, memo), split_oracle_method(hf, sp, ORACLE_SAMPLES, seed, memo=memo)] if oracle and ftp is not None else []
+        best = []
+        if oracle and ftp is not None:
+            memo = SkipCostMemo(hf, ORACLE_SAMPLES, seed)  # both oracle rows score the same windows: one backward each
+            best = [oracle_method(hf, sp, ORACLE_SAMPLES, seed, memo), split_oracle_method(hf, sp, ORACLE_SAMPLES, seed, memo=memo)]
         rows += [(group, m) for m in (ftp, *best, u) if m is not None]
         rows += [(group, m) for m in M.layer_drops(hf, sp, influence, order, routers)]
     return rows

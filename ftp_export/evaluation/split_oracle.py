@@ -41,9 +41,7 @@ def sublayer_savings(config: Any) -> tuple[float, float]:
     """Fractions of a block's skippable linear FLOPs (q, o and MLP) saved by skipping its
     attention (q and o projections) and its MLP; they sum to 1."""
     f = block_linear_flops(config)
-    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
-    attention = 2 * 2 * int(config.hidden_size) * int(config.num_attention_heads) * head_dim
-    return attention / f.rest, 1.0 - attention / f.rest
+    return (f.rest - f.mlp) / f.rest, f.mlp / f.rest
 
 
 def choose_skips(

@@ -88,29 +88,38 @@ def _final_hidden(model: RoutedCausalLM, ids: torch.Tensor) -> tuple[torch.Tenso
     return seen["h"], out
 
 
+def _last_block_runs(model, sparsity: float, seed: int) -> dict:
+    """Only the last block at ``sparsity``: what enters it (``h_in``), the hidden state leaving it
+    with a random adapter (``got``, with the routed output ``out``), what a skipped token should
+    leave with (``expect``), and with an identity adapter and with none (``identity``, ``plain``)."""
+    cfg = model.config
+    n = cfg.num_hidden_layers
+    sp = [0.0] * (n - 1) + [sparsity]
+    ids = torch.randint(3, 250, (2, 24), generator=torch.Generator().manual_seed(seed))
+    bank = adapter_bank(cfg)
+    with torch.no_grad():
+        h_in = model(ids, output_hidden_states=True).hidden_states[n - 1]
+        got, out = _final_hidden(RoutedCausalLM(model, new_schedule(cfg, sp, routers=bank)), ids)
+        expect = h_in + bank.adapt(n - 1, model.model.layers[n - 1].input_layernorm(h_in))
+        identity, _ = _final_hidden(RoutedCausalLM(model, new_schedule(cfg, sp, routers=static_router_bank(n, adapter_rank=RANK, adapter_size=128))), ids)
+        plain, _ = _final_hidden(RoutedCausalLM(model, new_schedule(cfg, sp)), ids)
+    return {"ids": ids, "sp": sp, "bank": bank, "h_in": h_in, "got": got, "out": out, "expect": expect, "identity": identity, "plain": plain}
+
+
 def test_skipped_tokens_get_the_adapter_and_kept_tokens_do_not(default_model):
     """Only the last block routed (s = 0.5): its skipped tokens leave with h + U silu(A norm(h)), its
     kept tokens with the dense block's output; an identity adapter (U = 0) is plain skipping."""
-    cfg = default_model.config
-    n = cfg.num_hidden_layers
-    sp = [0.0] * (n - 1) + [0.5]
-    ids = torch.randint(3, 250, (2, 24), generator=torch.Generator().manual_seed(2))
-    bank = adapter_bank(cfg)
+    r = _last_block_runs(default_model, 0.5, seed=2)
+    got, h_in = r["got"], r["h_in"]
     with torch.no_grad():
-        hs = default_model(ids, output_hidden_states=True).hidden_states
-        h_in = hs[n - 1]  # what enters the last block
-        dense_out, _ = _final_hidden(RoutedCausalLM(default_model, None), ids)
-        got, out = _final_hidden(RoutedCausalLM(default_model, new_schedule(cfg, sp, routers=bank)), ids)
-        expect_skip = h_in + bank.adapt(n - 1, default_model.model.layers[n - 1].input_layernorm(h_in))
-        identity, _ = _final_hidden(RoutedCausalLM(default_model, new_schedule(cfg, sp, routers=static_router_bank(n, adapter_rank=RANK, adapter_size=128))), ids)
-        plain, _ = _final_hidden(RoutedCausalLM(default_model, new_schedule(cfg, sp)), ids)
-    kept = torch.zeros(ids.shape, dtype=torch.bool)
-    kept.scatter_(1, out.routing[n - 1].indices, True)
+        dense_out, _ = _final_hidden(RoutedCausalLM(default_model, None), r["ids"])
+    kept = torch.zeros(r["ids"].shape, dtype=torch.bool)
+    kept.scatter_(1, r["out"].routing[-1].indices, True)
     assert 0 < int(kept.sum()) < kept.numel()
     assert torch.allclose(got[kept], dense_out[kept], atol=1e-4)
-    assert torch.allclose(got[~kept], expect_skip[~kept], atol=1e-4)
+    assert torch.allclose(got[~kept], r["expect"][~kept], atol=1e-4)
     assert not torch.allclose(got[~kept], h_in[~kept], atol=1e-3)
-    assert torch.equal(identity, plain)
+    assert torch.equal(r["identity"], r["plain"])
 
 
 def test_a_dropped_block_gives_every_token_the_adapter(default_model):
@@ -118,19 +127,11 @@ def test_a_dropped_block_gives_every_token_the_adapter(default_model):
     h + U silu(A norm(h)) and nothing else of the block runs; without an adapter (or with the
     identity one) it is exact layer dropping."""
     cfg = default_model.config
-    n = cfg.num_hidden_layers
-    sp = [0.0] * (n - 1) + [1.0]
-    ids = torch.randint(3, 250, (2, 24), generator=torch.Generator().manual_seed(5))
-    bank = adapter_bank(cfg)
-    with torch.no_grad():
-        h_in = default_model(ids, output_hidden_states=True).hidden_states[n - 1]
-        got, out = _final_hidden(RoutedCausalLM(default_model, new_schedule(cfg, sp, routers=bank)), ids)
-        expect = h_in + bank.adapt(n - 1, default_model.model.layers[n - 1].input_layernorm(h_in))
-        identity, _ = _final_hidden(RoutedCausalLM(default_model, new_schedule(cfg, sp, routers=static_router_bank(n, adapter_rank=RANK, adapter_size=128))), ids)
-        plain, _ = _final_hidden(RoutedCausalLM(default_model, new_schedule(cfg, sp)), ids)
-    assert out.routing[n - 1] is None
-    assert torch.allclose(got, expect, atol=1e-4) and not torch.allclose(got, h_in, atol=1e-3)
-    assert torch.equal(identity, plain) and torch.allclose(plain, h_in, atol=1e-4)
+    r = _last_block_runs(default_model, 1.0, seed=5)
+    ids, sp, bank, got, h_in, plain = r["ids"], r["sp"], r["bank"], r["got"], r["h_in"], r["plain"]
+    assert r["out"].routing[-1] is None
+    assert torch.allclose(got, r["expect"], atol=1e-4) and not torch.allclose(got, h_in, atol=1e-3)
+    assert torch.equal(r["identity"], plain) and torch.allclose(plain, h_in, atol=1e-4)
     steps = DynamicCache()  # decode: the same update for every new token
     model = RoutedCausalLM(default_model, new_schedule(cfg, sp, routers=bank)).eval()
     with torch.no_grad():
