@@ -103,7 +103,7 @@ def attend(
     ``allowed`` is exactly the lower triangle (no padding, no window, no past)."""
     g, n_heads, nq, dh = q.shape
     masked = ~allowed
-    if own or nq == 1 or _tracing():
+    if _tracing() or own or nq <= 1:  # tracing first: a decode block's query count is data dependent
         out, colsum, own_w = _one_shot(q * scaling, k, v, masked, col_weight, q_index if own else None)
     elif col_weight is None and q.device.type in ("cpu", "cuda") and q.dtype != torch.float16:  # float16: see _one_shot
         out, colsum, own_w = _fused(q, k, v, masked, scaling, causal), None, None

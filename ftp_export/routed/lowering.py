@@ -29,6 +29,8 @@ DECODE_LOWERINGS = ("dynamic", "static")
 
 class Lowering(Protocol):
     decode: str  # one of DECODE_LOWERINGS
+    # a dynamic decode block that keeps no row runs no attention (ftp_export/routed/decode_rows.py)
+    empty_decode_attention: bool
 
     def topk_gather(
         self, hidden: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, q16: int
@@ -86,8 +88,10 @@ class TorchLowering:
     flat row (ONNX Gather / ScatterND on axis 0), not element by element (GatherElements /
     ScatterElements with a [B, K, D] int64 index, which cost onnxruntime 3-4% of a prefill)."""
 
-    def __init__(self, decode: str = "dynamic") -> None:
+    def __init__(self, decode: str = "dynamic", empty_decode_attention: bool = True) -> None:
         self.decode = check_decode_lowering(decode)
+        # False for AOTInductor: Inductor cannot lower the reshapes of a data-dependent query count
+        self.empty_decode_attention = empty_decode_attention
 
     def topk_gather(self, hidden, scores, valid, q16):
         indices, active = topk_select(scores, valid, q16)

@@ -16,8 +16,8 @@ from ftp_export.architectures import check_supported, fingerprint, sliding_windo
 from ftp_export.devices import module_device
 from ftp_export.errors import ScheduleError
 from ftp_export.flops import check_router_budget
-from ftp_export.routed.attention import attend
-from ftp_export.routed.block import apply_rope, attention_mask_for, compute_rows, finish_rows, project_kv, zero_kv
+from ftp_export.routed.block import attention_mask_for, compute_rows, finish_rows, project_kv, zero_kv
+from ftp_export.routed.decode_rows import attend_kept_rows
 from ftp_export.routed.lowering import Lowering, TorchLowering, flat_rows, suffix_count, take_rows
 from ftp_export.routing.factors import router_features, update_signal
 from ftp_export.routing.selection import decode_dither, keep_q16, soft_topk_gate
@@ -321,11 +321,9 @@ class RoutedCausalLM(nn.Module):
     def _threshold_block(self, b, layer, h, x, keys, values, scores, call: _Call, temperature, skip_to):
         """Decode routing: the tokens whose score reaches the threshold, as flat rows of the batch.
 
-        Only the kept rows run the linear layers (queries, o_proj, MLP). Attention runs for every
-        row of the call against its own cache, the kept rows' queries scattered into zeros (a
-        skipped row's result is never read): a decode row's attention reads that row's K/V once,
-        as the dense model does, where gathering each kept row's cache would copy it first."""
-        bsz, seq = h.shape[:2]
+        Only the kept rows run the block's queries, o_proj and MLP; attention runs for the call's
+        rows against their own caches in place, and not at all when no row is kept
+        (:mod:`~ftp_export.routed.decode_rows`): a skipped token of a one-row step attends to nothing."""
         # the threshold at each token's context length is subtracted in the graph, so the
         # gather (and its TensorRT plugin) compares with a plain 0
         thresholds = self.schedule.decode_thresholds
@@ -333,13 +331,12 @@ class RoutedCausalLM(nn.Module):
         if self.lowering.decode == "static":
             return self._threshold_block_static(b, layer, h, x, keys, values, margin, call, skip_to)
         rows, flat = self.lowering.threshold_gather(h, margin, call.valid, 0.0)
+        out_rows, own = attend_kept_rows(
+            layer, x, flat, call, keys, values, call.allowed(self.windows[b]), self.head_dim, self.scaling,
+            self.lowering, own=call.signal,
+        )
         # rows as [N, 1, D], as the other blocks' [G, Q, D]: the linear layers export as MatMul (which
         # --quantize int8 rewrites), not the Gemm a 2-D input gives
-        q_rows = layer.self_attn.q_proj(_row_view(x).index_select(0, flat)).squeeze(1)
-        q = self.lowering.row_scatter(q_rows.new_zeros(bsz, seq, q_rows.shape[-1]), q_rows, flat)
-        q = apply_rope(q.view(bsz, seq, -1, self.head_dim).transpose(1, 2), call.cos, call.sin)
-        out, _, own = attend(q, keys, values, call.allowed(self.windows[b]), self.scaling, call.all_tok + call.past, own=call.signal)
-        out_rows = _row_view(out).index_select(0, flat)
         h = self.lowering.row_scatter(skip_to, finish_rows(layer, rows.unsqueeze(1), out_rows).squeeze(1), flat)
         if not call.signal:
             return h, None, None, BlockRouting(rows=flat)
@@ -376,8 +373,3 @@ def _logit_rows(h: torch.Tensor, call: _Call, logits: str) -> torch.Tensor:
     last = key.argmax(-1, keepdim=True)  # [B, 1]
     return torch.gather(h, 1, last.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
 
-
-def _row_view(t: torch.Tensor) -> torch.Tensor:
-    """``t`` [B, T, D] as [B*T, 1, D]. The -1 keeps the shape a constant in the graph (a size
-    computed from B and T is a Shape/Gather/Concat chain per use: a decode step's cost at batch 1)."""
-    return t.reshape(-1, 1, t.shape[-1])

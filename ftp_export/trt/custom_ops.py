@@ -89,6 +89,10 @@ class PluginLowering:
     ``decode="static"``: decode blocks use no node at all (every row computed, a mask keeps the
     kept ones: :mod:`ftp_export.routed.lowering`); prefill keeps its top-k nodes."""
 
+    # a decode block attends with every row even when it keeps none: zero-size attention tensors
+    # are untested in TensorRT engines (ftp_export/routed/decode_rows.py)
+    empty_decode_attention = False
+
     def __init__(self, decode: str = "dynamic") -> None:
         self.decode = check_decode_lowering(decode)
 

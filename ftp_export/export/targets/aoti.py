@@ -30,6 +30,7 @@ from ftp_export.errors import FTPError
 from ftp_export.export.request import ExportRequest
 from ftp_export.export.targets.base import Log, Target, TargetResult, register
 from ftp_export.graph_io import trace_specs
+from ftp_export.routed.lowering import TorchLowering
 from ftp_export.routed.model import RoutedCausalLM
 
 
@@ -57,7 +58,10 @@ class AotiTarget(Target):
     def export(self, model: RoutedCausalLM, out: Path, req: ExportRequest, log: Log) -> TargetResult:
         from ftp_export.runtimes.aoti import AotiRuntime
 
-        specs = trace_specs(model, req.logits)
+        # a decode block with no kept row still attends (decode_rows.py): Inductor cannot lower the
+        # reshapes of a query count that depends on the data ("LoweringException" in aten.reshape)
+        lowering = TorchLowering(decode=model.lowering.decode, empty_decode_attention=False)
+        specs = trace_specs(RoutedCausalLM(model.hf, model.schedule, lowering=lowering).eval(), req.logits)
         files = {}
         for graph, spec in specs.items():
             log(f"      AOTInductor: {graph} graph")
