@@ -23,6 +23,7 @@ import torch
 
 from ftp_export.routed.attention import attend
 from ftp_export.routed.block import apply_rope
+from ftp_export.routed.lowering import Lowering
 
 
 def attend_kept_rows(
@@ -35,7 +36,7 @@ def attend_kept_rows(
     allowed: torch.Tensor,
     head_dim: int,
     scaling: float,
-    lowering: Any,
+    lowering: Lowering,
     own: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention output [N, 1, H*Dh] of the kept flat rows ``flat`` [N] (ascending) of the normed
@@ -48,13 +49,12 @@ def attend_kept_rows(
     q = lowering.row_scatter(q_rows.new_zeros(bsz, seq, q_rows.shape[-1]), q_rows, flat)
     q = apply_rope(q.view(bsz, seq, n_heads, head_dim).transpose(1, 2), call.cos, call.sin)
     q_index = call.all_tok + call.past
-    if not lowering.empty_decode_attention:
-        out, _, own_w = attend(q, keys, values, allowed, scaling, q_index, own=own)
-        return _row_view(out).index_select(0, flat), own_w
-    # every position when some row is kept, none otherwise
-    end = torch.sym_min(flat.shape[0], 1) * seq
-    out, _, own_w = attend(q[:, :, :end], keys, values, allowed[:, :end], scaling, q_index[:, :end], own=own)
-    if own_w is not None:
+    empty = lowering.empty_decode_attention
+    if empty:  # every position when some row is kept, none otherwise
+        end = torch.sym_min(flat.shape[0], 1) * seq
+        q, allowed, q_index = q[:, :, :end], allowed[:, :end], q_index[:, :end]
+    out, _, own_w = attend(q, keys, values, allowed, scaling, q_index, own=own)
+    if empty and own_w is not None:
         own_w = torch.nn.functional.pad(own_w, (0, seq - end))
     return _row_view(out).index_select(0, flat), own_w
 
