@@ -121,11 +121,13 @@ def export_dense(hf: Any, folder: Path, logits: str) -> BenchAoti:
     return BenchAoti(files, {g: s.signature for g, s in specs.items()}, "cpu")
 
 
-def export_routed(model: RoutedCausalLM, folder: Path, dtype: str, logits: str) -> BenchAoti:
-    """``model`` exported by the ``compile`` target into ``folder`` (no parity run), loaded."""
+def export_routed(model: RoutedCausalLM, folder: Path, dtype: str, logits: str, attention: str = "op") -> BenchAoti:
+    """``model`` exported by the ``compile`` target into ``folder`` (no parity run; ``attention``:
+    its ``--aoti-attention``), loaded."""
     folder.mkdir(parents=True, exist_ok=True)
     target = get_target(TARGET)
-    req = ExportRequest(target=TARGET, output=str(folder), dtype=dtype, device="cpu", logits=logits, parity=False)
+    req = ExportRequest(target=TARGET, output=str(folder), dtype=dtype, device="cpu", logits=logits, parity=False,
+                        aoti_attention=attention)
     target.check(req)
     result = target.export(model, folder, req, lambda _msg: None)
     files = {g: folder / entry["file"] for g, entry in result.manifest["graphs"].items()}
@@ -154,8 +156,9 @@ def parity(rt: BenchAoti, modules: dict[str, nn.Module], vocab: int, seq: int, d
     return diff
 
 
-def run_aoti(model: Any, s: OrtSettings, workdir: Path | None = None) -> dict[str, Any]:
-    """Package dense (Hugging Face, sdpa) and routed (compile target) models, time them; returns the rows."""
+def run_aoti(model: Any, s: OrtSettings, workdir: Path | None = None, attention: str = "op") -> dict[str, Any]:
+    """Package dense (Hugging Face, sdpa) and routed (compile target, ``--aoti-attention attention``)
+    models, time them; returns the rows."""
     cfg = model.config
     vocab = int(cfg.vocab_size)
     prompts = decode_prompts(vocab, s.decode_contexts, max(s.decode_batches), s.decode_steps)
@@ -177,7 +180,7 @@ def run_aoti(model: Any, s: OrtSettings, workdir: Path | None = None) -> dict[st
                 bar.set_postfix_str(f"s={sp}: decode thresholds, package")
                 routed_model = calibrated_routed(model, sp, prompts, s.decode_steps)
                 schedule = routed_model.schedule
-                routed = export_routed(routed_model, Path(tmp) / f"s{sp}", s.dtype, s.logits)
+                routed = export_routed(routed_model, Path(tmp) / f"s{sp}", s.dtype, s.logits, attention)
                 graphs = {g: spec.module for g, spec in trace_specs(routed_model, s.logits).items()}
                 checked[f"routed s={sp}"] = parity(routed, graphs, vocab, min(s.seqs), s.dtype)
                 bar.update()

@@ -80,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
         "--logits", default="last", choices=["last", "all"],
         help="prefill logits on both sides: last position only (default, as generation) or all positions",
     )
+    p.add_argument("--aoti-attention", default="op", choices=["op", "graph"],
+                   help="--runtime aoti: the routed packages' prefill attention, as ftp-export --target compile "
+                        "--aoti-attention makes it (default op)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("-o", "--output", default="exported/bench", help="folder for bench.json and bench.png")
@@ -103,6 +106,8 @@ def _check(a: argparse.Namespace) -> None:
             raise FTPError(f"--device {a.device} with --runtime aoti: the AOTInductor bench packages and times on the CPU; use --device cpu")
         if a.memory:
             raise FTPError("--memory with --runtime aoti: not measured for AOTInductor packages; use --runtime eager or onnxruntime")
+    if a.aoti_attention != "op" and a.runtime != "aoti":
+        raise FTPError(f"--aoti-attention {a.aoti_attention} applies to --runtime aoti only")
     if a.memory and a.runtime == "compile":
         raise FTPError("--memory with --runtime compile: the first compiled call compiles, so its memory rise is not a prefill's; "
                        "use --runtime eager or onnxruntime")
@@ -158,9 +163,9 @@ def cmd_bench(argv: list[str]) -> int:
 
         settings = OrtSettings(batches, seqs, sparsities, decode_batches, contexts, a.decode_steps, a.warmup, a.iters,
                                a.threads, dtype_name, False, a.logits)
-        res = run_aoti(model, settings)
+        res = run_aoti(model, settings, attention=a.aoti_attention)
         prefill, decode, memory = res["prefill"], res["decode"], res["memory"]
-        extra = {"threads": a.threads, "decode_steps": a.decode_steps, "dense_baseline": DENSE_BASELINE,
+        extra = {"aoti_attention": a.aoti_attention, "threads": a.threads, "decode_steps": a.decode_steps, "dense_baseline": DENSE_BASELINE,
                  "decode_thresholds": "calibrated block by block on the timed decode prompts (ftp_export.bench.decode_calibration)",
                  "parity_max_abs": res["parity"]}
     else:

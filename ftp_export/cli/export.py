@@ -10,6 +10,8 @@ from ftp_export.cli.parser import Parser
 from ftp_export.devices import DEVICE_CHOICES, DTYPE_CHOICES, device_choice
 from ftp_export.errors import FTPError
 
+AOTI_ATTENTION = ("op", "graph")  # --aoti-attention: export/request.py
+
 
 def tolerance(text: str) -> float:
     """``--atol`` / ``--rtol``: a finite number >= 0."""
@@ -100,6 +102,13 @@ def export_parser() -> Parser:
         "sync per block) or compute every token and keep the kept ones by a mask (static: fixed shapes, "
         "CUDA-graph friendly; docs in plugins/README.md) (default dynamic)",
     )
+    p.add_argument(
+        "--aoti-attention", choices=AOTI_ATTENTION, default="op",
+        help="--target compile: prefill attention as the ftp_export::attention custom op, whose kernel is "
+        "ftp_export's chunked attention (op: faster at long prompts; loading the packages needs Python with "
+        "ftp_export importable), or traced into the packages (graph: self-contained, loadable from C++) "
+        "(default op)",
+    )
     return p
 
 
@@ -143,6 +152,8 @@ def cmd_export(argv: list[str]) -> int:
     a = parser.parse_args(argv)
     if a.decode_lowering != "dynamic" and a.target != "trt":
         parser.error(f"--decode-lowering {a.decode_lowering} applies to --target trt only")
+    if a.aoti_attention != "op" and a.target != "compile":
+        parser.error(f"--aoti-attention {a.aoti_attention} applies to --target compile only")
     req = ExportRequest(
         model=a.model,
         schedule=a.schedule,
@@ -155,6 +166,7 @@ def cmd_export(argv: list[str]) -> int:
         device=a.device,
         logits=a.logits,
         decode_lowering=a.decode_lowering,
+        aoti_attention=a.aoti_attention,
         quantize=a.quantize,
         parity=a.parity,
     )

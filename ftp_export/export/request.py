@@ -24,6 +24,10 @@ class ExportRequest:
     # --target trt: how decode (threshold) blocks are lowered, routed/lowering.py's DECODE_LOWERINGS:
     # "dynamic" = gather the kept rows (data-dependent count), "static" = every row, masked
     decode_lowering: str = "dynamic"
+    # --target compile: "op" = prefill attention is the ftp_export::attention custom op (eager's
+    # chunked attention at run time; the packages then need Python with ftp_export importable),
+    # "graph" = attention traced into the packages (self-contained, C++ loadable, slower at long prompts)
+    aoti_attention: str = "op"
     # --target onnx: "int8" = 8-bit weights for every weight MatMul outside the routing path
     # (export/quantize.py); None = the weights in ``dtype``
     quantize: str | None = None

@@ -10,7 +10,9 @@ they never leave this module and are never averaged over heads in a separate pas
 - the column sums are one matrix-vector product per K/V head over the probabilities.
 
 Schedules of the same arithmetic, picked by :func:`attend`:
-- traced graphs (ONNX, TensorRT, torch.compile, AOTInductor) and decode: one shot over all
+- graphs compiled by Inductor (the compile target's AOTInductor packages): prefill attention is one
+  custom op whose kernel is this module's eager schedule (:mod:`ftp_export.routed.attention_op`);
+- other traced graphs (ONNX, TensorRT, torch.compile, AOTInductor) and decode: one shot over all
   keys. Shape-bounded chunks (below) traced into ONNX ran prefill 10-21% faster in onnxruntime at
   L >= 1024 but made the exporter's optimizer 2.5x slower on the default model and over 17
   minutes on 30 blocks, and Inductor fails to lower them ("IndexError: pop from empty list",
@@ -41,21 +43,36 @@ CHUNK = 256
 STATIC_CHUNKS = 4
 
 
-def _tracing() -> bool:
+def tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def score_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype attention scores are softmaxed in: float16 would overflow to -inf at the mask
+    (NaN rows), so it is float32; others keep theirs."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+def mask_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive mask [G, Q, S] of ``allowed`` for queries of ``dtype``: 0 where a query may see a
+    key, the score dtype's minimum where not. Adding the minimum equals Hugging Face's masked_fill
+    (|score| is far below its ulp) and is a plain broadcast Add in ONNX, where onnxruntime's Where
+    was a fifth of prefill time. A caller whose blocks share a mask forms it once
+    (``_Call.bias`` in routed/model.py: one Not, Cast and Mul per call, not per block)."""
+    dt = score_dtype(dtype)
+    return (~allowed).to(dt) * torch.finfo(dt).min
 
 
 def _one_shot(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    masked: torch.Tensor,
+    bias: torch.Tensor,
     col_weight: torch.Tensor | None,
     own_index: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """``q`` [G, H, Q, Dh] already scaled, ``k``/``v`` [G, Hkv, S, Dh], ``masked`` [G, Q, S] True
-    where a query may not see a key (set to the dtype's minimum, as Hugging Face's eager attention
-    does). Returns output [G, H, Q, Dh], column sums [G, S] and own weights [G, Q]."""
+    """``q`` [G, H, Q, Dh] already scaled, ``k``/``v`` [G, Hkv, S, Dh], ``bias`` [G, Q, S]
+    (:func:`mask_bias`). Returns output [G, H, Q, Dh], column sums [G, S] and own weights [G, Q]."""
     g, n_heads, nq, dh = q.shape
     hkv, s = k.shape[1], k.shape[2]
     r = n_heads // hkv
@@ -63,9 +80,6 @@ def _one_shot(
     scores = torch.matmul(q.reshape(g, hkv, r * nq, dh), k.transpose(2, 3))
     if scores.dtype == torch.float16:
         scores = scores.to(torch.float32)  # float16 would overflow to -inf below (NaN rows)
-    # Adding the dtype's minimum equals Hugging Face's masked_fill (|score| is far below its ulp)
-    # and is a plain broadcast Add in ONNX, where onnxruntime's Where was a fifth of prefill time.
-    bias = masked.to(scores.dtype) * torch.finfo(scores.dtype).min
     scores.view(g, hkv, r, nq, s).add_(bias[:, None, None])
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
     out = torch.matmul(probs.to(v.dtype), v).view(g, n_heads, nq, dh)
@@ -89,6 +103,7 @@ def attend(
     col_weight: torch.Tensor | None = None,
     own: bool = False,
     causal: bool = False,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Softmax attention as Hugging Face's eager attention computes it (masked scores at the
     dtype's minimum, softmax in float32), for queries ``q`` [G, H, Q, Dh] at cache indices
@@ -100,25 +115,32 @@ def attend(
     the weighted queries put on every key, ``sum_q w_q mean_h p[h, q, s]`` [G, S]; with ``own``,
     each query's head-mean weight on its own key [G, Q]. With neither (no later routed block
     reads this block's signal), eager PyTorch runs fused SDPA, causal when the caller says
-    ``allowed`` is exactly the lower triangle (no padding, no window, no past)."""
+    ``allowed`` is exactly the lower triangle (no padding, no window, no past).
+    ``bias``: :func:`mask_bias` of ``allowed`` when the caller has it already."""
     g, n_heads, nq, dh = q.shape
-    masked = ~allowed
-    if _tracing() or own or nq <= 1:  # tracing first: a decode block's query count is data dependent
-        out, colsum, own_w = _one_shot(q * scaling, k, v, masked, col_weight, q_index if own else None)
-    elif col_weight is None and q.device.type in ("cpu", "cuda") and q.dtype != torch.float16:  # float16: see _one_shot
-        out, colsum, own_w = _fused(q, k, v, masked, scaling, causal), None, None
+    mask = bias  # formed here only on the paths that read it
+    if tracing() or own or nq <= 1:  # tracing first: a decode block's query count is data dependent
+        out, colsum, own_w = _one_shot(q * scaling, k, v, _formed(mask, allowed, q), col_weight, q_index if own else None)
+    elif col_weight is None and q.device.type in ("cpu", "cuda") and q.dtype != torch.float16:  # float16: see score_dtype
+        out, colsum, own_w = _fused(q, k, v, None if causal else _formed(mask, allowed, q), scaling, causal), None, None
     elif q.device.type == "cuda" and _triton_ok(q, k):
         out, colsum, own_w = kernels.attention_with_signal(q, k, v, q_index, scaling, allowed=allowed, col_weight=col_weight)
         out = out.view(g, nq, n_heads, dh).transpose(1, 2)  # the layout the reshape below undoes
     elif q.device.type != "cpu":
         # no host reads: CUDA (a sync per chunk would stall it) and meta (no data)
-        out, colsum, own_w = _in_chunks(q * scaling, k, v, masked, col_weight, _shape_spans(nq, k.shape[2]))
+        out, colsum, own_w = _in_chunks(q * scaling, k, v, _formed(mask, allowed, q), col_weight, _shape_spans(nq, k.shape[2]))
     elif nq <= CHUNK:
-        out, colsum, own_w = _one_shot(q * scaling, k, v, masked, col_weight, None)
+        out, colsum, own_w = _one_shot(q * scaling, k, v, _formed(mask, allowed, q), col_weight, None)
     else:
-        out, colsum, own_w = _in_chunks(q * scaling, k, v, masked, col_weight, _data_spans(q_index, nq, k.shape[2]))
+        spans = _data_spans(q_index, nq, k.shape[2])
+        out, colsum, own_w = _in_chunks(q * scaling, k, v, _formed(mask, allowed, q), col_weight, spans)
     out = out.transpose(1, 2).reshape(g, nq, n_heads * dh)
     return out, colsum, own_w
+
+
+def _formed(bias: torch.Tensor | None, allowed: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``bias``, or :func:`mask_bias` of ``allowed`` when the caller has none."""
+    return bias if bias is not None else mask_bias(allowed, q.dtype)
 
 
 def _triton_ok(q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -131,15 +153,14 @@ def _triton_ok(q: torch.Tensor, k: torch.Tensor) -> bool:
     return supports(q, k)
 
 
-def _fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, masked: torch.Tensor, scaling: float, causal: bool) -> torch.Tensor:
+def _fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scaling: float, causal: bool) -> torch.Tensor:
     """Eager attention without a signal: PyTorch's fused SDPA (flash on CPU and CUDA). The mask
-    is additive at the dtype's minimum, as in :func:`_one_shot`, so a fully masked (padding) row
-    stays finite instead of NaN."""
+    is additive (:func:`mask_bias`, in ``q``'s dtype here: float16 never gets here), so a fully
+    masked (padding) row stays finite instead of NaN."""
     gqa = k.shape[1] != q.shape[1]
     if causal:
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
-    bias = masked.to(q.dtype).mul_(torch.finfo(q.dtype).min).unsqueeze(1)
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scaling, enable_gqa=gqa)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(1), scale=scaling, enable_gqa=gqa)
 
 
 def _data_spans(q_index: torch.Tensor, nq: int, s: int) -> list[tuple[int, int, int]]:
@@ -164,7 +185,7 @@ def _in_chunks(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    masked: torch.Tensor,
+    bias: torch.Tensor,
     col_weight: torch.Tensor | None,
     spans: list[tuple[int, int, int]],
 ) -> tuple[torch.Tensor, torch.Tensor | None, None]:
@@ -175,7 +196,7 @@ def _in_chunks(
     colsum = None if col_weight is None else torch.zeros(g, s, dtype=torch.float32, device=q.device)
     for start, end, ext in spans:
         out, part, _ = _one_shot(
-            q[:, :, start:end], k[:, :, :ext], v[:, :, :ext], masked[:, start:end, :ext],
+            q[:, :, start:end], k[:, :, :ext], v[:, :, :ext], bias[:, start:end, :ext],
             None if col_weight is None else col_weight[:, start:end], None,
         )
         outs.append(out)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ftp_export.routed.attention import attend
+from ftp_export.routed.attention_op import attend_traced
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -89,6 +90,7 @@ def compute_rows(
     own: bool = False,
     causal: bool = False,
     normed: torch.Tensor | None = None,
+    op: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run the block (attention + MLP, residuals) for ``rows`` [G, Q, D] at cache indices
     ``q_index`` [G, Q] against ``keys``/``values`` [G, Hkv, S, Dh]. Returns new rows [G, Q, D] and
@@ -96,8 +98,10 @@ def compute_rows(
     column sums [G, S] (``col_weight``) or each query's weight on itself [G, Q] (``own``);
     ``causal``: ``allowed`` is exactly the lower triangle (attend's fast path). ``normed``: the
     rows after the input norm when the caller has them already (the norm is per row, so rows
-    gathered from the normed call equal the gathered rows normed)."""
+    gathered from the normed call equal the gathered rows normed). ``op``: traced attention is the
+    ``ftp_export::attention`` custom op (the lowering's ``attention_op``)."""
     x = layer.input_layernorm(rows) if normed is None else normed
     q = query_states(layer, x, cos, sin, head_dim)
-    out, colsum, own_w = attend(q, keys, values, allowed, scaling, q_index, col_weight, own, causal)
+    result = attend_traced(q, keys, values, allowed, scaling, q_index, col_weight, causal) if op and not own else None
+    out, colsum, own_w = result or attend(q, keys, values, allowed, scaling, q_index, col_weight, own, causal)
     return finish_rows(layer, rows, out), colsum, own_w

@@ -33,14 +33,15 @@ def attend_kept_rows(
     call: Any,
     keys: torch.Tensor,
     values: torch.Tensor,
-    allowed: torch.Tensor,
+    mask: tuple[torch.Tensor, torch.Tensor],
     head_dim: int,
     scaling: float,
     lowering: Lowering,
     own: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention output [N, 1, H*Dh] of the kept flat rows ``flat`` [N] (ascending) of the normed
-    call ``x`` [B, T, D], ``allowed`` [B, T, S] every token's keys; with ``own``, each token's
+    call ``x`` [B, T, D], ``mask`` every token's allowed keys [B, T, S] and their additive bias
+    (:func:`~ftp_export.routed.attention.mask_bias`, formed once per call); with ``own``, each token's
     head-mean weight on its own key [B, T] (only kept tokens' values are meaningful). The lowering
     scatters the queries and says whether a block with no kept row skips attention."""
     bsz, seq = x.shape[:2]
@@ -50,10 +51,11 @@ def attend_kept_rows(
     q = apply_rope(q.view(bsz, seq, n_heads, head_dim).transpose(1, 2), call.cos, call.sin)
     q_index = call.all_tok + call.past
     empty = lowering.empty_decode_attention
+    allowed, bias = mask
     if empty:  # every position when some row is kept, none otherwise
         end = torch.sym_min(flat.shape[0], 1) * seq
-        q, allowed, q_index = q[:, :, :end], allowed[:, :end], q_index[:, :end]
-    out, _, own_w = attend(q, keys, values, allowed, scaling, q_index, own=own)
+        q, allowed, bias, q_index = q[:, :, :end], allowed[:, :end], bias[:, :end], q_index[:, :end]
+    out, _, own_w = attend(q, keys, values, allowed, scaling, q_index, own=own, bias=bias)
     if empty and own_w is not None:
         own_w = torch.nn.functional.pad(own_w, (0, seq - end))
     return _row_view(out).index_select(0, flat), own_w

@@ -31,6 +31,8 @@ class Lowering(Protocol):
     decode: str  # one of DECODE_LOWERINGS
     # a dynamic decode block that keeps no row runs no attention (ftp_export/routed/decode_rows.py)
     empty_decode_attention: bool
+    # traced prefill attention is the ftp_export::attention custom op (routed/attention_op.py)
+    attention_op: bool
 
     def topk_gather(
         self, hidden: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, q16: int
@@ -88,10 +90,12 @@ class TorchLowering:
     flat row (ONNX Gather / ScatterND on axis 0), not element by element (GatherElements /
     ScatterElements with a [B, K, D] int64 index, which cost onnxruntime 3-4% of a prefill)."""
 
-    def __init__(self, decode: str = "dynamic", empty_decode_attention: bool = True) -> None:
+    def __init__(self, decode: str = "dynamic", empty_decode_attention: bool = True, attention_op: bool = False) -> None:
         self.decode = check_decode_lowering(decode)
         # False for AOTInductor: Inductor cannot lower the reshapes of a data-dependent query count
         self.empty_decode_attention = empty_decode_attention
+        # True for AOTInductor packages that may call Python (the compile target's default)
+        self.attention_op = attention_op
 
     def topk_gather(self, hidden, scores, valid, q16):
         indices, active = topk_select(scores, valid, q16)

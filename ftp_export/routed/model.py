@@ -16,6 +16,7 @@ from ftp_export.architectures import check_supported, fingerprint, sliding_windo
 from ftp_export.devices import module_device
 from ftp_export.errors import ScheduleError
 from ftp_export.flops import check_router_budget
+from ftp_export.routed.attention import mask_bias
 from ftp_export.routed.block import attention_mask_for, compute_rows, finish_rows, project_kv, zero_kv
 from ftp_export.routed.decode_rows import attend_kept_rows
 from ftp_export.routed.lowering import Lowering, TorchLowering, flat_rows, suffix_count, take_rows
@@ -75,7 +76,8 @@ class _Call:
     cos: torch.Tensor | None = None
     sin: torch.Tensor | None = None
     masks: dict[int | None, torch.Tensor] = field(default_factory=dict)  # per window: every token's allowed keys
-    located: tuple[torch.Tensor, torch.Tensor] | None = None  # decode threshold segments of n_tok, shared by blocks
+    thresholds: torch.Tensor | None = None  # decode thresholds of every block at n_tok [B, T, blocks]
+    biases: dict[int | None, torch.Tensor] = field(default_factory=dict)  # per window: additive masks (decode)
     dither: torch.Tensor | None = None  # decode's tie-break [B, T], shared by blocks
 
     def allowed(self, window: int | None) -> torch.Tensor:
@@ -85,11 +87,20 @@ class _Call:
             self.masks[window] = attention_mask_for(self.key_valid, self.all_tok + self.past, window)
         return self.masks[window]
 
-    def segments(self, thresholds: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode thresholds' segment lookup of ``n_tok`` (the knots are every block's), once per call."""
-        if self.located is None:
-            self.located = thresholds.locate(self.n_tok)
-        return self.located
+    def bias(self, window: int | None, dtype: torch.dtype) -> torch.Tensor:
+        """:func:`~ftp_export.routed.attention.mask_bias` of :meth:`allowed`, once per call and window:
+        decode blocks slice it (routed/decode_rows.py), so a graph runtime cannot share the
+        per-block copies (unsliced ones it merges itself)."""
+        if window not in self.biases:
+            self.biases[window] = mask_bias(self.allowed(window), dtype)
+        return self.biases[window]
+
+    def threshold(self, thresholds: Any, block: int) -> torch.Tensor:
+        """Block ``block``'s decode threshold at each token's context length [B, T]; the curves of
+        all blocks are looked up once per call (:meth:`DecodeThresholds.table`)."""
+        if self.thresholds is None:
+            self.thresholds = thresholds.table(self.n_tok)
+        return self.thresholds[..., block]
 
     def tie_break(self) -> torch.Tensor:
         """Decode's tie-break [B, T] (:func:`decode_dither`: the same for every block), once per call."""
@@ -286,6 +297,7 @@ class RoutedCausalLM(nn.Module):
         full, colsum, own = compute_rows(
             layer, h, call.cos, call.sin, keys, values, call.allowed(self.windows[b]), q_index, self.head_dim, self.scaling,
             col_weight=q_weight if call.signal and not decode else None, own=call.signal and decode, causal=causal, normed=x,
+            op=self.lowering.attention_op and not decode,
         )
         if gate is None:
             h, routed = full, None
@@ -310,7 +322,7 @@ class RoutedCausalLM(nn.Module):
         q_weight = active & torch.gather(call.valid, 1, idx)
         out, colsum, _ = compute_rows(
             layer, rows, r_cos, r_sin, keys, values, allowed, q_index, self.head_dim, self.scaling,
-            col_weight=q_weight if call.signal else None, normed=x_rows,
+            col_weight=q_weight if call.signal else None, normed=x_rows, op=self.lowering.attention_op,
         )
         h = self.lowering.topk_scatter(skip_to, out, idx, active)
         if not call.signal:
@@ -326,13 +338,13 @@ class RoutedCausalLM(nn.Module):
         (:mod:`~ftp_export.routed.decode_rows`): a skipped token of a one-row step attends to nothing."""
         # the threshold at each token's context length is subtracted in the graph, so the
         # gather (and its TensorRT plugin) compares with a plain 0
-        thresholds = self.schedule.decode_thresholds
-        margin = scores - thresholds.at(b, call.n_tok, call.segments(thresholds))
+        margin = scores - call.threshold(self.schedule.decode_thresholds, b)
         if self.lowering.decode == "static":
             return self._threshold_block_static(b, layer, h, x, keys, values, margin, call, skip_to)
         rows, flat = self.lowering.threshold_gather(h, margin, call.valid, 0.0)
+        window = self.windows[b]
         out_rows, own = attend_kept_rows(
-            layer, x, flat, call, keys, values, call.allowed(self.windows[b]), self.head_dim, self.scaling,
+            layer, x, flat, call, keys, values, (call.allowed(window), call.bias(window, x.dtype)), self.head_dim, self.scaling,
             self.lowering, own=call.signal,
         )
         # rows as [N, 1, D], as the other blocks' [G, Q, D]: the linear layers export as MatMul (which

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ftp_export.graph_io import GraphSignature
+from ftp_export.routed import attention_op  # noqa: F401  (registers the op the packages may call)
 from ftp_export.runtimes.base import Runtime
 
 LOADER = "torch._inductor.aoti_load_package"

@@ -92,6 +92,8 @@ class PluginLowering:
     # a decode block attends with every row even when it keeps none: zero-size attention tensors
     # are untested in TensorRT engines (ftp_export/routed/decode_rows.py)
     empty_decode_attention = False
+    # attention stays standard ONNX ops in the graph (TensorRT fuses it; no Python at run time)
+    attention_op = False
 
     def __init__(self, decode: str = "dynamic") -> None:
         self.decode = check_decode_lowering(decode)

@@ -29,7 +29,7 @@ def test_aoti_bench_times_both_sides(aoti_bench, capsys):
     rc, out = aoti_bench
     assert rc == 0
     doc = json.loads((out / "bench.json").read_text())
-    assert doc["runtime"] == "aoti" and doc["threads"] == 1 and doc["logits"] == "last"
+    assert doc["runtime"] == "aoti" and doc["threads"] == 1 and doc["logits"] == "last" and doc["aoti_attention"] == "op"
     assert "sdpa" in doc["dense_baseline"] and len(doc["load_average"]["before"]) == 3
     assert [r["seq_len"] for r in doc["prefill"]] == [16, 24]
     for r in doc["prefill"]:
@@ -78,3 +78,9 @@ def test_aoti_bench_rejects_bad_input(args, message, capsys):
     assert main(["bench", "--runtime", "aoti", "--shape", "tiny", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_aoti_attention_is_refused_off_the_aoti_runtime(capsys):
+    assert main(["bench", "--runtime", "onnxruntime", "--aoti-attention", "graph"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--aoti-attention graph applies to --runtime aoti only" in err[0]

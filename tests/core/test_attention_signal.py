@@ -88,11 +88,12 @@ def test_shape_bounded_chunks_equal_one_shot(monkeypatch, subset, past, t):
     alone, equal one shot, for query counts not divisible by the chunk count and for fewer
     queries than chunks (empty chunks); chunk c reads S - Q + end_c keys."""
     q, k, v, allowed, q_index, weight = _case(3, subset=subset, past=past, t=t)
-    full = attention_mod._one_shot(q * 0.35, k, v, ~allowed, weight, None)
+    bias = attention_mod.mask_bias(allowed, q.dtype)
+    full = attention_mod._one_shot(q * 0.35, k, v, bias, weight, None)
     spy: list[int] = []
     real = attention_mod._one_shot
     monkeypatch.setattr(attention_mod, "_one_shot", lambda q_, k_, *rest: spy.append(k_.shape[2]) or real(q_, k_, *rest))
-    out, colsum, _ = attention_mod._in_chunks(q * 0.35, k, v, ~allowed, weight, attention_mod._shape_spans(q.shape[2], k.shape[2], 4))
+    out, colsum, _ = attention_mod._in_chunks(q * 0.35, k, v, bias, weight, attention_mod._shape_spans(q.shape[2], k.shape[2], 4))
     nq, s = q.shape[2], k.shape[2]
     assert spy == [s - nq + ((c + 1) * nq) // 4 for c in range(4)]
     rows = allowed.any(-1)
@@ -106,7 +107,7 @@ def test_traced_graphs_run_one_shot(monkeypatch):
     spy: list[int] = []
     real = attention_mod._one_shot
     monkeypatch.setattr(attention_mod, "_one_shot", lambda q_, k_, *rest: spy.append(k_.shape[2]) or real(q_, k_, *rest))
-    monkeypatch.setattr(attention_mod, "_tracing", lambda: True)
+    monkeypatch.setattr(attention_mod, "tracing", lambda: True)
     attend(q, k, v, allowed, 0.35, q_index, col_weight=weight)
     assert spy == [600]
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ftp_export.routed.attention import attend
+from ftp_export.routed.attention import attend, mask_bias
 from ftp_export.routed.block import apply_rope, attention_mask_for
 from ftp_export.routed.decode_rows import attend_kept_rows
 from ftp_export.routed.lowering import TorchLowering
@@ -50,7 +50,8 @@ def test_kept_rows_attend_as_with_every_row(tiny_model, keep_rows, lowering):
     layer = tiny_model.model.layers[0]
     flat = torch.nonzero(keep.reshape(-1)).reshape(-1)
     scaling = head_dim**-0.5
-    out_rows, own = attend_kept_rows(layer, x, flat, call, keys, values, allowed, head_dim, scaling, lowering, own=True)
+    mask = (allowed, mask_bias(allowed, x.dtype))
+    out_rows, own = attend_kept_rows(layer, x, flat, call, keys, values, mask, head_dim, scaling, lowering, own=True)
     # reference: every row of the call attends
     q = layer.self_attn.q_proj(x).view(bsz, seq, -1, head_dim).transpose(1, 2)
     full, _, full_own = attend(apply_rope(q, call.cos, call.sin), keys, values, allowed, scaling, call.all_tok + 6, own=True)
@@ -76,6 +77,7 @@ def test_skipped_one_row_step_runs_no_query(tiny_model, monkeypatch, lowering, q
     monkeypatch.setattr(decode_rows, "attend", spy)
     x, keys, values, call, allowed, head_dim = _setup(tiny_model, 1, 1, past=6)
     out_rows, own = attend_kept_rows(
-        tiny_model.model.layers[0], x, torch.zeros(0, dtype=torch.int64), call, keys, values, allowed, head_dim, 0.125, lowering, own=True
+        tiny_model.model.layers[0], x, torch.zeros(0, dtype=torch.int64), call, keys, values, (allowed, mask_bias(allowed, x.dtype)),
+        head_dim, 0.125, lowering, own=True,
     )
     assert seen == [queries] and out_rows.shape[0] == 0 and own.shape == (1, 1)

@@ -48,6 +48,8 @@ CASES: dict[str, tuple[list[str], str, tuple[str, ...]]] = {
     "dtype-trt-without-tensorrt": (["--dtype", "bfloat16", "--target", "trt"], ".", ("needs TensorRT", "float16")),
     "decode-lowering-not-trt": (["--decode-lowering", "static"], ".", ("--decode-lowering static", "--target trt")),
     "decode-lowering-unknown": (["--decode-lowering", "fast", "--target", "trt"], ".", ("--decode-lowering: invalid choice: 'fast'",)),
+    "aoti-attention-not-compile": (["--aoti-attention", "graph"], ".", ("--aoti-attention graph", "--target compile")),
+    "aoti-attention-unknown": (["--aoti-attention", "fused", "--target", "compile"], ".", ("--aoti-attention: invalid choice: 'fused'",)),
     "target-unknown": (["--target", "nope"], ".", ("--target: invalid choice: 'nope'", "'onnx'")),
     "quantize-unknown": (["--quantize", "int4"], ".", ("--quantize: invalid choice: 'int4'",)),
     "quantize-trt": (["--quantize", "int8", "--target", "trt"], ".", ("--quantize int8", "--target trt")),

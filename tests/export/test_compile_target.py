@@ -8,8 +8,9 @@ import torch
 
 from ftp_export.export.job import DEFAULT_SCHEDULE
 from ftp_export.export.parity import pad_batch
-from ftp_export.graph_io import prefill_trace_length
+from ftp_export.graph_io import prefill_trace_length, trace_specs
 from ftp_export.routed.generation import greedy_generate
+from ftp_export.routed.lowering import TorchLowering
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.routing.selection import slot_count
 from ftp_export.schedule import load_schedule
@@ -49,3 +50,40 @@ def test_prefill_present_feeds_decode_as_returned(default_export, default_model,
             outs = decode(nxt, mask, pos, *present)
             assert (outs[0] - ref.step_logits[step]).abs().max().item() <= ATOL, step
             present = list(outs[1 : 1 + 2 * n])
+
+
+def _exported_prefill(model: RoutedCausalLM) -> torch.export.ExportedProgram:
+    spec = trace_specs(model)["prefill"]
+    with torch.no_grad():
+        return torch.export.export(spec.module, spec.args, dynamic_shapes=spec.signature.dynamic_shapes())
+
+
+def test_attention_op_lowering_is_one_node_per_block_with_the_graphs_results(default_model):
+    """The compile target's default lowering: every attending block's prefill attention is one
+    ftp_export::attention node (its kernel the eager chunked attention), none in the graph
+    lowering, and both programs give the same logits, routing and cache on a padded batch (the
+    cache at its valid positions: a padding query's output, which nothing reads, depends on how
+    many keys its chunk spans)."""
+    schedule = load_schedule(DEFAULT_SCHEDULE)
+    programs = {
+        op: _exported_prefill(RoutedCausalLM(default_model, schedule, lowering=TorchLowering(attention_op=op)).eval())
+        for op in (True, False)
+    }
+    count = {op: sum(n.target is torch.ops.ftp_export.attention.default for n in p.graph.nodes) for op, p in programs.items()}
+    attending = sum(not schedule.is_dropped(b) for b in range(default_model.config.num_hidden_layers))
+    assert count == {True: attending, False: 0}
+    g = torch.Generator().manual_seed(5)
+    ids, mask = pad_batch([torch.randint(3, 250, (n,), generator=g).tolist() for n in (300, 41)], 0, side="left")
+    pos = (torch.cumsum(mask, -1) - 1).clamp(min=0)
+    with torch.no_grad():
+        got, want = (programs[op].module()(ids, mask, pos) for op in (True, False))
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        if a.dim() == 4:  # present [B, Hkv, S, Dh]
+            a, b = (t.transpose(1, 2)[mask.bool()] for t in (a, b))
+        if a.is_floating_point():
+            assert (a - b).abs().max().item() <= ATOL
+        else:
+            assert torch.equal(a, b)
+

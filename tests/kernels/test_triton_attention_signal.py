@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ftp_export.routed import attention as attention_mod
-from ftp_export.routed.attention import _one_shot
+from ftp_export.routed.attention import _one_shot, mask_bias
 from ftp_export.routed.block import attention_mask_for
 from ftp_export.routing.factors import query_count
 
@@ -74,7 +74,7 @@ def _case(seed, g=2, heads=4, kv=2, past=0, t=40, dh=64, subset=None, window=Non
 def _reference(c, scaling):
     q, k, v = c["q"], c["k"], c["v"]
     allowed = attention_mask_for(c["key_valid"], c["q_index"], c["window"])
-    out, colsum, own = _one_shot(q * scaling, k, v, ~allowed, c["weight"], c["q_index"])
+    out, colsum, own = _one_shot(q * scaling, k, v, mask_bias(allowed, q.dtype), c["weight"], c["q_index"])
     g, h, nq, dh = q.shape
     return out.transpose(1, 2).reshape(g, nq, h * dh), colsum, own
 

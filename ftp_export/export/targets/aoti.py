@@ -5,8 +5,15 @@
     runner = torch._inductor.aoti_load_package("decoder_model.pt2")
     logits, *present_and_routing = runner(input_ids, attention_mask, position_ids)  # logits [B, 1, V] by default
 
-From C++: ``torch::inductor::AOTIModelPackageLoader loader("decoder_model.pt2");
-auto outputs = loader.run({input_ids, attention_mask, position_ids});`` (link libtorch). Inputs
+Attention (``--aoti-attention``). ``op`` (default): each attending block's prefill attention is
+one ``torch.ops.ftp_export.attention`` node whose kernel is ftp_export's eager attention (query
+chunks against only the keys they may see; :mod:`ftp_export.routed.attention_op`), so the process
+that loads the prefill package must have run ``import ftp_export.routed.attention_op``
+(:class:`~ftp_export.runtimes.aoti.AotiRuntime` does). ``graph``: attention traced into the
+packages (slower at long prompts: docs/performance.md), which then load from C++ without Python:
+``torch::inductor::AOTIModelPackageLoader loader("decoder_model.pt2");
+auto outputs = loader.run({input_ids, attention_mask, position_ids});`` (link libtorch). The decode
+package has no op either way (a decode step attends one query per row). Inputs
 and outputs are in the order listed in manifest.json (optimum names, as in the ONNX graphs).
 ``present`` outputs are contiguous and go into the next decode step as they are returned. An
 AOTInductor package reads every input with the strides it was traced with (contiguous) and does
@@ -55,12 +62,18 @@ class AotiTarget(Target):
     name = "compile"
     description = "AOTInductor packages (.pt2) of the prefill and decode graphs"
 
+    def check(self, req: ExportRequest) -> None:
+        if req.aoti_attention not in ("op", "graph"):
+            raise FTPError(f"--aoti-attention {req.aoti_attention}: choose op or graph")
+
     def export(self, model: RoutedCausalLM, out: Path, req: ExportRequest, log: Log) -> TargetResult:
         from ftp_export.runtimes.aoti import AotiRuntime
 
         # a decode block with no kept row still attends (decode_rows.py): Inductor cannot lower the
         # reshapes of a query count that depends on the data ("LoweringException" in aten.reshape)
-        lowering = TorchLowering(decode=model.lowering.decode, empty_decode_attention=False)
+        lowering = TorchLowering(
+            decode=model.lowering.decode, empty_decode_attention=False, attention_op=req.aoti_attention == "op"
+        )
         specs = trace_specs(RoutedCausalLM(model.hf, model.schedule, lowering=lowering).eval(), req.logits)
         files = {}
         for graph, spec in specs.items():
@@ -72,6 +85,8 @@ class AotiTarget(Target):
             manifest={
                 "graphs": {g: signatures[g].manifest_entry(p.name) for g, p in files.items()},
                 "runtime": runtime.info() if runtime else None,
+                # "op": the packages call ftp_export::attention (import ftp_export.routed.attention_op first)
+                "attention": req.aoti_attention,
             },
             runtime=runtime,
         )
