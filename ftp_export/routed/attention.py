@@ -118,22 +118,21 @@ def attend(
     ``allowed`` is exactly the lower triangle (no padding, no window, no past).
     ``bias``: :func:`mask_bias` of ``allowed`` when the caller has it already."""
     g, n_heads, nq, dh = q.shape
-    mask = bias  # formed here only on the paths that read it
     if tracing() or own or nq <= 1:  # tracing first: a decode block's query count is data dependent
-        out, colsum, own_w = _one_shot(q * scaling, k, v, _formed(mask, allowed, q), col_weight, q_index if own else None)
+        out, colsum, own_w = _one_shot(q * scaling, k, v, _formed(bias, allowed, q), col_weight, q_index if own else None)
     elif col_weight is None and q.device.type in ("cpu", "cuda") and q.dtype != torch.float16:  # float16: see score_dtype
-        out, colsum, own_w = _fused(q, k, v, None if causal else _formed(mask, allowed, q), scaling, causal), None, None
+        out, colsum, own_w = _fused(q, k, v, None if causal else _formed(bias, allowed, q), scaling, causal), None, None
     elif q.device.type == "cuda" and _triton_ok(q, k):
         out, colsum, own_w = kernels.attention_with_signal(q, k, v, q_index, scaling, allowed=allowed, col_weight=col_weight)
         out = out.view(g, nq, n_heads, dh).transpose(1, 2)  # the layout the reshape below undoes
     elif q.device.type != "cpu":
         # no host reads: CUDA (a sync per chunk would stall it) and meta (no data)
-        out, colsum, own_w = _in_chunks(q * scaling, k, v, _formed(mask, allowed, q), col_weight, _shape_spans(nq, k.shape[2]))
+        out, colsum, own_w = _in_chunks(q * scaling, k, v, _formed(bias, allowed, q), col_weight, _shape_spans(nq, k.shape[2]))
     elif nq <= CHUNK:
-        out, colsum, own_w = _one_shot(q * scaling, k, v, _formed(mask, allowed, q), col_weight, None)
+        out, colsum, own_w = _one_shot(q * scaling, k, v, _formed(bias, allowed, q), col_weight, None)
     else:
         spans = _data_spans(q_index, nq, k.shape[2])
-        out, colsum, own_w = _in_chunks(q * scaling, k, v, _formed(mask, allowed, q), col_weight, spans)
+        out, colsum, own_w = _in_chunks(q * scaling, k, v, _formed(bias, allowed, q), col_weight, spans)
     out = out.transpose(1, 2).reshape(g, nq, n_heads * dh)
     return out, colsum, own_w
 

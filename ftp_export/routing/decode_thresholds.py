@@ -85,13 +85,14 @@ class DecodeThresholds:
         ``at(b, n)`` bit for bit (the same three float32 operations per element) for a set block,
         0 for an unset one. A decode forward looks the curves up once instead of once per block
         (three graph nodes fewer per routed block: docs/performance.md)."""
-        rows = [self._segments(v) if v is not None else (list(map(float, self.lengths)), [0.0] * len(self.lengths)) for v in self.values]
-        vals = [v if v is not None else [0.0] * len(self.lengths) for v in self.values]
+        zeros = [0.0] * len(self.lengths)
+        vals = [v if v is not None else zeros for v in self.values]
+        slopes = [self._segments(v)[1] if v is not None else zeros for v in self.values]
         dev = n.device
         x, seg = located if located is not None else self.locate(n)
         lo = torch.tensor([float(k) for k in self.lengths], dtype=torch.float32, device=dev)[seg]
         v0 = torch.tensor(vals, dtype=torch.float32, device=dev).T[seg]  # [*n.shape, blocks]
-        sl = torch.tensor([r[1] for r in rows], dtype=torch.float32, device=dev).T[seg]
+        sl = torch.tensor(slopes, dtype=torch.float32, device=dev).T[seg]
         return v0 + sl * (x - lo).unsqueeze(-1)
 
     def _segments(self, vals: list[float]) -> tuple[list[float], list[float]]:

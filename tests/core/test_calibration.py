@@ -44,6 +44,21 @@ def test_curve_is_exact_at_knots_linear_between_and_flat_outside():
     assert torch.isinf(curve.at(0, n)).all()  # no threshold: decode computes every token
 
 
+@pytest.mark.parametrize("lengths", [[16, 64, 256], [32]])
+def test_table_of_every_block_is_each_blocks_curve_bit_for_bit(lengths):
+    """The once-per-call lookup of every block's curve (decode graphs) equals each block's own
+    lookup exactly, on and between knots, below and above them, for [B, T] context lengths."""
+    gen = torch.Generator().manual_seed(4)
+    values = [None, *([float(v) for v in torch.randn(len(lengths), generator=gen) * 3] for _ in range(3))]
+    curve = DecodeThresholds(lengths, values)
+    n = torch.tensor([[1, 16, 17, 40, 63], [64, 65, 200, 256, 9000]])
+    table = curve.table(n)
+    assert table.shape == (2, 5, 4) and table.dtype == torch.float32
+    for b in range(1, 4):
+        assert torch.equal(table[..., b], curve.at(b, n)), b
+    assert torch.equal(table[..., 0], torch.zeros(2, 5))  # an unset block: never read
+
+
 def _random_routers(schedule, seed):
     gen = torch.Generator().manual_seed(seed)
     for b in range(1, schedule.num_blocks):
