@@ -29,6 +29,7 @@ from ftp_export.bench.runner import bench_decode, bench_prefill, rows_to_json
 from ftp_export.cli.parser import Parser, comma_floats, comma_ints
 from ftp_export.devices import resolve_device, torch_dtype
 from ftp_export.errors import FTPError
+from ftp_export.export.request import AOTI_ATTENTION
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "aoti")
 
@@ -80,7 +81,7 @@ def parser() -> argparse.ArgumentParser:
         "--logits", default="last", choices=["last", "all"],
         help="prefill logits on both sides: last position only (default, as generation) or all positions",
     )
-    p.add_argument("--aoti-attention", default="op", choices=["op", "graph"],
+    p.add_argument("--aoti-attention", default="op", choices=list(AOTI_ATTENTION),
                    help="--runtime aoti: the routed packages' prefill attention, as ftp-export --target compile "
                         "--aoti-attention makes it (default op)")
     p.add_argument("--warmup", type=int, default=2)

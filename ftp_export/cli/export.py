@@ -9,8 +9,7 @@ from pathlib import Path
 from ftp_export.cli.parser import Parser
 from ftp_export.devices import DEVICE_CHOICES, DTYPE_CHOICES, device_choice
 from ftp_export.errors import FTPError
-
-AOTI_ATTENTION = ("op", "graph")  # --aoti-attention: export/request.py
+from ftp_export.export.request import AOTI_ATTENTION
 
 
 def tolerance(text: str) -> float:

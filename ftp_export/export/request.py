@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+AOTI_ATTENTION = ("op", "graph")  # --aoti-attention choices (ExportRequest.aoti_attention)
+
 
 @dataclass
 class ExportRequest:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from ftp_export.errors import FTPError
-from ftp_export.export.request import ExportRequest
+from ftp_export.export.request import AOTI_ATTENTION, ExportRequest
 from ftp_export.export.targets.base import Log, Target, TargetResult, register
 from ftp_export.graph_io import trace_specs
 from ftp_export.routed.lowering import TorchLowering
@@ -63,8 +63,8 @@ class AotiTarget(Target):
     description = "AOTInductor packages (.pt2) of the prefill and decode graphs"
 
     def check(self, req: ExportRequest) -> None:
-        if req.aoti_attention not in ("op", "graph"):
-            raise FTPError(f"--aoti-attention {req.aoti_attention}: choose op or graph")
+        if req.aoti_attention not in AOTI_ATTENTION:
+            raise FTPError(f"--aoti-attention {req.aoti_attention}: choose one of {', '.join(AOTI_ATTENTION)}")
 
     def export(self, model: RoutedCausalLM, out: Path, req: ExportRequest, log: Log) -> TargetResult:
         from ftp_export.runtimes.aoti import AotiRuntime
