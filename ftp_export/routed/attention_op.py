@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ftp_export.routed.attention import attend, tracing
+from ftp_export.routed.attention import attend
 
 OP = "ftp_export::attention"
 
@@ -61,10 +61,8 @@ def attend_traced(
     q_index: torch.Tensor,
     col_weight: torch.Tensor | None,
     causal: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, None] | None:
-    """:func:`~ftp_export.routed.attention.attend`'s result as one op node while a graph is being
-    traced; None outside tracing (the caller attends itself: same arithmetic)."""
-    if not tracing():
-        return None
+) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+    """:func:`~ftp_export.routed.attention.attend`'s result (without ``own``) as one op node, for a
+    graph being traced."""
     out, colsum = attention(q, k, v, allowed, q_index, col_weight, scaling, causal)
     return out, (colsum if col_weight is not None else None), None

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ftp_export.routed.attention import attend
+from ftp_export.routed.attention import attend, tracing
 from ftp_export.routed.attention_op import attend_traced
 
 
@@ -102,6 +102,8 @@ def compute_rows(
     ``ftp_export::attention`` custom op (the lowering's ``attention_op``)."""
     x = layer.input_layernorm(rows) if normed is None else normed
     q = query_states(layer, x, cos, sin, head_dim)
-    result = attend_traced(q, keys, values, allowed, scaling, q_index, col_weight, causal) if op and not own else None
-    out, colsum, own_w = result or attend(q, keys, values, allowed, scaling, q_index, col_weight, own, causal)
+    if op and not own and tracing():
+        out, colsum, own_w = attend_traced(q, keys, values, allowed, scaling, q_index, col_weight, causal)
+    else:
+        out, colsum, own_w = attend(q, keys, values, allowed, scaling, q_index, col_weight, own, causal)
     return finish_rows(layer, rows, out), colsum, own_w

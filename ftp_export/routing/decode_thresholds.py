@@ -58,29 +58,28 @@ class DecodeThresholds:
         return float(out[0])
 
     def locate(self, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The clamped length ``x`` (float32) and segment index ``seg`` of context lengths ``n``:
-        the knots are shared by all blocks, so a forward computes this once for all of them."""
+        """The clamped length ``x`` (float32) and segment index ``seg`` of context lengths ``n``
+        (the knots are shared by all blocks: :meth:`table` looks up every block from one call)."""
         x = torch.clamp(n.to(torch.float32), float(self.lengths[0]), float(self.lengths[-1]))
         # segment i starts at knot i; the last "segment" is the last knot itself (slope 0)
         seg = (x.unsqueeze(-1) >= torch.tensor(self.lengths[1:], dtype=torch.float32, device=n.device)).to(torch.int64).sum(-1)
         return x, seg
 
-    def at(self, block: int, n: torch.Tensor, located: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """Thresholds [same shape as ``n``] float32 for context lengths ``n`` (int64 tensor);
-        ``located``: :meth:`locate` of ``n`` when the caller has it already."""
+    def at(self, block: int, n: torch.Tensor) -> torch.Tensor:
+        """Thresholds [same shape as ``n``] float32 for context lengths ``n`` (int64 tensor)."""
         vals = self.values[block]
         if vals is None:
             return torch.full(n.shape, float("-inf"), dtype=torch.float32, device=n.device)
         if len(self.lengths) == 1:
             return torch.full(n.shape, vals[0], dtype=torch.float32, device=n.device)
         knots, slopes = self._segments(vals)
-        x, seg = located if located is not None else self.locate(n)
+        x, seg = self.locate(n)
         lo = torch.tensor(knots, dtype=torch.float32, device=n.device)[seg]
         v0 = torch.tensor(vals, dtype=torch.float32, device=n.device)[seg]
         sl = torch.tensor(slopes, dtype=torch.float32, device=n.device)[seg]
         return v0 + sl * (x - lo)
 
-    def table(self, n: torch.Tensor, located: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def table(self, n: torch.Tensor) -> torch.Tensor:
         """Every block's threshold at once, [*n.shape, blocks] float32: ``table(n)[..., b]`` equals
         ``at(b, n)`` bit for bit (the same three float32 operations per element) for a set block,
         0 for an unset one. A decode forward looks the curves up once instead of once per block
@@ -89,7 +88,7 @@ class DecodeThresholds:
         vals = [v if v is not None else zeros for v in self.values]
         slopes = [self._segments(v)[1] if v is not None else zeros for v in self.values]
         dev = n.device
-        x, seg = located if located is not None else self.locate(n)
+        x, seg = self.locate(n)
         lo = torch.tensor([float(k) for k in self.lengths], dtype=torch.float32, device=dev)[seg]
         v0 = torch.tensor(vals, dtype=torch.float32, device=dev).T[seg]  # [*n.shape, blocks]
         sl = torch.tensor(slopes, dtype=torch.float32, device=dev).T[seg]
