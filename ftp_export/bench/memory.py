@@ -12,12 +12,18 @@ exec, so a child of a bench process that holds the model and several sessions re
 ``python -m ftp_export.bench.memory onnxruntime GRAPH.onnx SEQ BATCH THREADS VOCAB`` or
 ``python -m ftp_export.bench.memory eager SHAPE LAYERS SPARSITY SEQ BATCH DTYPE`` (sparsity 0: the
 Hugging Face model itself, as the eager bench's dense side) prints one JSON line.
+
+One process's rise is not one number: the same graph rose by 358 or 442 MiB over a 2048-token
+onnxruntime prefill in fresh processes of the same machine (and 317 or 377 MiB with the arena
+off): the allocator's regions, not the graph, move it by up to ~20%. The bench therefore takes
+:data:`REPEATS` fresh processes per side and reports their median, the samples in its JSON.
 """
 
 from __future__ import annotations
 
 import json
 import resource
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable
@@ -27,6 +33,7 @@ from pathlib import Path
 from ftp_export.errors import FTPError
 
 STATUS = Path("/proc/self/status")
+REPEATS = 5  # fresh processes per measurement (odd: the median is one of them)
 
 
 def _status_mib(field: str) -> float | None:
@@ -73,17 +80,24 @@ class MemoryRow:
     seq_len: int
     batch: int
     sparsity: float
-    dense_mib: float  # peak resident set rise over one prefill, fresh process
+    dense_mib: float  # median over fresh processes of the peak resident set's rise over one prefill
     routed_mib: float
     overhead: float | None  # routed / dense - 1 (None when dense rose by nothing measurable)
+    dense_samples_mib: list[float]  # every process's rise
+    routed_samples_mib: list[float]
 
     @classmethod
-    def of(cls, runtime: str, seq_len: int, batch: int, sparsity: float, dense_mib: float, routed_mib: float) -> MemoryRow:
-        return cls(runtime, seq_len, batch, sparsity, dense_mib, routed_mib, routed_mib / dense_mib - 1 if dense_mib > 0 else None)
+    def of(cls, runtime: str, seq_len: int, batch: int, sparsity: float, dense: list[float], routed: list[float]) -> MemoryRow:
+        d, r = statistics.median(dense), statistics.median(routed)
+        return cls(runtime, seq_len, batch, sparsity, d, r, r / d - 1 if d > 0 else None, list(dense), list(routed))
 
 
-def measure(args: list[str], timeout: float = 1800) -> float:
-    """The rise (MiB) printed by a fresh ``python -m ftp_export.bench.memory ARGS``."""
+def measure(args: list[str], repeats: int = REPEATS, timeout: float = 1800) -> list[float]:
+    """The rises (MiB) printed by ``repeats`` fresh ``python -m ftp_export.bench.memory ARGS``."""
+    return [_measure_once(args, timeout) for _ in range(repeats)]
+
+
+def _measure_once(args: list[str], timeout: float) -> float:
     proc = subprocess.run([sys.executable, "-m", __name__, *args], capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -2,7 +2,8 @@
 onnxruntime's CPU provider.
 
 What is timed. For a random-weight model of a named shape, the routed model at each overall
-sparsity (routers ranking tokens by their attention factor, :func:`~.models.bench_schedule`; uniform schedule with block 0 dense) and a **dense baseline** are each
+sparsity (routers that score a random direction of each token's hidden state, so picks spread over
+the prompt as trained routers' do, :func:`~.models.bench_schedule`; uniform schedule with block 0 dense) and a **dense baseline** are each
 exported by the ``onnx`` target, the code ``ftp-export --target onnx`` runs, with its default
 ``logits='last'`` prefill graph (:mod:`.artefacts`). The dense baseline is the same pipeline with
 every block sparsity 0: same exporter, opset, attention code, graph inputs/outputs and logits
@@ -105,7 +106,7 @@ class OrtSettings:
     iters: int = 5
     threads: int = 1
     dtype: str = "float32"
-    memory: bool = False
+    memory: int = 0  # fresh processes per side for peak memory (0: not measured)
     logits: str = DEFAULT_LOGITS
 
 
@@ -248,5 +249,5 @@ def run_onnxruntime(model: Any, s: OrtSettings, workdir: Path | None = None) -> 
     return {"prefill": prefill, "decode": decode, "memory": memory, "opset": dense_pair.opset}
 
 
-def _rise(pair: ExportedPair, s: OrtSettings, cfg: Any) -> float:
-    return measure(ort_args(pair.prefill_file, max(s.seqs), s.batches[0], s.threads, int(cfg.vocab_size)))
+def _rise(pair: ExportedPair, s: OrtSettings, cfg: Any) -> list[float]:
+    return measure(ort_args(pair.prefill_file, max(s.seqs), s.batches[0], s.threads, int(cfg.vocab_size)), s.memory)

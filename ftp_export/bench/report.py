@@ -106,7 +106,7 @@ def format_memory(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{r['runtime']:>12} {r['batch']:>3} {r['seq_len']:>6} {r['sparsity']:>5.2f} {r['dense_mib']:>10.1f} "
                      f"{r['routed_mib']:>11.1f} {_pct(r['overhead']):>9}")
     lines.append("memory: rise of the peak resident set (VmHWM; ru_maxrss off Linux) over one prefill of the longest length, "
-                 "each in a fresh process")
+                 "median of fresh processes (samples in the JSON)")
     return "\n".join(lines)
 
 

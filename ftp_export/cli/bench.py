@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ftp_export.bench.memory import MemoryRow, eager_args, measure
+from ftp_export.bench.memory import REPEATS, MemoryRow, eager_args, measure
 from ftp_export.bench.models import SHAPES, random_llama
 from ftp_export.bench.report import format_tables, plot, title
 from ftp_export.bench.runner import bench_decode, bench_prefill, rows_to_json
@@ -74,9 +74,10 @@ def parser() -> argparse.ArgumentParser:
                    help="consecutive one-token decode steps per timed iteration (times are per step)")
     p.add_argument("--threads", type=int, default=1,
                    help="onnxruntime / aoti intra-op threads (default 1, for reproducibility)")
-    p.add_argument("--memory", action="store_true",
+    p.add_argument("--memory", type=int, nargs="?", const=REPEATS, default=0, metavar="N",
                    help="also measure peak host memory (ru_maxrss rise) of one prefill of the longest --seq, "
-                        "dense and routed, each in a fresh process (eager and onnxruntime on CPU)")
+                        f"dense and routed, the median of N fresh processes each (default N {REPEATS}; eager and "
+                        "onnxruntime on CPU)")
     p.add_argument(
         "--logits", default="last", choices=["last", "all"],
         help="prefill logits on both sides: last position only (default, as generation) or all positions",
@@ -109,6 +110,8 @@ def _check(a: argparse.Namespace) -> None:
             raise FTPError("--memory with --runtime aoti: not measured for AOTInductor packages; use --runtime eager or onnxruntime")
     if a.aoti_attention != "op" and a.runtime != "aoti":
         raise FTPError(f"--aoti-attention {a.aoti_attention} applies to --runtime aoti only")
+    if a.memory < 0:
+        raise FTPError(f"--memory {a.memory}: the number of fresh processes per side must be at least 1")
     if a.memory and a.runtime == "compile":
         raise FTPError("--memory with --runtime compile: the first compiled call compiles, so its memory rise is not a prefill's; "
                        "use --runtime eager or onnxruntime")
@@ -207,9 +210,9 @@ def cmd_bench(argv: list[str]) -> int:
 def _eager_memory(a: argparse.Namespace, layers: int, seqs: list[int], batches: list[int], sparsities: list[float],
                   dtype: str) -> list[MemoryRow]:
     seq, batch = max(seqs), batches[0]
-    dense = measure(eager_args(a.shape, layers, 0.0, seq, batch, dtype))
+    dense = measure(eager_args(a.shape, layers, 0.0, seq, batch, dtype), a.memory)
     rows = []
     for sp in tqdm(sparsities, desc="memory", unit="case"):
-        routed = measure(eager_args(a.shape, layers, sp, seq, batch, dtype))
+        routed = measure(eager_args(a.shape, layers, sp, seq, batch, dtype), a.memory)
         rows.append(MemoryRow.of("eager", seq, batch, sp, dense, routed))
     return rows

@@ -51,7 +51,7 @@ def test_onnxruntime_bench_times_the_exported_graphs(tmp_path, capsys):
     """Dense and routed exported by the onnx target, timed in onnxruntime: JSON fields, table rows, plot, memory."""
     rc = main(["bench", "--runtime", "onnxruntime", "--shape", "tiny", "--layers", "1", "--seq", "16", "--sparsity", "0.4",
                "--decode-context", "16,24", "--decode-batch", "2", "--decode-steps", "2", "--warmup", "0", "--iters", "1",
-               "--memory", "-o", str(tmp_path)])
+               "--memory", "2", "-o", str(tmp_path)])
     assert rc == 0
     doc = json.loads((tmp_path / "bench.json").read_text())
     assert doc["runtime"] == "onnxruntime" and doc["threads"] == 1 and doc["logits"] == "last" and isinstance(doc["opset"], int)
@@ -67,6 +67,9 @@ def test_onnxruntime_bench_times_the_exported_graphs(tmp_path, capsys):
         assert 0.0 <= r["skip_rate"] <= 1.0
     (m,) = doc["memory"]
     assert m["runtime"] == "onnxruntime" and m["seq_len"] == 16 and m["dense_mib"] >= 0 and m["routed_mib"] >= 0
+    # two fresh processes a side (one process's peak moves by up to ~20%), their median reported
+    assert len(m["dense_samples_mib"]) == 2 and len(m["routed_samples_mib"]) == 2
+    assert m["routed_mib"] == pytest.approx(sum(m["routed_samples_mib"]) / 2)
     out = capsys.readouterr().out
     assert "onnxruntime" in out and "thread(s), load 1m" in out
     assert any(line.split()[:3] == ["1", "16", "0.40"] for line in out.splitlines())  # the prefill row
@@ -113,6 +116,7 @@ def test_report_flags_a_speedup_above_the_ideal(tmp_path):
     (["--threads", "0"], "--threads 0: must be at least 1"),
     (["--runtime", "onnxruntime", "--device", "cuda"], "CPU provider"),
     (["--runtime", "compile", "--memory"], "--memory with --runtime compile"),
+    (["--memory", "-1"], "--memory -1: the number of fresh processes per side must be at least 1"),
 ])
 def test_bench_bad_inputs_exit_2_with_one_line(args, message, capsys):
     assert main(["bench", *args]) == 2
