@@ -74,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
                    help="consecutive one-token decode steps per timed iteration (times are per step)")
     p.add_argument("--threads", type=int, default=1,
                    help="onnxruntime / aoti intra-op threads (default 1, for reproducibility)")
-    p.add_argument("--memory", type=int, nargs="?", const=REPEATS, default=0, metavar="N",
+    p.add_argument("--memory", type=int, nargs="?", const=REPEATS, default=None, metavar="N",
                    help="also measure peak host memory (ru_maxrss rise) of one prefill of the longest --seq, "
                         f"dense and routed, the median of N fresh processes each (default N {REPEATS}; eager and "
                         "onnxruntime on CPU)")
@@ -110,7 +110,7 @@ def _check(a: argparse.Namespace) -> None:
             raise FTPError("--memory with --runtime aoti: not measured for AOTInductor packages; use --runtime eager or onnxruntime")
     if a.aoti_attention != "op" and a.runtime != "aoti":
         raise FTPError(f"--aoti-attention {a.aoti_attention} applies to --runtime aoti only")
-    if a.memory < 0:
+    if a.memory is not None and a.memory < 1:
         raise FTPError(f"--memory {a.memory}: the number of fresh processes per side must be at least 1")
     if a.memory and a.runtime == "compile":
         raise FTPError("--memory with --runtime compile: the first compiled call compiles, so its memory rise is not a prefill's; "
@@ -150,7 +150,7 @@ def cmd_bench(argv: list[str]) -> int:
         from ftp_export.bench.ort import OrtSettings, run_onnxruntime
 
         settings = OrtSettings(batches, seqs, sparsities, decode_batches, contexts, a.decode_steps, a.warmup, a.iters,
-                               a.threads, dtype_name, a.memory)
+                               a.threads, dtype_name, a.memory or 0)
         res = run_onnxruntime(model, settings)
         prefill, decode, memory = res["prefill"], res["decode"], res["memory"]
         extra = {

@@ -117,6 +117,7 @@ def test_report_flags_a_speedup_above_the_ideal(tmp_path):
     (["--runtime", "onnxruntime", "--device", "cuda"], "CPU provider"),
     (["--runtime", "compile", "--memory"], "--memory with --runtime compile"),
     (["--memory", "-1"], "--memory -1: the number of fresh processes per side must be at least 1"),
+    (["--memory", "0"], "--memory 0: the number of fresh processes per side must be at least 1"),
 ])
 def test_bench_bad_inputs_exit_2_with_one_line(args, message, capsys):
     assert main(["bench", *args]) == 2
