@@ -46,11 +46,12 @@ from tqdm import tqdm
 from ftp_export.bench.artefacts import ExportedPair, export_model, ort_runtime
 from ftp_export.bench.decode_calibration import calibrated_routed, decode_prompts
 from ftp_export.bench.memory import MemoryRow, measure, ort_args
+from ftp_export.bench.runner import realised_sparsity
 from ftp_export.flops import routed_linear_flop_ratio, routed_matmul_flop_ratio
 from ftp_export.graph_io import DEFAULT_LOGITS
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.runtimes.ort import OrtRuntime
-from ftp_export.schedule import dropped_sparsity, new_schedule
+from ftp_export.schedule import new_schedule
 
 Stats = tuple[float, float, float]  # median, min, max (ms)
 
@@ -188,7 +189,7 @@ def bench_decode_ort(dense: OrtRuntime, routed: OrtRuntime, config: Any, block_s
     (d, d_lo, d_hi), (r, r_lo, r_hi) = time_interleaved(
         lambda: decode_steps(dense, pasts["dense"], tokens, context), lambda: decode_steps(routed, pasts["routed"], tokens, context),
         warmup, iters)
-    realised = [per_block.get(b, 1.0 if dropped_sparsity(s) else 0.0) for b, s in enumerate(block_sparsity)]
+    realised = realised_sparsity(block_sparsity, per_block)
     linear = routed_linear_flop_ratio(config, realised)
     matmul = routed_matmul_flop_ratio(config, realised, 1, context + (steps + 1) // 2, 1)
     speed = d / r

@@ -3,8 +3,8 @@ bench.json`` to print the table of a finished run (the GPU check script does).
 
 A speedup above its ideal is marked ``!`` in the table (with a footnote) and drawn with its own
 red marker and legend entry in the plot: it is timing noise or a slow dense side, never a
-success. The bound is the all-matmul ideal where the row has one (onnxruntime rows), else the
-linear-FLOP ideal (eager / compile rows)."""
+success. The bound is the all-matmul ideal where the row has one (every runtime's rows since
+2026-12-06), else the linear-FLOP ideal (eager / compile rows of older files)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _ms(r: dict[str, Any], side: str) -> str:
 
 
 def _ideal_cols(r: dict[str, Any], both: bool) -> str:
-    if r.get("ideal") is None:
+    if r.get("ideal") is None or (both and r.get("ideal_matmul") is None):
         return f"{'-':>11} {'-':>13}"
     if both:
         return (f"{r['ideal']:>5.2f}/{r['ideal_matmul']:<5.2f} "
@@ -64,7 +64,7 @@ def format_tables(prefill: list[dict[str, Any]], decode: list[dict[str, Any]], m
     """Median [min-max] milliseconds, dense and routed on the same runtime, beside the ideal(s)."""
     both = any("ideal_matmul" in r for r in prefill + decode)
     ideal_head = f"{'ideal lin/mm':>11} {'of ideal lin/mm':>13}" if both else f"{'ideal':>6} {'of ideal':>9}"
-    mem_col = not both
+    mem_col = any(r.get("memory_overhead") is not None for r in prefill)  # peak CUDA memory of eager / compile rows
     lines = [f"{'B':>3} {'L':>6} {'s':>5} {'dense ms [min-max]':>30} {'routed ms [min-max]':>30} {'speedup':>8} {ideal_head}"
              + (f" {'mem +':>7}" if mem_col else "")]
     for r in prefill:

@@ -8,6 +8,7 @@ row's last valid token on both sides."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -17,8 +18,9 @@ from typing import Any
 import torch
 
 from ftp_export.bench.models import bench_schedule
-from ftp_export.flops import routed_linear_flop_ratio
+from ftp_export.flops import routed_linear_flop_ratio, routed_matmul_flop_ratio
 from ftp_export.routed.model import RoutedCausalLM
+from ftp_export.routing.sparsity import dropped_sparsity
 
 
 @dataclass
@@ -31,11 +33,15 @@ class PrefillRow:
     dense_range_ms: tuple[float, float]  # min, max over the timed iterations
     routed_range_ms: tuple[float, float]
     speedup: float
-    ideal: float
+    ideal: float  # linear FLOPs
     of_ideal: float
     dense_peak_mib: float | None
     routed_peak_mib: float | None
     memory_overhead: float | None
+    ideal_matmul: float | None = None  # every matmul: attention and the LM head too
+    of_ideal_matmul: float | None = None
+    above_ideal: bool = False  # speedup > ideal_matmul: noise or a slow dense side, not a success
+    load_1m: float | None = None  # os.getloadavg()[0] when the case started
 
 
 @dataclass
@@ -50,6 +56,13 @@ class DecodeRow:
     speedup: float
     skip_rate: float | None = None  # realised: decoded tokens that skipped a routed block, over routed blocks
     skip_rate_per_block: dict[int, float] | None = None
+    # the ideals at the realised per-block skip rates, as the onnxruntime rows give them
+    ideal: float | None = None
+    ideal_matmul: float | None = None
+    of_ideal: float | None = None
+    of_ideal_matmul: float | None = None
+    above_ideal: bool = False
+    load_1m: float | None = None
 
 
 def time_ms(fn: Callable[[], Any], device: str, warmup: int, iters: int) -> tuple[float, float, float]:
@@ -96,6 +109,7 @@ def bench_prefill(
     if logits not in ("last", "all"):
         raise ValueError(f"logits={logits!r}: expected 'last' or 'all'")
     keep = {"logits_to_keep": 1} if logits == "last" else {}
+    load = os.getloadavg()[0]
     cfg = model.config
     schedule = bench_schedule(cfg, sparsity)
     routed = RoutedCausalLM(model, schedule).eval()
@@ -108,10 +122,11 @@ def bench_prefill(
     rout, r_lo, r_hi = time_ms(routed_fn, device, warmup, iters)
     dpeak, rpeak = _peak_mib(dense_fn, device), _peak_mib(routed_fn, device)
     ideal = routed_linear_flop_ratio(cfg, schedule.block_sparsity)
+    matmul = routed_matmul_flop_ratio(cfg, schedule.block_sparsity, seq, seq, 1 if logits == "last" else seq)
     speed = dense / rout
     return PrefillRow(
         batch, seq, sparsity, dense, rout, (d_lo, d_hi), (r_lo, r_hi), speed, ideal, speed / ideal, dpeak, rpeak,
-        None if dpeak is None else (rpeak - dpeak) / dpeak,
+        None if dpeak is None else (rpeak - dpeak) / dpeak, matmul, speed / matmul, speed > matmul, load,
     )
 
 
@@ -128,6 +143,7 @@ def bench_decode(
 
     from ftp_export.bench.decode_calibration import calibrated_routed, decode_prompts
 
+    load = os.getloadavg()[0]
     cfg = model.config
     ids = decode_prompts(int(cfg.vocab_size), [context], batch, steps)[context].to(device)
     routed = calibrated_routed(model, sparsity, {context: ids}, steps)
@@ -161,7 +177,18 @@ def bench_decode(
     clone_ms = time_ms(lambda: _clone(dense_cache), device, warmup, iters)[0]
     dense, d_lo, d_hi = ((t - clone_ms) / steps for t in time_ms(lambda: run_steps(dense_step, dense_cache), device, warmup, iters))
     rout, r_lo, r_hi = ((t - clone_ms) / steps for t in time_ms(lambda: run_steps(routed_step, routed_cache), device, warmup, iters))
-    return DecodeRow(batch, context, sparsity, dense, rout, (d_lo, d_hi), (r_lo, r_hi), dense / rout, skip, per_block)
+    speed = dense / rout
+    realised = realised_sparsity(routed.schedule.block_sparsity, per_block)
+    linear = routed_linear_flop_ratio(cfg, realised)
+    matmul = routed_matmul_flop_ratio(cfg, realised, 1, context + (steps + 1) // 2, 1)
+    return DecodeRow(batch, context, sparsity, dense, rout, (d_lo, d_hi), (r_lo, r_hi), speed, skip, per_block,
+                     linear, matmul, speed / linear, speed / matmul, speed > matmul, load)
+
+
+def realised_sparsity(block_sparsity: list[float], per_block: dict[int, float]) -> list[float]:
+    """Each block's decode skip rate for the ideals: measured for a routed block, 1 for a dropped
+    block, 0 for a dense one."""
+    return [per_block.get(b, 1.0 if dropped_sparsity(s) else 0.0) for b, s in enumerate(block_sparsity)]
 
 
 def _clone(cache: Any) -> Any:

@@ -19,12 +19,18 @@ def test_bench_writes_json_table_and_plot(tmp_path, capsys):
     assert [r["seq_len"] for r in doc["prefill"]] == [16, 32]
     for r in doc["prefill"]:
         assert r["dense_ms"] > 0 and r["routed_ms"] > 0 and r["ideal"] > 1.0
+        # the same two ideals as the onnxruntime rows: linear FLOPs, and every matmul (attention, LM head)
+        assert r["ideal_matmul"] > 1.0 and r["above_ideal"] == (r["speedup"] > r["ideal_matmul"])
+        assert r["of_ideal_matmul"] == pytest.approx(r["speedup"] / r["ideal_matmul"])
     assert doc["decode"][0]["batch"] == 2
+    d = doc["decode"][0]  # decode ideals at the realised skip rates: none skipped would be 1.0 exactly
+    assert d["ideal"] >= 1.0 and d["ideal_matmul"] >= 1.0 and (d["ideal"] > 1.0) == (d["skip_rate"] > 0)
+    assert d["of_ideal"] == pytest.approx(d["speedup"] / d["ideal"]) and d["above_ideal"] == (d["speedup"] > d["ideal_matmul"])
     assert 0.0 <= doc["decode"][0]["skip_rate"] <= 1.0  # realised, printed beside the decode timing
     assert sorted(map(int, doc["decode"][0]["skip_rate_per_block"])) == [1, 2, 3]  # tiny: 4 blocks, block 0 dense
     assert (tmp_path / "bench.png").stat().st_size > 1000
     out = capsys.readouterr().out
-    assert "speedup" in out and "realised decode skip rate" in out
+    assert "speedup" in out and "realised decode skip rate" in out and "ideal lin/mm" in out
     assert doc["logits"] == "last" and "logits: last" in out  # both sides: last position's logits only
 
 
