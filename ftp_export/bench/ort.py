@@ -32,10 +32,7 @@ a slow dense side, not a success.
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,13 +44,12 @@ from ftp_export.bench.artefacts import ExportedPair, export_model, ort_runtime
 from ftp_export.bench.decode_calibration import calibrated_routed, decode_prompts
 from ftp_export.bench.memory import MemoryRow, measure, ort_args
 from ftp_export.bench.runner import realised_sparsity
+from ftp_export.bench.timing import time_interleaved
 from ftp_export.flops import routed_linear_flop_ratio, routed_matmul_flop_ratio
 from ftp_export.graph_io import DEFAULT_LOGITS
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.runtimes.ort import OrtRuntime
 from ftp_export.schedule import new_schedule
-
-Stats = tuple[float, float, float]  # median, min, max (ms)
 
 
 @dataclass
@@ -109,25 +105,6 @@ class OrtSettings:
     dtype: str = "float32"
     memory: int = 0  # fresh processes per side for peak memory (0: not measured)
     logits: str = DEFAULT_LOGITS
-
-
-def _stats(samples: list[float]) -> Stats:
-    return statistics.median(samples), min(samples), max(samples)
-
-
-def time_interleaved(dense: Callable[[], Any], routed: Callable[[], Any], warmup: int, iters: int) -> tuple[Stats, Stats]:
-    """Milliseconds of ``dense`` and ``routed``, alternating (and alternating which goes first)."""
-    for _ in range(warmup):
-        dense()
-        routed()
-    samples: dict[str, list[float]] = {"dense": [], "routed": []}
-    for i in range(iters):
-        order = [("dense", dense), ("routed", routed)]
-        for name, fn in order if i % 2 == 0 else order[::-1]:
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - t0) * 1e3)
-    return _stats(samples["dense"]), _stats(samples["routed"])
 
 
 def prefill_feeds(ids: np.ndarray) -> dict[str, np.ndarray]:

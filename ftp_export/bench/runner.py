@@ -1,4 +1,5 @@
-"""Timing of dense vs routed prefill and decode steps on one runtime, in one process.
+"""Timing of dense vs routed prefill and decode steps on one runtime, in one process, the two sides
+alternating (:mod:`ftp_export.bench.timing`, as the onnxruntime bench does).
 
 Prefill computes logits the same way on both sides: by default only the last position's
 (``logits='last'``: the routed model's ``logits='last'``, the Hugging Face model's
@@ -9,8 +10,6 @@ row's last valid token on both sides."""
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from ftp_export.bench.models import bench_schedule
+from ftp_export.bench.timing import time_interleaved, time_ms
 from ftp_export.flops import routed_linear_flop_ratio, routed_matmul_flop_ratio
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.routing.sparsity import dropped_sparsity
@@ -65,26 +65,6 @@ class DecodeRow:
     load_1m: float | None = None
 
 
-def time_ms(fn: Callable[[], Any], device: str, warmup: int, iters: int) -> tuple[float, float, float]:
-    """Median, min and max milliseconds of ``fn`` after warm-up (CUDA events on GPU, perf_counter on CPU)."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(iters):
-        if device.startswith("cuda"):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            samples.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples), min(samples), max(samples)
-
-
 def _peak_mib(fn: Callable[[], Any], device: str) -> float | None:
     if not device.startswith("cuda"):
         return None
@@ -118,8 +98,7 @@ def bench_prefill(
     # use_cache=True: a generation prefill writes its KV cache, as the routed prefill does
     dense_fn = _maybe_compile(lambda: model(input_ids=ids, attention_mask=mask, use_cache=True, **keep).logits, runtime)
     routed_fn = _maybe_compile(lambda: routed(ids, mask, mode="prefill", logits=logits).logits, runtime)
-    dense, d_lo, d_hi = time_ms(dense_fn, device, warmup, iters)
-    rout, r_lo, r_hi = time_ms(routed_fn, device, warmup, iters)
+    (dense, d_lo, d_hi), (rout, r_lo, r_hi) = time_interleaved(dense_fn, routed_fn, warmup, iters, device)
     dpeak, rpeak = _peak_mib(dense_fn, device), _peak_mib(routed_fn, device)
     ideal = routed_linear_flop_ratio(cfg, schedule.block_sparsity)
     matmul = routed_matmul_flop_ratio(cfg, schedule.block_sparsity, seq, seq, 1 if logits == "last" else seq)
@@ -175,8 +154,10 @@ def bench_decode(
     skip = sum(per_block.values()) / len(per_block) if per_block else None
 
     clone_ms = time_ms(lambda: _clone(dense_cache), device, warmup, iters)[0]
-    dense, d_lo, d_hi = ((t - clone_ms) / steps for t in time_ms(lambda: run_steps(dense_step, dense_cache), device, warmup, iters))
-    rout, r_lo, r_hi = ((t - clone_ms) / steps for t in time_ms(lambda: run_steps(routed_step, routed_cache), device, warmup, iters))
+    dense_stats, routed_stats = time_interleaved(lambda: run_steps(dense_step, dense_cache), lambda: run_steps(routed_step, routed_cache),
+                                                 warmup, iters, device)
+    dense, d_lo, d_hi = ((t - clone_ms) / steps for t in dense_stats)
+    rout, r_lo, r_hi = ((t - clone_ms) / steps for t in routed_stats)
     speed = dense / rout
     realised = realised_sparsity(routed.schedule.block_sparsity, per_block)
     linear = routed_linear_flop_ratio(cfg, realised)
