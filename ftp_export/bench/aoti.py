@@ -21,7 +21,8 @@ How. ``threads`` intra-op threads (``torch.set_num_threads``; the packages' Open
 ATen's matmuls use them). Timing, rows and ideals are the onnxruntime bench's own
 (:func:`~.ort.bench_prefill_ort`, :func:`~.ort.bench_decode_ort`: interleaved, alternating which
 goes first, median [min-max], the two ideals, realised decode skip rates from the decode package's
-``routing.N.rows``). Before timing, each side's packages are checked against the PyTorch modules
+``routing.N.rows``); with ``--memory N`` the peak-memory rise of each prefill package over one
+prefill of the longest length, N fresh processes a side (:mod:`.memory`). Before timing, each side's packages are checked against the PyTorch modules
 they were traced from, a prefill and one decode step on one prompt (:func:`parity`; max abs logit
 difference in the JSON's ``parity_max_abs``); past the export's parity tolerance the bench stops."""
 
@@ -37,6 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ftp_export.bench.decode_calibration import calibrated_routed, decode_prompts
+from ftp_export.bench.memory import MemoryRow, aoti_args, measure
 from ftp_export.bench.ort import (
     OrtDecodeRow,
     OrtPrefillRow,
@@ -165,6 +167,7 @@ def run_aoti(model: Any, s: OrtSettings, workdir: Path | None = None, attention:
     cases = len(s.sparsities) * (len(s.batches) * len(s.seqs) + len(s.decode_batches) * len(prompts))
     prefill: list[OrtPrefillRow] = []
     decode: list[OrtDecodeRow] = []
+    memory: list[MemoryRow] = []
     checked: dict[str, float] = {}  # max abs logit difference, package vs PyTorch
     threads = torch.get_num_threads()
     torch.set_num_threads(s.threads)
@@ -176,6 +179,7 @@ def run_aoti(model: Any, s: OrtSettings, workdir: Path | None = None, attention:
             hf = {"prefill": HFPrefill(model, s.logits).eval(), "decode": HFDecode(model).eval()}
             checked["dense"] = parity(dense, hf, vocab, min(s.seqs), s.dtype)
             bar.update()
+            dense_mib = _rise(dense, s, vocab) if s.memory else None
             for sp in s.sparsities:
                 bar.set_postfix_str(f"s={sp}: decode thresholds, package")
                 routed_model = calibrated_routed(model, sp, prompts, s.decode_steps)
@@ -187,8 +191,15 @@ def run_aoti(model: Any, s: OrtSettings, workdir: Path | None = None, attention:
                 rows = time_cases(dense, routed, cfg, schedule.block_sparsity, sp, s, prompts, bar)
                 prefill += rows[0]
                 decode += rows[1]
+                if dense_mib is not None:
+                    memory.append(MemoryRow.of("aoti", max(s.seqs), s.batches[0], sp, dense_mib, _rise(routed, s, vocab)))
                 del routed
             bar.close()
     finally:
         torch.set_num_threads(threads)
-    return {"prefill": prefill, "decode": decode, "memory": [], "parity": checked}
+    return {"prefill": prefill, "decode": decode, "memory": memory, "parity": checked}
+
+
+def _rise(rt: BenchAoti, s: OrtSettings, vocab: int) -> list[float]:
+    """Peak-memory rises of the prefill package over one prefill of the longest length, fresh processes."""
+    return measure(aoti_args(rt.files["prefill"], max(s.seqs), s.batches[0], s.threads, vocab), s.memory)

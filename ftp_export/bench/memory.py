@@ -9,9 +9,12 @@ size just before the call through ``/proc/self/clear_refs``), not from
 exec, so a child of a bench process that holds the model and several sessions reported a rise of
 0 (measured: 0.0 MiB for a 2048-token prefill that needs ~700 MiB). Elsewhere ``ru_maxrss`` is used.
 
-``python -m ftp_export.bench.memory onnxruntime GRAPH.onnx SEQ BATCH THREADS VOCAB`` or
-``python -m ftp_export.bench.memory eager SHAPE LAYERS SPARSITY SEQ BATCH DTYPE`` (sparsity 0: the
-Hugging Face model itself, as the eager bench's dense side) prints one JSON line.
+``python -m ftp_export.bench.memory onnxruntime GRAPH.onnx SEQ BATCH THREADS VOCAB``,
+``python -m ftp_export.bench.memory aoti PACKAGE.pt2 SEQ BATCH THREADS VOCAB`` (a prefill package,
+routed or Hugging Face's) or ``python -m ftp_export.bench.memory eager SHAPE LAYERS SPARSITY SEQ
+BATCH DTYPE`` (sparsity 0: the Hugging Face model itself, as the eager bench's dense side; else
+the eager bench's own routed model, :func:`~ftp_export.bench.models.bench_schedule`) prints one
+JSON line.
 
 One process's rise is not one number: the same graph rose by 358 or 442 MiB over a 2048-token
 onnxruntime prefill in fresh processes of the same machine (and 317 or 377 MiB with the arena
@@ -109,6 +112,10 @@ def ort_args(graph: Path, seq: int, batch: int, threads: int, vocab: int) -> lis
     return ["onnxruntime", str(graph), str(seq), str(batch), str(threads), str(vocab)]
 
 
+def aoti_args(package: Path, seq: int, batch: int, threads: int, vocab: int) -> list[str]:
+    return ["aoti", str(package), str(seq), str(batch), str(threads), str(vocab)]
+
+
 def eager_args(shape: str, layers: int, sparsity: float, seq: int, batch: int, dtype: str) -> list[str]:
     return ["eager", shape, str(layers), str(sparsity), str(seq), str(batch), dtype]
 
@@ -126,20 +133,32 @@ def _ort_prefill(graph: str, seq: int, batch: int, threads: int, vocab: int) -> 
     return rise_over(lambda: sess.run(None, feeds))
 
 
+def _aoti_prefill(package: str, seq: int, batch: int, threads: int, vocab: int) -> float:
+    import torch
+
+    from ftp_export.routed import attention_op  # noqa: F401  (the op a routed package may call)
+
+    torch.set_num_threads(threads)
+    runner = torch._inductor.aoti_load_package(package)
+    ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(seq).unsqueeze(0).expand(batch, seq).contiguous()
+    with torch.no_grad():
+        return rise_over(lambda: runner(ids, torch.ones_like(ids), pos))
+
+
 def _eager_prefill(shape: str, layers: int, sparsity: float, seq: int, batch: int, dtype: str) -> float:
     import torch
 
-    from ftp_export.bench.models import random_llama
+    from ftp_export.bench.models import bench_schedule, random_llama
     from ftp_export.devices import torch_dtype
     from ftp_export.routed.model import RoutedCausalLM
-    from ftp_export.schedule import new_schedule, uniform_sparsity
 
     model = random_llama(shape, layers, torch_dtype(dtype), "cpu")
     cfg = model.config
     ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     if sparsity > 0:
-        routed = RoutedCausalLM(model, new_schedule(cfg, uniform_sparsity(cfg.num_hidden_layers, sparsity))).eval()
+        routed = RoutedCausalLM(model, bench_schedule(cfg, sparsity)).eval()  # the timed model's routers
         run = lambda: routed(ids, mask, mode="prefill", logits="last")  # noqa: E731
     else:
         # use_cache=True: a prefill writes its KV cache, as the routed one does
@@ -150,9 +169,10 @@ def _eager_prefill(shape: str, layers: int, sparsity: float, seq: int, batch: in
 
 def main(argv: list[str]) -> int:
     kind, *rest = argv
-    if kind == "onnxruntime":
-        graph, seq, batch, threads, vocab = rest
-        rise = _ort_prefill(graph, int(seq), int(batch), int(threads), int(vocab))
+    if kind in ("onnxruntime", "aoti"):
+        artefact, seq, batch, threads, vocab = rest
+        run = _ort_prefill if kind == "onnxruntime" else _aoti_prefill
+        rise = run(artefact, int(seq), int(batch), int(threads), int(vocab))
     else:
         shape, layers, sparsity, seq, batch, dtype = rest
         rise = _eager_prefill(shape, int(layers), float(sparsity), int(seq), int(batch), dtype)

@@ -76,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
                    help="onnxruntime / aoti intra-op threads (default 1, for reproducibility)")
     p.add_argument("--memory", type=int, nargs="?", const=REPEATS, default=None, metavar="N",
                    help="also measure peak host memory (ru_maxrss rise) of one prefill of the longest --seq, "
-                        f"dense and routed, the median of N fresh processes each (default N {REPEATS}; eager and "
+                        f"dense and routed, the median of N fresh processes each (default N {REPEATS}; eager, aoti and "
                         "onnxruntime on CPU)")
     p.add_argument(
         "--logits", default="last", choices=["last", "all"],
@@ -106,8 +106,6 @@ def _check(a: argparse.Namespace) -> None:
     if a.runtime == "aoti":
         if a.device not in (None, "cpu"):
             raise FTPError(f"--device {a.device} with --runtime aoti: the AOTInductor bench packages and times on the CPU; use --device cpu")
-        if a.memory:
-            raise FTPError("--memory with --runtime aoti: not measured for AOTInductor packages; use --runtime eager or onnxruntime")
     if a.aoti_attention != "op" and a.runtime != "aoti":
         raise FTPError(f"--aoti-attention {a.aoti_attention} applies to --runtime aoti only")
     if a.memory is not None and a.memory < 1:
@@ -166,7 +164,7 @@ def cmd_bench(argv: list[str]) -> int:
         from ftp_export.bench.aoti import DENSE_BASELINE, OrtSettings, run_aoti
 
         settings = OrtSettings(batches, seqs, sparsities, decode_batches, contexts, a.decode_steps, a.warmup, a.iters,
-                               a.threads, dtype_name, False, a.logits)
+                               a.threads, dtype_name, a.memory or 0, a.logits)
         res = run_aoti(model, settings, attention=a.aoti_attention)
         prefill, decode, memory = res["prefill"], res["decode"], res["memory"]
         extra = {"aoti_attention": a.aoti_attention, "threads": a.threads, "decode_steps": a.decode_steps, "dense_baseline": DENSE_BASELINE,

@@ -23,6 +23,7 @@ class AotiRuntime(Runtime):
     def __init__(self, files: dict[str, Path], signatures: dict[str, GraphSignature], device: str | torch.device) -> None:
         super().__init__(signatures)
         self.device = torch.device(device)
+        self.files = dict(files)  # graph -> package path
         self.runners = {graph: torch._inductor.aoti_load_package(str(path)) for graph, path in files.items()}
 
     def feed(self, array: np.ndarray) -> torch.Tensor:

@@ -21,7 +21,7 @@ def aoti_bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-aoti")
     rc = main(["bench", "--runtime", "aoti", "--shape", "tiny", "--layers", "1", "--seq", "16,24", "--sparsity", "0.4",
                "--decode-context", "16", "--decode-batch", "1", "--decode-steps", "4", "--warmup", "0", "--iters", "1",
-               "-o", str(out)])
+               "--memory", "2", "-o", str(out)])
     return rc, out
 
 
@@ -39,6 +39,14 @@ def test_aoti_bench_times_both_sides(aoti_bench, capsys):
     assert d["context"] == 16 and d["steps"] == 4 and d["dense_ms"] > 0 and d["routed_ms"] > 0
     assert list(d["skip_rate_per_block"]) == ["0"] and 0.0 <= d["skip_rate"] <= 1.0  # one block, routed
     assert (out / "bench.png").stat().st_size > 1000
+    # peak memory of each side's prefill package over one prefill of the longest length, 2 fresh processes a side
+    (m,) = doc["memory"]
+    assert m["runtime"] == "aoti" and m["seq_len"] == 24 and m["sparsity"] == 0.4
+    assert len(m["dense_samples_mib"]) == 2 and len(m["routed_samples_mib"]) == 2
+    assert all(v >= 0 for v in m["dense_samples_mib"] + m["routed_samples_mib"])
+    from ftp_export.bench.report import format_tables
+
+    assert "peak resident set" in format_tables(doc["prefill"], doc["decode"], doc["memory"])
 
 
 def test_aoti_packages_match_their_pytorch_models(aoti_bench):
@@ -72,7 +80,7 @@ def test_parity_check_rejects_a_wrong_package():
 
 @pytest.mark.parametrize("args, message", [
     (["--device", "cuda"], "--device cuda with --runtime aoti"),
-    (["--memory"], "--memory with --runtime aoti"),
+    (["--memory", "0"], "--memory 0: the number of fresh processes per side must be at least 1"),
 ])
 def test_aoti_bench_rejects_bad_input(args, message, capsys):
     assert main(["bench", "--runtime", "aoti", "--shape", "tiny", *args]) == 2
