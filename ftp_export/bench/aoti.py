@@ -22,9 +22,10 @@ ATen's matmuls use them). Timing, rows and ideals are the onnxruntime bench's ow
 (:func:`~.ort.bench_prefill_ort`, :func:`~.ort.bench_decode_ort`: interleaved, alternating which
 goes first, median [min-max], the two ideals, realised decode skip rates from the decode package's
 ``routing.N.rows``); with ``--memory N`` the peak-memory rise of each prefill package over one
-prefill of the longest length, N fresh processes a side (:mod:`.memory`). Before timing, each side's packages are checked against the PyTorch modules
-they were traced from, a prefill and one decode step on one prompt (:func:`parity`; max abs logit
-difference in the JSON's ``parity_max_abs``); past the export's parity tolerance the bench stops."""
+prefill of the longest length, N fresh processes a side (:mod:`.memory`). Before timing, each
+side's packages are checked against the PyTorch modules they were traced from, a prefill and one
+decode step on one prompt (:func:`parity`; max abs logit difference in the JSON's
+``parity_max_abs``); past the export's parity tolerance the bench stops."""
 
 from __future__ import annotations
 
