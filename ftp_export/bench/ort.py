@@ -42,10 +42,9 @@ from tqdm import tqdm
 
 from ftp_export.bench.artefacts import ExportedPair, export_model, ort_runtime
 from ftp_export.bench.decode_calibration import calibrated_routed, decode_prompts
+from ftp_export.bench.ideals import decode_ideals, prefill_ideals
 from ftp_export.bench.memory import MemoryRow, measure, ort_args
-from ftp_export.bench.runner import realised_sparsity
 from ftp_export.bench.timing import time_interleaved
-from ftp_export.flops import routed_linear_flop_ratio, routed_matmul_flop_ratio
 from ftp_export.graph_io import DEFAULT_LOGITS
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.runtimes.ort import OrtRuntime
@@ -148,8 +147,7 @@ def bench_prefill_ort(dense: OrtRuntime, routed: OrtRuntime, config: Any, block_
     feeds = prefill_feeds(ids)
     (d, d_lo, d_hi), (r, r_lo, r_hi) = time_interleaved(lambda: dense.run("prefill", feeds), lambda: routed.run("prefill", feeds),
                                                         warmup, iters)
-    linear = routed_linear_flop_ratio(config, block_sparsity)
-    matmul = routed_matmul_flop_ratio(config, block_sparsity, seq, seq, 1 if logits == "last" else seq)
+    linear, matmul = prefill_ideals(config, block_sparsity, seq, logits)
     speed = d / r
     return OrtPrefillRow(batch, seq, sparsity, d, r, (d_lo, d_hi), (r_lo, r_hi), speed, linear, matmul, speed / linear,
                          speed / matmul, speed > matmul, load)
@@ -166,9 +164,7 @@ def bench_decode_ort(dense: OrtRuntime, routed: OrtRuntime, config: Any, block_s
     (d, d_lo, d_hi), (r, r_lo, r_hi) = time_interleaved(
         lambda: decode_steps(dense, pasts["dense"], tokens, context), lambda: decode_steps(routed, pasts["routed"], tokens, context),
         warmup, iters)
-    realised = realised_sparsity(block_sparsity, per_block)
-    linear = routed_linear_flop_ratio(config, realised)
-    matmul = routed_matmul_flop_ratio(config, realised, 1, context + (steps + 1) // 2, 1)
+    linear, matmul = decode_ideals(config, block_sparsity, per_block, context, steps)
     speed = d / r
     skip = sum(per_block.values()) / len(per_block) if per_block else None
     return OrtDecodeRow(batch, context, sparsity, steps, d / steps, r / steps, (d_lo / steps, d_hi / steps), (r_lo / steps, r_hi / steps),

@@ -16,11 +16,10 @@ from typing import Any
 
 import torch
 
+from ftp_export.bench.ideals import decode_ideals, prefill_ideals
 from ftp_export.bench.models import bench_schedule
 from ftp_export.bench.timing import time_interleaved, time_ms
-from ftp_export.flops import routed_linear_flop_ratio, routed_matmul_flop_ratio
 from ftp_export.routed.model import RoutedCausalLM
-from ftp_export.routing.sparsity import dropped_sparsity
 
 
 @dataclass
@@ -100,8 +99,7 @@ def bench_prefill(
     routed_fn = _maybe_compile(lambda: routed(ids, mask, mode="prefill", logits=logits).logits, runtime)
     (dense, d_lo, d_hi), (rout, r_lo, r_hi) = time_interleaved(dense_fn, routed_fn, warmup, iters, device)
     dpeak, rpeak = _peak_mib(dense_fn, device), _peak_mib(routed_fn, device)
-    ideal = routed_linear_flop_ratio(cfg, schedule.block_sparsity)
-    matmul = routed_matmul_flop_ratio(cfg, schedule.block_sparsity, seq, seq, 1 if logits == "last" else seq)
+    ideal, matmul = prefill_ideals(cfg, schedule.block_sparsity, seq, logits)
     speed = dense / rout
     return PrefillRow(
         batch, seq, sparsity, dense, rout, (d_lo, d_hi), (r_lo, r_hi), speed, ideal, speed / ideal, dpeak, rpeak,
@@ -159,17 +157,9 @@ def bench_decode(
     dense, d_lo, d_hi = ((t - clone_ms) / steps for t in dense_stats)
     rout, r_lo, r_hi = ((t - clone_ms) / steps for t in routed_stats)
     speed = dense / rout
-    realised = realised_sparsity(routed.schedule.block_sparsity, per_block)
-    linear = routed_linear_flop_ratio(cfg, realised)
-    matmul = routed_matmul_flop_ratio(cfg, realised, 1, context + (steps + 1) // 2, 1)
+    linear, matmul = decode_ideals(cfg, routed.schedule.block_sparsity, per_block, context, steps)
     return DecodeRow(batch, context, sparsity, dense, rout, (d_lo, d_hi), (r_lo, r_hi), speed, skip, per_block,
                      linear, matmul, speed / linear, speed / matmul, speed > matmul, load)
-
-
-def realised_sparsity(block_sparsity: list[float], per_block: dict[int, float]) -> list[float]:
-    """Each block's decode skip rate for the ideals: measured for a routed block, 1 for a dropped
-    block, 0 for a dense one."""
-    return [per_block.get(b, 1.0 if dropped_sparsity(s) else 0.0) for b, s in enumerate(block_sparsity)]
 
 
 def _clone(cache: Any) -> Any:
