@@ -19,6 +19,8 @@ Schedules of the same arithmetic, picked by :func:`attend`:
   torch 2.13);
 - eager PyTorch on the CPU: query chunks of :data:`CHUNK`, each against only the keys up to its
   last query (one host read per chunk), about halving a long prefill's attention work and memory;
+  in float32 without autograd each chunk's mask, softmax and column sums are one fused C pass
+  (:mod:`ftp_export.kernels.cpu_signal`; ATen's ops where no C compiler is found);
   on other devices :data:`STATIC_CHUNKS` query chunks with key extents bounded from the shapes
   alone (query j of Q distinct ascending queries among S keys sits at or before key S - Q + j),
   with no host sync;
@@ -32,10 +34,12 @@ Schedules of the same arithmetic, picked by :func:`attend`:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 
 from ftp_export import kernels
+from ftp_export.kernels import cpu_signal
 
 # queries per eager chunk; a chunk's scores are heads x CHUNK x keys floats. 128 against 256: the
 # 8-block SmolLM2-shape routed prefill (picks spread over the prompt) 8% faster at 2048 tokens and 4%
@@ -130,6 +134,9 @@ def attend(
     elif q.device.type != "cpu":
         # no host reads: CUDA (a sync per chunk would stall it) and meta (no data)
         out, colsum, own_w = _in_chunks(q * scaling, k, v, _formed(bias, allowed, q), col_weight, _shape_spans(nq, k.shape[2]))
+    elif cpu_signal.supports(q, k, v, col_weight):  # CPU float32: the fused C kernel, on ``allowed`` itself
+        spans = _data_spans(q_index, nq, k.shape[2]) if nq > CHUNK else [(0, nq, k.shape[2])]
+        out, colsum, own_w = _in_chunks(q * scaling, k, v, allowed, col_weight, spans, cpu_signal.attend)
     elif nq <= CHUNK:
         out, colsum, own_w = _one_shot(q * scaling, k, v, _formed(bias, allowed, q), col_weight, None)
     else:
@@ -182,25 +189,36 @@ def _shape_spans(nq: int, s: int, n_chunks: int = STATIC_CHUNKS) -> list[tuple[i
     return [((c * nq) // n_chunks, ((c + 1) * nq) // n_chunks, s - nq + ((c + 1) * nq) // n_chunks) for c in range(n_chunks)]
 
 
+def _bias_step(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, col_weight: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk of :func:`_in_chunks` in ATen ops (:func:`_one_shot` on the additive mask)."""
+    out, colsum, _ = _one_shot(q, k, v, bias, col_weight, None)
+    return out, colsum
+
+
 def _in_chunks(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    bias: torch.Tensor,
+    mask: torch.Tensor,
     col_weight: torch.Tensor | None,
     spans: list[tuple[int, int, int]],
+    step: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] = _bias_step,
 ) -> tuple[torch.Tensor, torch.Tensor | None, None]:
     """Prefill by query chunks ``(start, end, keys)``: queries start..end against the first
-    ``keys`` keys, which hold every key those queries may see."""
+    ``keys`` keys, which hold every key those queries may see. ``step`` attends one chunk with its
+    slice of ``mask`` [G, Q, S]: :func:`_bias_step` on the additive bias, or
+    :func:`ftp_export.kernels.cpu_signal.attend` on the boolean mask."""
     g, s = q.shape[0], k.shape[2]
     outs = []
     colsum = None if col_weight is None else torch.zeros(g, s, dtype=torch.float32, device=q.device)
     for start, end, ext in spans:
-        out, part, _ = _one_shot(
-            q[:, :, start:end], k[:, :, :ext], v[:, :, :ext], bias[:, start:end, :ext],
-            None if col_weight is None else col_weight[:, start:end], None,
+        out, part = step(
+            q[:, :, start:end], k[:, :, :ext], v[:, :, :ext], mask[:, start:end, :ext],
+            None if col_weight is None else col_weight[:, start:end],
         )
         outs.append(out)
         if colsum is not None:
             colsum[:, :ext] += part
-    return torch.cat(outs, dim=2), colsum, None
+    return torch.cat(outs, dim=2) if len(outs) > 1 else outs[0], colsum, None

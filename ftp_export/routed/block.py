@@ -59,6 +59,17 @@ def attention_mask_for(
     return allowed
 
 
+def query_mask(call_mask: Any, key_valid: torch.Tensor, q_index: torch.Tensor, rows: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Allowed keys [G, Q, S] of the call's tokens ``rows`` [G, Q] (cache indices ``q_index``).
+    Eager PyTorch copies those rows of the call's shared mask (``call_mask()``, built once per
+    call): ~0.2 ms against ~2 ms for comparing every query with every key again at 1229 of 2048
+    tokens. Traced graphs keep the comparisons (no gather of a [G, T, S] mask in the graph)."""
+    if tracing():
+        return attention_mask_for(key_valid, q_index, window)
+    full = call_mask()
+    return torch.stack([full[g].index_select(0, rows[g]) for g in range(rows.shape[0])])
+
+
 def query_states(layer: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> torch.Tensor:
     """Rotated queries [G, H, Q, Dh] of normed rows ``x`` [G, Q, D] at ``cos``/``sin`` [G, Q, Dh]."""
     attn = layer.self_attn

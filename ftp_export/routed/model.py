@@ -17,7 +17,7 @@ from ftp_export.devices import module_device
 from ftp_export.errors import ScheduleError
 from ftp_export.flops import check_router_budget
 from ftp_export.routed.attention import mask_bias
-from ftp_export.routed.block import attention_mask_for, compute_rows, finish_rows, project_kv, zero_kv
+from ftp_export.routed.block import attention_mask_for, compute_rows, finish_rows, project_kv, query_mask, zero_kv
 from ftp_export.routed.decode_rows import attend_kept_rows
 from ftp_export.routed.lowering import Lowering, TorchLowering, flat_rows, suffix_count, take_rows
 from ftp_export.routing.factors import router_features, update_signal
@@ -318,7 +318,7 @@ class RoutedCausalLM(nn.Module):
         flat = flat_rows(idx, h.shape[1])
         x_rows, r_cos, r_sin = (take_rows(t, flat, idx.shape) for t in (x, call.cos, call.sin))
         q_index = idx + call.past
-        allowed = attention_mask_for(call.key_valid, q_index, self.windows[b])
+        allowed = query_mask(lambda: call.allowed(self.windows[b]), call.key_valid, q_index, idx, self.windows[b])
         q_weight = active & torch.gather(call.valid, 1, idx)
         out, colsum, _ = compute_rows(
             layer, rows, r_cos, r_sin, keys, values, allowed, q_index, self.head_dim, self.scaling,

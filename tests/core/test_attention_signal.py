@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ftp_export.kernels import cpu_build, cpu_signal
 from ftp_export.routed import attention as attention_mod
 from ftp_export.routed.attention import attend
 from ftp_export.routed.block import attention_mask_for
@@ -40,9 +41,18 @@ def _case(seed, g=2, heads=6, kv=2, past=0, t=40, dh=8, subset=None, window=None
     return q, k, v, allowed, q_index, weight
 
 
+@pytest.fixture(params=["c-kernel", "aten"])
+def cpu_schedule(request, monkeypatch):
+    """Eager CPU chunks with the fused C kernel and with ATen's ops (no compiler, or switched off)."""
+    monkeypatch.setenv("FTP_EXPORT_CPU_KERNEL", "1" if request.param == "c-kernel" else "0")
+    if request.param == "c-kernel" and cpu_build.library() is None:
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    return request.param
+
+
 @pytest.mark.parametrize("chunk", [1000, 7])
 @pytest.mark.parametrize(("subset", "window", "past"), [(None, None, 0), (23, None, 0), (None, 9, 0), (17, None, 11)])
-def test_column_sums_equal_materialised_definition(monkeypatch, chunk, subset, window, past):
+def test_column_sums_equal_materialised_definition(monkeypatch, cpu_schedule, chunk, subset, window, past):
     monkeypatch.setattr(attention_mod, "CHUNK", chunk)
     q, k, v, allowed, q_index, weight = _case(0, subset=subset, window=window, past=past)
     out, colsum, own = attend(q, k, v, allowed, 0.35, q_index, col_weight=weight)
@@ -62,20 +72,21 @@ def test_own_weight_is_diagonal_of_head_mean():
     torch.testing.assert_close(own, mean.gather(2, q_index.unsqueeze(-1)).squeeze(-1), rtol=1e-5, atol=1e-7)
 
 
-def test_chunks_only_see_keys_up_to_their_last_query(monkeypatch):
+def test_chunks_only_see_keys_up_to_their_last_query(monkeypatch, cpu_schedule):
     """Eager chunks run against the keys up to their last query only (the causal saving), and
     the result still equals one shot."""
     q, k, v, allowed, q_index, weight = _case(2, g=1, t=64)
     full = attend(q, k, v, allowed, 0.35, q_index, col_weight=weight)
     monkeypatch.setattr(attention_mod, "CHUNK", 16)
     seen: list[int] = []
-    real = attention_mod._one_shot
+    owner, name = (cpu_signal, "attend") if cpu_schedule == "c-kernel" else (attention_mod, "_one_shot")
+    real = getattr(owner, name)
 
     def spy(q_, k_, *rest):
         seen.append(k_.shape[2])
         return real(q_, k_, *rest)
 
-    monkeypatch.setattr(attention_mod, "_one_shot", spy)
+    monkeypatch.setattr(owner, name, spy)
     chunked = attend(q, k, v, allowed, 0.35, q_index, col_weight=weight)
     assert seen == [16, 32, 48, 64]
     torch.testing.assert_close(chunked[1], full[1], rtol=1e-5, atol=1e-6)

@@ -28,6 +28,7 @@ def test_wheel_carries_the_plugin_sources_and_finds_them(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     assert (site / "ftp_export" / "plugins" / "CMakeLists.txt").is_file()
     assert (site / "ftp_export" / "plugins" / "torch_ext" / "ftp_torch_ext.cpp").is_file()
+    assert (site / "ftp_export" / "kernels" / "cpu_softmax_colsum.c").is_file()  # built on first eager use
     # every package of the source tree is in the wheel (the package list in pyproject.toml is explicit)
     for pkg_root, name in ((ROOT / "ftp_export", "ftp_export"), (ROOT / "trainer" / "ftp_export_trainer", "ftp_export_trainer")):
         for init in pkg_root.rglob("__init__.py"):
