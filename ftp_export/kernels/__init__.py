@@ -1,5 +1,7 @@
-"""Optional GPU kernels (Triton). Importing this package never imports Triton: the kernels live in
-:mod:`ftp_export.kernels.attention_signal`, imported on first use."""
+"""Optional attention kernels with the router's signal: on GPU in Triton
+(:mod:`ftp_export.kernels.attention_signal`, imported on first use: importing this package never
+imports Triton), on the CPU in C (:mod:`ftp_export.kernels.cpu_signal`, compiled on first use by
+:mod:`ftp_export.kernels.cpu_build`)."""
 
 from __future__ import annotations
 
