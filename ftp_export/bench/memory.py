@@ -18,13 +18,18 @@ JSON line.
 
 One process's rise is not one number: the same graph rose by 358 or 442 MiB over a 2048-token
 onnxruntime prefill in fresh processes of the same machine (and 317 or 377 MiB with the arena
-off): the allocator's regions, not the graph, move it by up to ~20%. The bench therefore takes
-:data:`REPEATS` fresh processes per side and reports their median, the samples in its JSON.
+off), and Hugging Face's eager model by 96.7 to 175.2 MiB: the allocator's regions, not the
+model, move it. Two measures against that: the children run with glibc's mmap threshold fixed
+(:data:`MMAP_THRESHOLD`, through ``GLIBC_TUNABLES``), so every large tensor is its own mapping,
+returned when freed, and the peak is the live set's (the same eager model then rose by
+89.5-90.4 MiB in five processes); and the bench takes :data:`REPEATS` fresh processes per side
+and reports their median, the samples in its JSON.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -37,6 +42,10 @@ from ftp_export.errors import FTPError
 
 STATUS = Path("/proc/self/status")
 REPEATS = 5  # fresh processes per measurement (odd: the median is one of them)
+# glibc's default threshold starts at 128 KiB and rises to the size of each large block freed, so
+# whether a later tensor is mapped fresh or carved from a fragmented heap, and so the peak, varies
+# from process to process; fixed, every large tensor is mapped and unmapped on its own
+MMAP_THRESHOLD = 131072
 
 
 def _status_mib(field: str) -> float | None:
@@ -100,8 +109,19 @@ def measure(args: list[str], repeats: int = REPEATS, timeout: float = 1800) -> l
     return [_measure_once(args, timeout) for _ in range(repeats)]
 
 
+def child_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The measuring child's environment: ``base`` (this process's) with glibc's mmap threshold
+    fixed at :data:`MMAP_THRESHOLD` (:envvar:`GLIBC_TUNABLES`, added to any tunables already set)."""
+    env = dict(os.environ if base is None else base)
+    tunable = f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}"
+    env["GLIBC_TUNABLES"] = f"{env['GLIBC_TUNABLES']}:{tunable}" if env.get("GLIBC_TUNABLES") else tunable
+    return env
+
+
 def _measure_once(args: list[str], timeout: float) -> float:
-    proc = subprocess.run([sys.executable, "-m", __name__, *args], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", __name__, *args], capture_output=True, text=True, timeout=timeout, env=child_env()
+    )
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise FTPError(f"memory measurement ({' '.join(args[:2])}) failed: {tail[:300]}")

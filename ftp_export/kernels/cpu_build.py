@@ -35,7 +35,8 @@ FLAG_SETS = (
     ["-O3", "-shared", "-fPIC"],
 )
 _P, _I = ctypes.c_void_p, ctypes.c_int64
-ARGTYPES = [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I, ctypes.c_float, ctypes.c_int]
+# scores, inv_sum, allowed, q_index, window, weight, colsum, G, HKV, R, NQ, N, a_sg, a_sq, w_sg, c_sg, inv_heads, threads
+ARGTYPES = [_P, _P, _P, _P, _I, _P, _P, *[_I] * 9, ctypes.c_float, ctypes.c_int]
 
 
 def enabled() -> bool:
@@ -71,7 +72,9 @@ def _build(cc: str, target: Path) -> str | None:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            done = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300)
+            done = subprocess.run(
+                [cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300
+            )
         except (OSError, subprocess.SubprocessError) as exc:
             os.unlink(tmp)
             return str(exc)
@@ -107,7 +110,9 @@ def library() -> ctypes.CDLL | None:
         except OSError as exc:
             error = str(exc)
         if error is not None:
-            warnings.warn(f"building the CPU attention kernel failed ({error}): eager CPU attention uses ATen", stacklevel=2)
+            warnings.warn(
+                f"building the CPU attention kernel failed ({error}): eager CPU attention uses ATen", stacklevel=2
+            )
             return None
     lib = ctypes.CDLL(str(path))
     fn = lib.ftp_softmax_colsum_f32

@@ -36,33 +36,56 @@ def attend(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    allowed: torch.Tensor,
+    allowed: torch.Tensor | None,
     col_weight: torch.Tensor | None,
+    key_valid: torch.Tensor | None = None,
+    q_index: torch.Tensor | None = None,
+    window: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``q`` [G, H, Q, Dh] already scaled, ``k``/``v`` [G, Hkv, S, Dh], ``allowed`` [G, Q, S] bool
-    (strided views fine, keys contiguous), ``col_weight`` [G, Q] or None. Returns the output
-    [G, H, Q, Dh] and, with ``col_weight``, the column sums [G, S] float32."""
+    """``q`` [G, H, Q, Dh] already scaled, ``k``/``v`` [G, Hkv, S, Dh], ``col_weight`` [G, Q] or None.
+    The mask is ``allowed`` [G, Q, S] bool (strided views fine), or structured (``allowed`` None):
+    key ``s`` is allowed to query ``q`` where ``key_valid`` [G, S] and ``s <= q_index[g, q]``
+    (and ``s > q_index - window`` with a window), as
+    :func:`~ftp_export.routed.attention.attention_mask_for` builds it, with no [G, Q, S] tensor.
+    Returns the output [G, H, Q, Dh] and, with ``col_weight``, the column sums [G, S] float32."""
     g, n_heads, nq, dh = q.shape
     hkv, s = k.shape[1], k.shape[2]
-    if allowed.shape != (g, nq, s) or allowed.dtype != torch.bool:
-        raise ValueError(f"allowed must be bool [{g}, {nq}, {s}], got {allowed.dtype} {list(allowed.shape)}")
+    mask, qi = _mask(allowed, key_valid, q_index, g, nq, s)
     if col_weight is not None and col_weight.shape != (g, nq):
         raise ValueError(f"col_weight must be [{g}, {nq}], got {list(col_weight.shape)}")
     r = n_heads // hkv
     scores = torch.matmul(q.reshape(g, hkv, r * nq, dh), k.transpose(2, 3)).contiguous()
-    mask = allowed if allowed.stride(-1) == 1 else allowed.contiguous()
-    mask = mask.view(torch.uint8)
     inv = torch.empty(g, hkv, r * nq, 1, dtype=torch.float32)
     weight = colsum = None
     if col_weight is not None:
         weight = col_weight.to(torch.float32).contiguous()
         colsum = torch.zeros(g, s, dtype=torch.float32)
     rc = cpu_build.library().ftp_softmax_colsum_f32(
-        scores.data_ptr(), inv.data_ptr(), mask.data_ptr(),
+        scores.data_ptr(), inv.data_ptr(), mask.data_ptr(), None if qi is None else qi.data_ptr(), window or 0,
         None if weight is None else weight.data_ptr(), None if colsum is None else colsum.data_ptr(),
-        g, hkv, r, nq, s, mask.stride(0), mask.stride(1), nq, s, 1.0 / n_heads, torch.get_num_threads(),
+        g, hkv, r, nq, s, mask.stride(0), 0 if qi is not None else mask.stride(1), nq, s, 1.0 / n_heads,
+        torch.get_num_threads(),
     )  # fmt: skip
     if rc != 0:
         raise MemoryError("the CPU attention kernel could not allocate its column-sum scratch")
     out = torch.matmul(scores, v).mul_(inv).view(g, n_heads, nq, dh)
     return out, colsum
+
+
+def _mask(
+    allowed: torch.Tensor | None, key_valid: torch.Tensor | None, q_index: torch.Tensor | None, g: int, nq: int, s: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The kernel's mask arguments: uint8 rows with unit key stride, and the contiguous int64 query
+    indices of a structured mask (None for a dense one)."""
+    if allowed is not None:
+        if allowed.shape != (g, nq, s) or allowed.dtype != torch.bool:
+            raise ValueError(f"allowed must be bool [{g}, {nq}, {s}], got {allowed.dtype} {list(allowed.shape)}")
+        return (allowed if allowed.stride(-1) == 1 else allowed.contiguous()).view(torch.uint8), None
+    if key_valid is None or q_index is None:
+        raise ValueError("give allowed, or key_valid and q_index")
+    if key_valid.shape != (g, s) or key_valid.dtype != torch.bool:
+        raise ValueError(f"key_valid must be bool [{g}, {s}], got {key_valid.dtype} {list(key_valid.shape)}")
+    if q_index.shape != (g, nq):
+        raise ValueError(f"q_index must be [{g}, {nq}], got {list(q_index.shape)}")
+    kv = key_valid if key_valid.stride(-1) == 1 else key_valid.contiguous()
+    return kv.view(torch.uint8), q_index.to(torch.int64).contiguous()

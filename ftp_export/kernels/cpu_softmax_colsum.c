@@ -50,19 +50,20 @@ static inline float exp_nonpos(float x) {
 }
 
 /* One row: the masked exponentials exp(x - max) in place, and col[s] += w * p[s] with the
- * probabilities p = e / sum when col is not NULL. Returns 1 / sum: the caller scales the row's
- * attention output instead of the row (one pass fewer over the scores). */
-static float row_softmax(float *x, const uint8_t *allowed, int64_t n, float w, float *col) {
+ * probabilities p = e / sum when col is not NULL. Key s is allowed where allowed[s] is non-zero and
+ * lo <= s <= hi. Returns 1 / sum: the caller scales the row's attention output instead of the row
+ * (one pass fewer over the scores). */
+static float row_softmax(float *x, const uint8_t *allowed, int64_t lo, int64_t hi, int64_t n, float w, float *col) {
     float m = MASKED;
 #pragma omp simd reduction(max : m)
     for (int64_t s = 0; s < n; s++) {
-        float v = allowed[s] ? x[s] : MASKED;
+        float v = (allowed[s] && s >= lo && s <= hi) ? x[s] : MASKED;
         m = v > m ? v : m;
     }
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t s = 0; s < n; s++) {
-        float e = exp_nonpos((allowed[s] ? x[s] : MASKED) - m);
+        float e = exp_nonpos(((allowed[s] && s >= lo && s <= hi) ? x[s] : MASKED) - m);
         x[s] = e;
         sum += e;
     }
@@ -78,15 +79,19 @@ static float row_softmax(float *x, const uint8_t *allowed, int64_t n, float w, f
 /* scores: [G, HKV, R * NQ, N] contiguous, the grouped-query layout of _one_shot (row j * NQ + q
  * of K/V head kv is query q of head kv * R + j); they become the unnormalised exponentials, and
  * inv_sum [G, HKV, R * NQ] gets each row's 1 / sum. allowed: uint8 rows of N keys, row (g, q) at
- * allowed + g * a_sg + q * a_sq. weight: [G, NQ] at weight + g * w_sg (NULL: no column sums).
+ * allowed + g * a_sg + q * a_sq. With q_index ([G, NQ] contiguous, the queries' cache indices) the
+ * mask is structured instead: allowed is then each row's key validity (a_sq = 0) and key s is
+ * also required to satisfy s <= q_index and, with window > 0, s > q_index - window (Hugging
+ * Face's causal and sliding-window masks; no [G, NQ, N] tensor). weight: [G, NQ] at
+ * weight + g * w_sg (NULL: no column sums).
  * colsum: [G, N] at colsum + g * c_sg, added to; each row contributes weight[g, q] * inv_heads.
  * `threads` OpenMP threads take contiguous row ranges and sum into their own scratch, reduced in
  * thread order afterwards (deterministic for a given thread count). Returns 0, or -1 when the
  * scratch could not be allocated (nothing written then). */
-int ftp_softmax_colsum_f32(float *scores, float *inv_sum, const uint8_t *allowed, const float *weight, float *colsum,
-                           int64_t G, int64_t HKV, int64_t R, int64_t NQ, int64_t N,
-                           int64_t a_sg, int64_t a_sq, int64_t w_sg, int64_t c_sg, float inv_heads,
-                           int threads) {
+int ftp_softmax_colsum_f32(float *scores, float *inv_sum, const uint8_t *allowed, const int64_t *q_index,
+                           int64_t window, const float *weight, float *colsum, int64_t G, int64_t HKV, int64_t R,
+                           int64_t NQ, int64_t N, int64_t a_sg, int64_t a_sq, int64_t w_sg, int64_t c_sg,
+                           float inv_heads, int threads) {
     int64_t per_g = HKV * R * NQ;
     int64_t rows = G * per_g;
     int nt = 1;
@@ -106,8 +111,8 @@ int ftp_softmax_colsum_f32(float *scores, float *inv_sum, const uint8_t *allowed
         t = omp_get_thread_num();
         n_threads = omp_get_num_threads();
 #endif
-        int64_t lo = rows * t / n_threads, hi = rows * (t + 1) / n_threads;
-        for (int64_t i = lo; i < hi; i++) {
+        int64_t first = rows * t / n_threads, last = rows * (t + 1) / n_threads;
+        for (int64_t i = first; i < last; i++) {
             int64_t g = i / per_g;
             int64_t q = (i % per_g) % NQ;
             float *col = NULL;
@@ -116,7 +121,12 @@ int ftp_softmax_colsum_f32(float *scores, float *inv_sum, const uint8_t *allowed
                 col = scratch + ((int64_t)t * G + g) * N;
                 w = weight[g * w_sg + q] * inv_heads;
             }
-            inv_sum[i] = row_softmax(scores + i * N, allowed + g * a_sg + q * a_sq, N, w, col);
+            int64_t lo = 0, hi = N;
+            if (q_index != NULL) {
+                hi = q_index[g * NQ + q];
+                lo = window > 0 ? hi - window + 1 : 0;
+            }
+            inv_sum[i] = row_softmax(scores + i * N, allowed + g * a_sg + q * a_sq, lo, hi, N, w, col);
         }
     }
     if (scratch != NULL) {

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -67,6 +68,39 @@ def mask_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     (``_Call.bias`` in routed/model.py: one Not, Cast and Mul per call, not per block)."""
     dt = score_dtype(dtype)
     return (~allowed).to(dt) * torch.finfo(dt).min
+
+
+def attention_mask_for(key_valid: torch.Tensor, q_index: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Allowed keys [G, Q, S]: valid, at or before the query's cache index, inside the window."""
+    keys = torch.arange(key_valid.shape[-1], device=key_valid.device).view(1, 1, -1)
+    qi = q_index.unsqueeze(-1)
+    allowed = key_valid.unsqueeze(1) & (keys <= qi)
+    if window is not None:
+        allowed = allowed & (keys > qi - window)
+    return allowed
+
+
+@dataclass(frozen=True)
+class KeyMask:
+    """:func:`attention_mask_for`'s mask kept as its parts (key validity [G, S], the queries' cache
+    indices [G, Q], the window), for eager callers: the CPU kernel reads it as is, with no
+    [G, Q, S] tensor in memory (4 MiB at 2048 tokens, alive for the whole call when shared), and
+    :func:`attend` forms the tensor only on the schedules that need one."""
+
+    key_valid: torch.Tensor
+    q_index: torch.Tensor
+    window: int | None
+
+    def dense(self) -> torch.Tensor:
+        return attention_mask_for(self.key_valid, self.q_index, self.window)
+
+    def chunk(self, start: int, end: int, keys: int) -> KeyMask:
+        """Queries start..end against the first ``keys`` keys."""
+        return KeyMask(self.key_valid[:, :keys], self.q_index[:, start:end], self.window)
+
+
+def _dense(allowed: torch.Tensor | KeyMask) -> torch.Tensor:
+    return allowed.dense() if isinstance(allowed, KeyMask) else allowed
 
 
 def _one_shot(
@@ -103,7 +137,7 @@ def attend(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    allowed: torch.Tensor,
+    allowed: torch.Tensor | KeyMask,
     scaling: float,
     q_index: torch.Tensor,
     col_weight: torch.Tensor | None = None,
@@ -122,21 +156,22 @@ def attend(
     each query's head-mean weight on its own key [G, Q]. With neither (no later routed block
     reads this block's signal), eager PyTorch runs fused SDPA, causal when the caller says
     ``allowed`` is exactly the lower triangle (no padding, no window, no past).
-    ``bias``: :func:`mask_bias` of ``allowed`` when the caller has it already."""
+    ``bias``: :func:`mask_bias` of ``allowed`` when the caller has it already. ``allowed`` may be a
+    :class:`KeyMask` (eager callers): the tensor is then formed only where a schedule needs it."""
     g, n_heads, nq, dh = q.shape
     if tracing() or own or nq <= 1:  # tracing first: a decode block's query count is data dependent
         out, colsum, own_w = _one_shot(q * scaling, k, v, _formed(bias, allowed, q), col_weight, q_index if own else None)
     elif col_weight is None and q.device.type in ("cpu", "cuda") and q.dtype != torch.float16:  # float16: see score_dtype
         out, colsum, own_w = _fused(q, k, v, None if causal else _formed(bias, allowed, q), scaling, causal), None, None
     elif q.device.type == "cuda" and _triton_ok(q, k):
-        out, colsum, own_w = kernels.attention_with_signal(q, k, v, q_index, scaling, allowed=allowed, col_weight=col_weight)
+        out, colsum, own_w = kernels.attention_with_signal(q, k, v, q_index, scaling, allowed=_dense(allowed), col_weight=col_weight)
         out = out.view(g, nq, n_heads, dh).transpose(1, 2)  # the layout the reshape below undoes
     elif q.device.type != "cpu":
         # no host reads: CUDA (a sync per chunk would stall it) and meta (no data)
         out, colsum, own_w = _in_chunks(q * scaling, k, v, _formed(bias, allowed, q), col_weight, _shape_spans(nq, k.shape[2]))
-    elif cpu_signal.supports(q, k, v, col_weight):  # CPU float32: the fused C kernel, on ``allowed`` itself
+    elif cpu_signal.supports(q, k, v, col_weight):  # CPU float32: the fused C kernel, on the mask itself
         spans = _data_spans(q_index, nq, k.shape[2]) if nq > CHUNK else [(0, nq, k.shape[2])]
-        out, colsum, own_w = _in_chunks(q * scaling, k, v, allowed, col_weight, spans, cpu_signal.attend)
+        out, colsum, own_w = _in_chunks(q * scaling, k, v, allowed, col_weight, spans, _kernel_step)
     elif nq <= CHUNK:
         out, colsum, own_w = _one_shot(q * scaling, k, v, _formed(bias, allowed, q), col_weight, None)
     else:
@@ -146,9 +181,9 @@ def attend(
     return out, colsum, own_w
 
 
-def _formed(bias: torch.Tensor | None, allowed: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+def _formed(bias: torch.Tensor | None, allowed: torch.Tensor | KeyMask, q: torch.Tensor) -> torch.Tensor:
     """``bias``, or :func:`mask_bias` of ``allowed`` when the caller has none."""
-    return bias if bias is not None else mask_bias(allowed, q.dtype)
+    return bias if bias is not None else mask_bias(_dense(allowed), q.dtype)
 
 
 def _triton_ok(q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -197,25 +232,35 @@ def _bias_step(
     return out, colsum
 
 
+def _kernel_step(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | KeyMask, col_weight: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk of :func:`_in_chunks` in the CPU kernel, on a boolean or a structured mask."""
+    if isinstance(mask, KeyMask):
+        return cpu_signal.attend(q, k, v, None, col_weight, mask.key_valid, mask.q_index, mask.window)
+    return cpu_signal.attend(q, k, v, mask, col_weight)
+
+
 def _in_chunks(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | KeyMask,
     col_weight: torch.Tensor | None,
     spans: list[tuple[int, int, int]],
     step: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] = _bias_step,
 ) -> tuple[torch.Tensor, torch.Tensor | None, None]:
     """Prefill by query chunks ``(start, end, keys)``: queries start..end against the first
     ``keys`` keys, which hold every key those queries may see. ``step`` attends one chunk with its
-    slice of ``mask`` [G, Q, S]: :func:`_bias_step` on the additive bias, or
-    :func:`ftp_export.kernels.cpu_signal.attend` on the boolean mask."""
+    slice of ``mask``: :func:`_bias_step` on the additive bias [G, Q, S], or :func:`_kernel_step`
+    on the boolean mask or a :class:`KeyMask`."""
     g, s = q.shape[0], k.shape[2]
     outs = []
     colsum = None if col_weight is None else torch.zeros(g, s, dtype=torch.float32, device=q.device)
     for start, end, ext in spans:
         out, part = step(
-            q[:, :, start:end], k[:, :, :ext], v[:, :, :ext], mask[:, start:end, :ext],
+            q[:, :, start:end], k[:, :, :ext], v[:, :, :ext],
+            mask.chunk(start, end, ext) if isinstance(mask, KeyMask) else mask[:, start:end, :ext],
             None if col_weight is None else col_weight[:, start:end],
         )
         outs.append(out)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ftp_export.routed.attention import attend, tracing
+from ftp_export.routed.attention import KeyMask, attend, attention_mask_for, tracing
 from ftp_export.routed.attention_op import attend_traced
 
 
@@ -47,27 +47,13 @@ def zero_kv(layer: Any, x: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, t
     return z, z
 
 
-def attention_mask_for(
-    key_valid: torch.Tensor, q_index: torch.Tensor, window: int | None
-) -> torch.Tensor:
-    """Allowed keys [G, Q, S]: valid, at or before the query's cache index, inside the window."""
-    keys = torch.arange(key_valid.shape[-1], device=key_valid.device).view(1, 1, -1)
-    qi = q_index.unsqueeze(-1)
-    allowed = key_valid.unsqueeze(1) & (keys <= qi)
-    if window is not None:
-        allowed = allowed & (keys > qi - window)
-    return allowed
-
-
-def query_mask(call_mask: Any, key_valid: torch.Tensor, q_index: torch.Tensor, rows: torch.Tensor, window: int | None) -> torch.Tensor:
-    """Allowed keys [G, Q, S] of the call's tokens ``rows`` [G, Q] (cache indices ``q_index``).
-    Eager PyTorch copies those rows of the call's shared mask (``call_mask()``, built once per
-    call): ~0.2 ms against ~2 ms for comparing every query with every key again at 1229 of 2048
-    tokens. Traced graphs keep the comparisons (no gather of a [G, T, S] mask in the graph)."""
+def query_mask(key_valid: torch.Tensor, q_index: torch.Tensor, window: int | None) -> torch.Tensor | KeyMask:
+    """Allowed keys of queries at cache indices ``q_index`` [G, Q]: the [G, Q, S] tensor in a traced
+    graph, a :class:`~ftp_export.routed.attention.KeyMask` in eager PyTorch (the CPU kernel reads
+    it without the tensor; :func:`~ftp_export.routed.attention.attend` forms it where needed)."""
     if tracing():
         return attention_mask_for(key_valid, q_index, window)
-    full = call_mask()
-    return torch.stack([full[g].index_select(0, rows[g]) for g in range(rows.shape[0])])
+    return KeyMask(key_valid, q_index, window)
 
 
 def query_states(layer: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -93,7 +79,7 @@ def compute_rows(
     sin: torch.Tensor,
     keys: torch.Tensor,
     values: torch.Tensor,
-    allowed: torch.Tensor,
+    allowed: torch.Tensor | KeyMask,
     q_index: torch.Tensor,
     head_dim: int,
     scaling: float,

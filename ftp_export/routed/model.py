@@ -294,8 +294,9 @@ class RoutedCausalLM(nn.Module):
         # decode is causal per token: a token's signal is its own query's weight on itself
         decode = call.mode == "decode"
         causal = call.unpadded and call.past == 0 and self.windows[b] is None
+        allowed = call.allowed(self.windows[b]) if decode else query_mask(call.key_valid, q_index, self.windows[b])
         full, colsum, own = compute_rows(
-            layer, h, call.cos, call.sin, keys, values, call.allowed(self.windows[b]), q_index, self.head_dim, self.scaling,
+            layer, h, call.cos, call.sin, keys, values, allowed, q_index, self.head_dim, self.scaling,
             col_weight=q_weight if call.signal and not decode else None, own=call.signal and decode, causal=causal, normed=x,
             op=self.lowering.attention_op and not decode,
         )
@@ -318,7 +319,7 @@ class RoutedCausalLM(nn.Module):
         flat = flat_rows(idx, h.shape[1])
         x_rows, r_cos, r_sin = (take_rows(t, flat, idx.shape) for t in (x, call.cos, call.sin))
         q_index = idx + call.past
-        allowed = query_mask(lambda: call.allowed(self.windows[b]), call.key_valid, q_index, idx, self.windows[b])
+        allowed = query_mask(call.key_valid, q_index, self.windows[b])
         q_weight = active & torch.gather(call.valid, 1, idx)
         out, colsum, _ = compute_rows(
             layer, rows, r_cos, r_sin, keys, values, allowed, q_index, self.head_dim, self.scaling,

@@ -9,7 +9,7 @@ import torch
 
 from ftp_export.kernels import cpu_build, cpu_signal
 from ftp_export.routed import attention as attention_mod
-from ftp_export.routed.attention import attend
+from ftp_export.routed.attention import KeyMask, attend
 from ftp_export.routed.block import attention_mask_for
 
 
@@ -26,11 +26,16 @@ def _reference(q, k, v, allowed, scaling, weight):
     return out, torch.einsum("gq,gqs->gs", weight, mean), mean
 
 
+def _key_valid(g, s, past):
+    key_valid = torch.ones(g, s, dtype=torch.bool)
+    key_valid[0, : past + 5] = False  # row 0 left-padded (fully masked query rows included)
+    return key_valid
+
+
 def _case(seed, g=2, heads=6, kv=2, past=0, t=40, dh=8, subset=None, window=None):
     gen = torch.Generator().manual_seed(seed)
     s = past + t
-    key_valid = torch.ones(g, s, dtype=torch.bool)
-    key_valid[0, : past + 5] = False  # row 0 left-padded (fully masked query rows included)
+    key_valid = _key_valid(g, s, past)
     q_tok = torch.arange(t).expand(g, t) if subset is None else torch.sort(torch.randperm(t, generator=gen)[:subset]).values.expand(g, subset)
     q_index = q_tok + past
     allowed = attention_mask_for(key_valid, q_index, window)
@@ -52,10 +57,14 @@ def cpu_schedule(request, monkeypatch):
 
 @pytest.mark.parametrize("chunk", [1000, 7])
 @pytest.mark.parametrize(("subset", "window", "past"), [(None, None, 0), (23, None, 0), (None, 9, 0), (17, None, 11)])
-def test_column_sums_equal_materialised_definition(monkeypatch, cpu_schedule, chunk, subset, window, past):
+@pytest.mark.parametrize("form", ["tensor", "key-mask"])
+def test_column_sums_equal_materialised_definition(monkeypatch, cpu_schedule, chunk, subset, window, past, form):
+    """Both mask forms: the [G, Q, S] tensor, and eager's KeyMask (key validity, query indices,
+    window), which the C kernel reads without forming the tensor."""
     monkeypatch.setattr(attention_mod, "CHUNK", chunk)
     q, k, v, allowed, q_index, weight = _case(0, subset=subset, window=window, past=past)
-    out, colsum, own = attend(q, k, v, allowed, 0.35, q_index, col_weight=weight)
+    mask = allowed if form == "tensor" else KeyMask(_key_valid(q.shape[0], k.shape[2], past), q_index, window)
+    out, colsum, own = attend(q, k, v, mask, 0.35, q_index, col_weight=weight)
     ref_out, ref_sum, _ = _reference(q, k, v, allowed, 0.35, weight)
     assert own is None
     valid_rows = allowed.any(-1)  # fully masked (padding) rows carry no signal and no output anyone reads

@@ -87,6 +87,29 @@ def test_switched_off_and_gradient_paths_keep_aten(monkeypatch):
         assert cpu_signal.supports(q, k, v, w) == (cpu_build.library() is not None)
 
 
+def test_structured_mask_equals_the_boolean_one():
+    """key validity + query indices + window, read by the kernel row by row, give what the
+    [G, Q, S] mask gives (padding, a window, fully masked rows)."""
+    if cpu_build.library() is None:
+        pytest.skip("no C compiler here")
+    q, k, v, _, weight = _case(5)
+    gen = torch.Generator().manual_seed(5)
+    q_index = torch.stack([torch.sort(torch.randperm(90, generator=gen)[:40]).values for _ in range(2)])
+    key_valid = torch.rand(2, 90, generator=gen) > 0.2
+    for window in (None, 6):
+        allowed = attention_mask_for(key_valid, q_index, window)
+        dense = cpu_signal.attend(q, k, v, allowed, weight)
+        parts = cpu_signal.attend(q, k, v, None, weight, key_valid, q_index, window)
+        torch.testing.assert_close(parts[0], dense[0], rtol=0, atol=0)
+        torch.testing.assert_close(parts[1], dense[1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="key_valid and q_index"):
+        cpu_signal.attend(q, k, v, None, weight, key_valid, None)
+    with pytest.raises(ValueError, match="key_valid must be bool"):
+        cpu_signal.attend(q, k, v, None, weight, key_valid[:, :-1], q_index)
+    with pytest.raises(ValueError, match="q_index must be"):
+        cpu_signal.attend(q, k, v, None, weight, key_valid, q_index[:, :-1])
+
+
 def test_bad_arguments_raise_value_errors():
     if cpu_build.library() is None:
         pytest.skip("no C compiler here")
