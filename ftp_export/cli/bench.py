@@ -75,9 +75,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="onnxruntime / aoti intra-op threads (default 1, for reproducibility)")
     p.add_argument("--memory", type=int, nargs="?", const=REPEATS, default=None, metavar="N",
-                   help="also measure peak host memory (ru_maxrss rise) of one prefill of the longest --seq, "
-                        f"dense and routed, the median of N fresh processes each (default N {REPEATS}; eager, aoti and "
-                        "onnxruntime on CPU)")
+                   help="also measure peak host memory (rise of the peak resident set) of one prefill of the longest "
+                        f"--seq, dense and routed, the median of N fresh processes each (default N {REPEATS}; eager, aoti "
+                        "and onnxruntime on CPU; glibc's mmap threshold fixed in them, so a peak is the live set's)")
     p.add_argument(
         "--logits", default="last", choices=["last", "all"],
         help="prefill logits on both sides: last position only (default, as generation) or all positions",
