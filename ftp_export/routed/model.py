@@ -16,7 +16,7 @@ from ftp_export.architectures import check_supported, fingerprint, sliding_windo
 from ftp_export.devices import module_device
 from ftp_export.errors import ScheduleError
 from ftp_export.flops import check_router_budget
-from ftp_export.routed.attention import mask_bias
+from ftp_export.routed.attention import mask_bias, tracing
 from ftp_export.routed.block import attention_mask_for, compute_rows, finish_rows, project_kv, query_mask, zero_kv
 from ftp_export.routed.decode_rows import attend_kept_rows
 from ftp_export.routed.lowering import Lowering, TorchLowering, flat_rows, suffix_count, take_rows
@@ -294,7 +294,9 @@ class RoutedCausalLM(nn.Module):
         # decode is causal per token: a token's signal is its own query's weight on itself
         decode = call.mode == "decode"
         causal = call.unpadded and call.past == 0 and self.windows[b] is None
-        allowed = call.allowed(self.windows[b]) if decode else query_mask(call.key_valid, q_index, self.windows[b])
+        # traced graphs keep the call's one shared mask tensor (as before KeyMask); eager gets its parts
+        shared = decode or tracing()
+        allowed = call.allowed(self.windows[b]) if shared else query_mask(call.key_valid, q_index, self.windows[b])
         full, colsum, own = compute_rows(
             layer, h, call.cos, call.sin, keys, values, allowed, q_index, self.head_dim, self.scaling,
             col_weight=q_weight if call.signal and not decode else None, own=call.signal and decode, causal=causal, normed=x,
