@@ -114,7 +114,11 @@ def library() -> ctypes.CDLL | None:
                 f"building the CPU attention kernel failed ({error}): eager CPU attention uses ATen", stacklevel=2
             )
             return None
-    lib = ctypes.CDLL(str(path))
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:  # a truncated or foreign file in the cache
+        warnings.warn(f"loading the CPU attention kernel {path} failed ({exc}): eager CPU attention uses ATen", stacklevel=2)
+        return None
     fn = lib.ftp_softmax_colsum_f32
     fn.restype = ctypes.c_int
     fn.argtypes = ARGTYPES

@@ -70,6 +70,17 @@ def test_without_a_working_compiler_attention_falls_back_to_aten(fresh_build, mo
     assert torch.isfinite(out).all() and colsum.shape == (q.shape[0], k.shape[2])
 
 
+def test_a_broken_library_in_the_cache_falls_back_with_a_warning(fresh_build, monkeypatch):
+    monkeypatch.setenv("CC", "cc")
+    if cpu_build.shutil.which("cc") is None:
+        pytest.skip("no C compiler here")
+    path = cpu_build.library_path("cc")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a shared library")
+    with pytest.warns(UserWarning, match="loading the CPU attention kernel"):
+        assert cpu_build.library() is None
+
+
 def test_switched_off_and_gradient_paths_keep_aten(monkeypatch):
     q, k, v, allowed, weight = _case(2)
     monkeypatch.setenv("FTP_EXPORT_CPU_KERNEL", "0")
