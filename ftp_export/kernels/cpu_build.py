@@ -96,9 +96,8 @@ def library_path(cc: str) -> Path:
 
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
-    """The loaded kernel library, built on first use; None (after one warning) when it cannot be."""
-    if not enabled():
-        return None
+    """The loaded kernel library, built on first use; None (after one warning) when it cannot be.
+    Whether it is used is :func:`enabled`'s, read per call by its callers, not cached here."""
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         warnings.warn(f"no C compiler ({cc}) found: eager CPU attention uses its slower ATen schedule", stacklevel=2)
