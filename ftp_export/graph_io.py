@@ -11,13 +11,15 @@ from here, the way optimum's OnnxConfig owns I/O for export and validation alike
 - ``decode`` (``decoder_with_past_model``): the same + ``past_key_values.N.key/value`` ->
   ``logits`` [B, T, V] (every new token: a call may carry several), ``present.N.key/value``,
   ``routing.N.rows`` for threshold blocks.
+  ``present`` is the past with the call's K/V appended (``kv_cache='concat'``, optimum's layout), or
+  only the call's K/V (``'append'``: the app keeps the cache, :mod:`ftp_export.routed.cache`).
 - ``model`` (the single graph, ``--target onnx``): decode's inputs; prefill when the past is
   empty, else decode (:mod:`ftp_export.export.onnx_merge`); both graphs' outputs. Runtimes step
   it through the ``prefill`` and ``decode`` signatures.
 
 The ``routing.*`` outputs are extra (parity compares them); runtimes that look outputs up by
-name ignore them. ``present`` outputs are contiguous, so an app can feed one step's outputs
-straight into the next step's ``past_key_values`` inputs.
+name ignore them. ``present`` outputs are contiguous, so in the concat layout an app can feed one
+step's outputs straight into the next step's ``past_key_values`` inputs.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ftp_export.routed.model import RoutedCausalLM, RoutedOutput, TensorCache
+from ftp_export.routed.cache import DEFAULT_KV_CACHE, TensorCache, check_kv_cache
+from ftp_export.routed.model import RoutedCausalLM, RoutedOutput
 from ftp_export.routing.selection import MAX_TOKENS, Q16
 
 INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "position_ids")
@@ -77,6 +80,7 @@ class GraphSignature:
     num_layers: int
     routing: tuple[str, ...]
     logits: str = "all"
+    kv_cache: str = DEFAULT_KV_CACHE  # present: the whole cache ('concat') or the call's K/V ('append')
 
     @property
     def with_past(self) -> bool:
@@ -112,8 +116,8 @@ class GraphSignature:
         """Names of the dynamic dimensions of every input and output, as optimum names them:
         ``batch_size``, ``sequence_length`` (the call's tokens), ``past_sequence_length`` (every
         layer's cache), ``past_sequence_length + sequence_length`` (the attention mask and the
-        present cache of a call with a past); the prefill's mask and present are ``sequence_length``
-        long. Routing outputs: batch, and ``routed_tokens_<block>`` for a decode block's rows. The
+        present cache of a call with a past; the present is ``sequence_length`` long in the
+        ``append`` layout); the prefill's mask and present are ``sequence_length`` long. Routing outputs: batch, and ``routed_tokens_<block>`` for a decode block's rows. The
         single graph's logits are ``logits_sequence_length`` long when its prefill returns one per row."""
         total = TOTAL if self.with_past else SEQUENCE
         names: dict[str, dict[int, str]] = {
@@ -124,7 +128,8 @@ class GraphSignature:
         }
         if self.with_past:
             names.update({name: {0: BATCH, 2: PAST} for name in past_names(self.num_layers)})
-        names.update({name: {0: BATCH, 2: total} for name in self.present})
+        present = SEQUENCE if self.kv_cache == "append" else total
+        names.update({name: {0: BATCH, 2: present} for name in self.present})
         for name in self.routing:
             block = name.split(".")[1]
             names[name] = {0: f"routed_tokens_{block}"} if name.endswith(".rows") else {0: BATCH}
@@ -137,7 +142,9 @@ class GraphSignature:
         return dict(zip(self.outputs, values))
 
     def past_feeds(self, outputs: dict[str, Any]) -> dict[str, Any]:
-        """The ``past_key_values.*`` feeds of the next decode step from this graph's ``present.*`` outputs."""
+        """The ``past_key_values.*`` feeds of the next decode step from this graph's ``present.*``
+        outputs (``concat`` layout; with ``append`` an app writes them into its cache buffer,
+        :class:`~ftp_export.runtimes.kv_buffer.AppendBuffer`)."""
         return {past: outputs[present] for past, present in zip(past_names(self.num_layers), self.present)}
 
     def manifest_entry(self, file: str) -> dict[str, Any]:
@@ -146,7 +153,8 @@ class GraphSignature:
             "decode": "per-block score threshold (data-dependent token count)",
             MERGED: "top-k per sequence when the past is empty, else per-block score threshold",
         }[self.graph]
-        return {"file": file, "inputs": self.inputs, "outputs": self.outputs, "routing": routing, "logits": self.logits_shape}
+        return {"file": file, "inputs": self.inputs, "outputs": self.outputs, "routing": routing, "logits": self.logits_shape,
+                "kv_cache": self.kv_cache}
 
     @property
     def logits_shape(self) -> str:
@@ -163,19 +171,21 @@ def check_logits(logits: str) -> str:
     return logits
 
 
-def signatures(model: RoutedCausalLM, logits: str = DEFAULT_LOGITS) -> dict[str, GraphSignature]:
+def signatures(model: RoutedCausalLM, logits: str = DEFAULT_LOGITS, kv_cache: str = DEFAULT_KV_CACHE) -> dict[str, GraphSignature]:
     """The prefill and decode signatures of ``model`` (routing outputs depend on its schedule);
-    ``logits`` applies to the prefill graph, decode returns logits for every new token."""
+    ``logits`` applies to the prefill graph, decode returns logits for every new token;
+    ``kv_cache``: the present layout (:mod:`ftp_export.routed.cache`)."""
     n = int(model.config.num_hidden_layers)
     which = {"prefill": check_logits(logits), "decode": "all"}
-    return {g: GraphSignature(g, n, tuple(routing_names(model, g)), which[g]) for g in GRAPH_FILES}
+    layout = check_kv_cache(kv_cache)
+    return {g: GraphSignature(g, n, tuple(routing_names(model, g)), which[g], layout) for g in GRAPH_FILES}
 
 
 def merged_signature(pair: dict[str, GraphSignature]) -> GraphSignature:
     """The single graph's signature from the prefill and decode signatures: decode's inputs; logits,
     present, then the prefill's routing outputs and the decode's."""
     prefill, decode = pair["prefill"], pair["decode"]
-    return GraphSignature(MERGED, prefill.num_layers, prefill.routing + decode.routing, prefill.logits)
+    return GraphSignature(MERGED, prefill.num_layers, prefill.routing + decode.routing, prefill.logits, decode.kv_cache)
 
 
 def flatten_outputs(out: RoutedOutput, cache: TensorCache) -> tuple[torch.Tensor, ...]:
@@ -207,14 +217,16 @@ class PrefillGraph(nn.Module):
 
 
 class DecodeGraph(nn.Module):
-    """Flat-tensor wrapper of one routed decode step with past (what exporters trace)."""
+    """Flat-tensor wrapper of one routed decode step with past (what exporters trace); ``kv_cache``
+    the layout of its ``present`` (:mod:`ftp_export.routed.cache`)."""
 
-    def __init__(self, model: RoutedCausalLM) -> None:
+    def __init__(self, model: RoutedCausalLM, kv_cache: str = DEFAULT_KV_CACHE) -> None:
         super().__init__()
         self.model = model
+        self.kv_cache = check_kv_cache(kv_cache)
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
-        cache = TensorCache([(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)])
+        cache = TensorCache([(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)], self.kv_cache)
         out = self.model(input_ids, attention_mask, position_ids, past_key_values=cache, mode="decode")
         return flatten_outputs(out, cache)
 
@@ -277,12 +289,12 @@ def prefill_trace_length(model: RoutedCausalLM, minimum: int = MIN_TRACE_LENGTH)
     return min(max(lengths), MAX_TOKENS)
 
 
-def trace_specs(model: RoutedCausalLM, logits: str = DEFAULT_LOGITS) -> dict[str, TraceSpec]:
+def trace_specs(model: RoutedCausalLM, logits: str = DEFAULT_LOGITS, kv_cache: str = DEFAULT_KV_CACHE) -> dict[str, TraceSpec]:
     """Per graph: the wrapper, example inputs and signature every exporter (ONNX, AOTInductor)
-    uses; ``logits`` ('last' or 'all') is the prefill graph's."""
-    sig = signatures(model, logits)
+    uses; ``logits`` ('last' or 'all') is the prefill graph's, ``kv_cache`` the present layout."""
+    sig = signatures(model, logits, kv_cache)
     prefill_args = example_inputs(model, batch=2, seq=prefill_trace_length(model), past=0)
     return {
         "prefill": TraceSpec(PrefillGraph(model, logits).eval(), prefill_args, sig["prefill"]),
-        "decode": TraceSpec(DecodeGraph(model).eval(), example_inputs(model, batch=2, seq=2, past=6), sig["decode"]),
+        "decode": TraceSpec(DecodeGraph(model, kv_cache).eval(), example_inputs(model, batch=2, seq=2, past=6), sig["decode"]),
     }

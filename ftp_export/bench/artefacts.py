@@ -16,6 +16,7 @@ from typing import Any
 from ftp_export.export.request import ExportRequest
 from ftp_export.export.targets import get_target
 from ftp_export.graph_io import DEFAULT_LOGITS, MERGED, GraphSignature, signatures
+from ftp_export.routed.cache import DEFAULT_KV_CACHE
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.runtimes.ort import OrtRuntime
 
@@ -36,17 +37,18 @@ class ExportedPair:
         return self.files.get("prefill", self.files.get(MERGED))
 
 
-def export_model(model: RoutedCausalLM, folder: Path, dtype: str, logits: str = DEFAULT_LOGITS) -> ExportedPair:
-    """Export ``model`` with the ``onnx`` target into ``folder`` (created); the target's own
-    onnxruntime sessions (default threads, used by its parity) are dropped."""
+def export_model(model: RoutedCausalLM, folder: Path, dtype: str, logits: str = DEFAULT_LOGITS,
+                 kv_cache: str = DEFAULT_KV_CACHE) -> ExportedPair:
+    """Export ``model`` with the ``onnx`` target into ``folder`` (created), ``kv_cache`` its decode
+    cache layout; the target's own onnxruntime sessions (default threads, used by its parity) are dropped."""
     folder.mkdir(parents=True, exist_ok=True)
     target = get_target(TARGET)
-    req = ExportRequest(target=TARGET, output=str(folder), dtype=dtype, device="cpu", logits=logits)
+    req = ExportRequest(target=TARGET, output=str(folder), dtype=dtype, device="cpu", logits=logits, kv_cache=kv_cache)
     target.check(req)
     result = target.export(model, folder, req, lambda _msg: None)
     graphs = result.manifest["graphs"]
     files = {g: folder / entry["file"] for g, entry in graphs.items()}
-    return ExportedPair(files, signatures(model, logits), result.manifest.get("opset"))
+    return ExportedPair(files, signatures(model, logits, kv_cache), result.manifest.get("opset"))
 
 
 def ort_session_factory(threads: int) -> Any:

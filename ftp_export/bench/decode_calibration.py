@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from ftp_export.calibration.thresholds import threshold_between
-from ftp_export.routed.model import RoutedCausalLM, TensorCache
+from ftp_export.routed.cache import TensorCache
+from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.routing.decode_thresholds import DecodeThresholds
 
 

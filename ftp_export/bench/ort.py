@@ -16,7 +16,9 @@ How. Sessions use the CPU provider with ``threads`` intra-op threads (default 1:
 a shared machine). Dense and routed run **interleaved**, alternating which goes first, so a load
 change on the machine hits both; median, min and max over ``iters`` iterations after ``warmup``.
 Prefill: one call on ``seq`` random tokens per row. Decode: ``steps`` consecutive one-token
-decode calls (each step's ``present`` fed back as the next ``past_key_values``) after a prefill
+decode calls (each step's ``present`` fed back as the next ``past_key_values``; with
+``kv_cache='append'``, both sides' graphs exported in that layout, written into a buffer of
+``context + steps`` positions, :class:`~ftp_export.runtimes.kv_buffer.AppendBuffer`) after a prefill
 of ``context`` random tokens, reported per step. Decode thresholds are calibrated on those very
 prompts (:mod:`.decode_calibration`), and the skip rate the decode graph realised on the timed
 steps is read from its ``routing.N.rows`` outputs: per block and the mean, beside every decode
@@ -46,7 +48,9 @@ from ftp_export.bench.ideals import decode_ideals, prefill_ideals
 from ftp_export.bench.memory import MemoryRow, measure, ort_args
 from ftp_export.bench.timing import time_interleaved
 from ftp_export.graph_io import DEFAULT_LOGITS
+from ftp_export.routed.cache import DEFAULT_KV_CACHE
 from ftp_export.routed.model import RoutedCausalLM
+from ftp_export.runtimes.kv_buffer import AppendBuffer
 from ftp_export.runtimes.ort import OrtRuntime
 from ftp_export.schedule import new_schedule
 
@@ -104,6 +108,7 @@ class OrtSettings:
     dtype: str = "float32"
     memory: int = 0  # fresh processes per side for peak memory (0: not measured)
     logits: str = DEFAULT_LOGITS
+    kv_cache: str = DEFAULT_KV_CACHE  # both sides' decode cache layout (routed/cache.py)
 
 
 def prefill_feeds(ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -112,19 +117,26 @@ def prefill_feeds(ids: np.ndarray) -> dict[str, np.ndarray]:
     return {"input_ids": ids.astype(np.int64), "attention_mask": np.ones_like(ids, dtype=np.int64), "position_ids": pos}
 
 
-def decode_steps(rt: OrtRuntime, past: dict[str, Any], tokens: np.ndarray, context: int) -> list[dict[str, np.ndarray]]:
-    """``tokens.shape[1]`` one-token decode calls after ``context`` tokens; each call's routing outputs."""
+def decode_steps(rt: OrtRuntime, past: dict[str, Any] | AppendBuffer, tokens: np.ndarray, context: int) -> list[dict[str, np.ndarray]]:
+    """``tokens.shape[1]`` one-token decode calls after ``context`` tokens; each call's routing
+    outputs. ``past``: the prompt's ``past_key_values`` (concat layout: each step's present is the
+    next past), or the ``append`` layout's buffer, rewound to the prompt first (each step writes
+    its present into it: the app's work, timed with the step)."""
     batch, steps = tokens.shape
     sig = rt.signatures["decode"]
+    buffer = past if isinstance(past, AppendBuffer) else None
+    if buffer is not None:
+        buffer.rewind(context)
+    one = np.ones((batch, 1), dtype=np.int64)
     routing = []
     for i in range(steps):
-        feeds = {
-            "input_ids": tokens[:, i : i + 1],
-            "attention_mask": np.ones((batch, context + i + 1), dtype=np.int64),
-            "position_ids": np.full((batch, 1), context + i, dtype=np.int64),
-        }
-        outs = rt.run("decode", {**feeds, **past})
-        past = sig.past_feeds(outs)
+        feeds = {"input_ids": tokens[:, i : i + 1], "position_ids": np.full((batch, 1), context + i, dtype=np.int64)}
+        if buffer is None:
+            outs = rt.run("decode", {**feeds, "attention_mask": np.ones((batch, context + i + 1), dtype=np.int64), **past})
+            past = sig.past_feeds(outs)
+        else:
+            outs = rt.run("decode", {**feeds, **buffer.feeds(one)})
+            buffer.append(sig.past_feeds(outs), one)
         routing.append({k: v for k, v in outs.items() if k.startswith("routing.")})
     return routing
 
@@ -159,7 +171,9 @@ def bench_decode_ort(dense: OrtRuntime, routed: OrtRuntime, config: Any, block_s
     load = os.getloadavg()[0]
     batch, steps = ids.shape[0], ids.shape[1] - context
     prompt, tokens = prefill_feeds(ids[:, :context]), np.ascontiguousarray(ids[:, context:])
-    pasts = {name: rt.signatures["prefill"].past_feeds(rt.run("prefill", prompt)) for name, rt in (("dense", dense), ("routed", routed))}
+    pasts: dict[str, Any] = {name: rt.signatures["prefill"].past_feeds(rt.run("prefill", prompt)) for name, rt in (("dense", dense), ("routed", routed))}
+    if dense.signatures["decode"].kv_cache == "append":  # a buffer the size of the run, as an app sizes it
+        pasts = {name: AppendBuffer(p, prompt["attention_mask"], context + steps) for name, p in pasts.items()}
     per_block = realised_skip_rates(decode_steps(routed, pasts["routed"], tokens, context), batch)
     (d, d_lo, d_hi), (r, r_lo, r_hi) = time_interleaved(
         lambda: decode_steps(dense, pasts["dense"], tokens, context), lambda: decode_steps(routed, pasts["routed"], tokens, context),
@@ -201,7 +215,8 @@ def run_onnxruntime(model: Any, s: OrtSettings, workdir: Path | None = None) -> 
     with tempfile.TemporaryDirectory(prefix="ftp-bench-ort-", dir=workdir) as tmp:
         bar = tqdm(total=1 + len(s.sparsities) + cases, desc="onnxruntime bench", unit="step")
         bar.set_postfix_str("export dense")
-        dense_pair = export_model(RoutedCausalLM(model, new_schedule(cfg, [0.0] * n)).eval(), Path(tmp) / "dense", s.dtype, s.logits)
+        dense_pair = export_model(RoutedCausalLM(model, new_schedule(cfg, [0.0] * n)).eval(), Path(tmp) / "dense", s.dtype, s.logits,
+                                  s.kv_cache)
         dense = ort_runtime(dense_pair, s.threads)
         bar.update()
         dense_mib = _rise(dense_pair, s, cfg) if s.memory else None
@@ -209,7 +224,7 @@ def run_onnxruntime(model: Any, s: OrtSettings, workdir: Path | None = None) -> 
             bar.set_postfix_str(f"s={sp}: decode thresholds, export")
             routed_model = calibrated_routed(model, sp, prompts, s.decode_steps)
             schedule = routed_model.schedule
-            pair = export_model(routed_model, Path(tmp) / f"s{sp}", s.dtype, s.logits)
+            pair = export_model(routed_model, Path(tmp) / f"s{sp}", s.dtype, s.logits, s.kv_cache)
             routed = ort_runtime(pair, s.threads)
             bar.update()
             rows = time_cases(dense, routed, cfg, schedule.block_sparsity, sp, s, prompts, bar)

@@ -23,6 +23,8 @@ def title(doc: dict[str, Any]) -> str:
     text = f"{doc['shape']} x{doc['layers']} blocks, {doc['dtype']}, {doc['runtime']}, {doc['device']}, logits: {doc.get('logits', 'all')}"
     if doc.get("threads") is not None:
         text += f", {doc['threads']} thread(s)"
+    if doc.get("kv_cache"):
+        text += f", kv cache: {doc['kv_cache']}"
     load = doc.get("load_average")
     if load:
         text += f", load 1m {load['before'][0]:.2f} -> {load['after'][0]:.2f}"

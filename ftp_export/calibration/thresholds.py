@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ftp_export.errors import FTPError
-from ftp_export.routed.model import RoutedCausalLM, TensorCache
+from ftp_export.routed.cache import TensorCache
+from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.routing.decode_thresholds import DecodeThresholds
 
 MIN_CONTEXT = 16

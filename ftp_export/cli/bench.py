@@ -30,6 +30,7 @@ from ftp_export.cli.parser import Parser, comma_floats, comma_ints
 from ftp_export.devices import resolve_device, torch_dtype
 from ftp_export.errors import FTPError
 from ftp_export.export.request import AOTI_ATTENTION
+from ftp_export.routed.cache import KV_CACHE_CHOICES
 
 RUNTIMES = ("eager", "compile", "onnxruntime", "aoti")
 
@@ -82,6 +83,10 @@ def parser() -> argparse.ArgumentParser:
         "--logits", default="last", choices=["last", "all"],
         help="prefill logits on both sides: last position only (default, as generation) or all positions",
     )
+    p.add_argument("--kv-cache", default="concat", choices=list(KV_CACHE_CHOICES),
+                   help="--runtime onnxruntime: both sides' decode cache layout, as ftp-export --kv-cache makes it: "
+                        "concat (present = the whole cache, copied every step) or append (present = the new token's "
+                        "K/V, written into a buffer the bench keeps) (default concat)")
     p.add_argument("--aoti-attention", default="op", choices=list(AOTI_ATTENTION),
                    help="--runtime aoti: the routed packages' prefill attention, as ftp-export --target compile "
                         "--aoti-attention makes it (default op)")
@@ -106,6 +111,8 @@ def _check(a: argparse.Namespace) -> None:
     if a.runtime == "aoti":
         if a.device not in (None, "cpu"):
             raise FTPError(f"--device {a.device} with --runtime aoti: the AOTInductor bench packages and times on the CPU; use --device cpu")
+    if a.kv_cache != "concat" and a.runtime != "onnxruntime":
+        raise FTPError(f"--kv-cache {a.kv_cache} applies to --runtime onnxruntime only")
     if a.aoti_attention != "op" and a.runtime != "aoti":
         raise FTPError(f"--aoti-attention {a.aoti_attention} applies to --runtime aoti only")
     if a.memory is not None and a.memory < 1:
@@ -148,7 +155,7 @@ def cmd_bench(argv: list[str]) -> int:
         from ftp_export.bench.ort import OrtSettings, run_onnxruntime
 
         settings = OrtSettings(batches, seqs, sparsities, decode_batches, contexts, a.decode_steps, a.warmup, a.iters,
-                               a.threads, dtype_name, a.memory or 0)
+                               a.threads, dtype_name, a.memory or 0, kv_cache=a.kv_cache)
         res = run_onnxruntime(model, settings)
         prefill, decode, memory = res["prefill"], res["decode"], res["memory"]
         extra = {
@@ -156,6 +163,7 @@ def cmd_bench(argv: list[str]) -> int:
             "opset": res["opset"],
             "threads": a.threads,
             "decode_steps": a.decode_steps,
+            "kv_cache": a.kv_cache,
             "dense_baseline": "the same model exported by the onnx target with every block sparsity 0 (same exporter, "
                               "opset, attention code and logits policy)",
             "decode_thresholds": "calibrated block by block on the timed decode prompts (ftp_export.bench.decode_calibration)",

@@ -55,6 +55,7 @@ def export_parser() -> Parser:
     from ftp_export.export.targets import REGISTRY
     from ftp_export.export.tolerance import DEFAULT_TOLERANCES
     from ftp_export.graph_io import LOGITS_CHOICES
+    from ftp_export.routed.cache import DEFAULT_KV_CACHE, KV_CACHE_CHOICES
 
     tolerances = ", ".join(f"{t.atol:g} / {t.rtol:.2g} for {d}" for d, t in DEFAULT_TOLERANCES.items())
     p = Parser(
@@ -94,6 +95,12 @@ def export_parser() -> Parser:
         help="--target onnx, float32: 8-bit weights for every weight MatMul outside the routing path (onnxruntime's "
         "MatMulNBits; routers, factors and selection stay float32); parity also exports the dense model the same "
         "way and reports its figures beside the routed ones",
+    )
+    p.add_argument(
+        "--kv-cache", choices=KV_CACHE_CHOICES, default=DEFAULT_KV_CACHE,
+        help="--target onnx: what present.N.key/value hold. concat: the past with the call's K/V appended (optimum, "
+        "onnxruntime-genai); append: only the call's K/V, which the app writes into its own cache buffer and feeds "
+        "back whole as the past, unused tail masked (no copy of the cache per step; no genai_config.json) (default concat)",
     )
     p.add_argument(
         "--decode-lowering", choices=("dynamic", "static"), default="dynamic",
@@ -168,6 +175,7 @@ def cmd_export(argv: list[str]) -> int:
         aoti_attention=a.aoti_attention,
         quantize=a.quantize,
         parity=a.parity,
+        kv_cache=a.kv_cache,
     )
     # refused with the arguments, before anything is loaded: a dtype the target's runtime cannot run here, ...
     return run_export(validate_request(req))

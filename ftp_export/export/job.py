@@ -40,6 +40,7 @@ from ftp_export.export.targets import get_target
 from ftp_export.export.tolerance import tolerance_for
 from ftp_export.flops import check_router_budget
 from ftp_export.graph_io import LOGITS_CHOICES
+from ftp_export.routed.cache import DEFAULT_KV_CACHE, KV_CACHE_CHOICES
 from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.schedule import FORMAT_VERSION, Schedule, load_schedule, new_schedule
 
@@ -121,6 +122,11 @@ def validate_request(req: ExportRequest) -> ExportRequest:
         if req.target != "onnx" or req.dtype != "float32":
             raise FTPError(f"--quantize {req.quantize} quantizes a float32 --target onnx export "
                            f"(8-bit weights in onnxruntime's MatMulNBits); got --target {req.target} --dtype {req.dtype}")
+    if req.kv_cache not in KV_CACHE_CHOICES:
+        raise FTPError(f"--kv-cache {req.kv_cache!r}: choose one of {', '.join(KV_CACHE_CHOICES)}")
+    if req.kv_cache != DEFAULT_KV_CACHE and req.target != "onnx":
+        raise FTPError(f"--kv-cache {req.kv_cache} is a --target onnx layout; --target {req.target} exports the "
+                       f"{DEFAULT_KV_CACHE} layout")
     target.check(req)
     resolve_device(req.device)
     return req
@@ -228,7 +234,7 @@ def _write_manifest(tmp: Path, req: ExportRequest, ref: ModelRef, config: Any, s
         "fingerprint": fingerprint(config),
         "dtype": req.dtype,
     }
-    extra = {"logits": req.logits, "quantize": req.quantize, **target_manifest}
+    extra = {"logits": req.logits, "quantize": req.quantize, "kv_cache": req.kv_cache, **target_manifest}
     extra["parity"] = None if parity is None else {
         "passed": parity["passed"], "atol": parity["atol"], "rtol": parity["rtol"],
         "routing_agreement_min": parity["routing_agreement_min"], "reference_dtype": parity["reference_dtype"],

@@ -20,6 +20,7 @@ from ftp_export.errors import FTPError
 from ftp_export.export.onnx_dims import name_dynamic_axes
 from ftp_export.export.onnx_merge import merge_decoders
 from ftp_export.graph_io import DEFAULT_LOGITS, MERGED, GraphSignature, merged_signature, trace_specs
+from ftp_export.routed.cache import DEFAULT_KV_CACHE
 from ftp_export.routed.model import RoutedCausalLM
 
 OPSET = 18
@@ -107,11 +108,15 @@ def export_onnx(
     custom_translation_table: dict[Any, Any] | None = None,
     logits: str = DEFAULT_LOGITS,
     merged: bool = False,
+    kv_cache: str = DEFAULT_KV_CACHE,
 ) -> ExportedGraphs:
     """Write ``decoder_model.onnx`` and ``decoder_with_past_model.onnx``, or with ``merged`` the one
     graph ``model.onnx`` (+ ``.onnx.data`` above 2 GB); ``logits`` ('last' or 'all') is what a
-    prefill returns (graph_io's docstring)."""
-    specs = trace_specs(model, logits)
+    prefill returns (graph_io's docstring), ``kv_cache`` the present layout (routed/cache.py)."""
+    if kv_cache == "append" and any(w is not None for w in model.windows):
+        raise FTPError("--kv-cache append: this model has sliding-window attention, whose window counts cache "
+                       "positions and would count the buffer's masked tail; export it with --kv-cache concat")
+    specs = trace_specs(model, logits, kv_cache)
     traced = {graph: trace_graph(spec.module, spec.args, spec.signature, custom_translation_table) for graph, spec in specs.items()}
     pair = {g: s.signature for g, s in specs.items()}
     if merged:

@@ -36,3 +36,6 @@ class ExportRequest:
     # False (--no-parity): no runtime session and no reference, for a model whose float32 reference
     # and runtime session do not fit in memory beside it (README, "Exporting a 7B model")
     parity: bool = True
+    # --target onnx: the present outputs' layout, routed/cache.py's KV_CACHE_CHOICES: "concat" = the
+    # whole cache (optimum, onnxruntime-genai), "append" = the call's K/V only, the app keeps the cache
+    kv_cache: str = "concat"

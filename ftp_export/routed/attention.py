@@ -41,6 +41,7 @@ import torch
 
 from ftp_export import kernels
 from ftp_export.kernels import cpu_signal
+from ftp_export.routed.cache import CachedKV
 
 # queries per eager chunk; a chunk's scores are heads x CHUNK x keys floats. 128 against 256: the
 # 8-block SmolLM2-shape routed prefill (picks spread over the prompt) 8% faster at 2048 tokens and 4%
@@ -105,24 +106,27 @@ def _dense(allowed: torch.Tensor | KeyMask) -> torch.Tensor:
 
 def _one_shot(
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    k: torch.Tensor | CachedKV,
+    v: torch.Tensor | CachedKV,
     bias: torch.Tensor,
     col_weight: torch.Tensor | None,
     own_index: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``q`` [G, H, Q, Dh] already scaled, ``k``/``v`` [G, Hkv, S, Dh], ``bias`` [G, Q, S]
-    (:func:`mask_bias`). Returns output [G, H, Q, Dh], column sums [G, S] and own weights [G, Q]."""
+    (:func:`mask_bias`); ``k``/``v`` may be a :class:`~ftp_export.routed.cache.CachedKV` (past and
+    new parts, the ``append`` cache layout). Returns output [G, H, Q, Dh], column sums [G, S] and
+    own weights [G, Q]."""
     g, n_heads, nq, dh = q.shape
-    hkv, s = k.shape[1], k.shape[2]
+    hkv = k.shape[1] if isinstance(k, torch.Tensor) else k.past.shape[1]
     r = n_heads // hkv
     # head h = kv * r + j reads K/V head kv (Hugging Face's repeat_kv order)
-    scores = torch.matmul(q.reshape(g, hkv, r * nq, dh), k.transpose(2, 3))
+    scores = _key_products(q.reshape(g, hkv, r * nq, dh), k)
     if scores.dtype == torch.float16:
         scores = scores.to(torch.float32)  # float16 would overflow to -inf below (NaN rows)
+    s = scores.shape[-1]
     scores.view(g, hkv, r, nq, s).add_(bias[:, None, None])
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
-    out = torch.matmul(probs.to(v.dtype), v).view(g, n_heads, nq, dh)
+    out = _value_products(probs, v).view(g, n_heads, nq, dh)
     colsum = own = None
     if col_weight is not None:
         w = (col_weight.to(torch.float32) / n_heads).view(g, 1, 1, nq).expand(g, hkv, r, nq).reshape(g, hkv, 1, r * nq)
@@ -133,10 +137,27 @@ def _one_shot(
     return out, colsum, own
 
 
+def _key_products(q: torch.Tensor, k: torch.Tensor | CachedKV) -> torch.Tensor:
+    """Scores ``q @ k^T`` [G, Hkv, R*Q, S]; a :class:`CachedKV` as one product per part, the
+    (small) scores concatenated instead of the cache."""
+    if isinstance(k, torch.Tensor):
+        return torch.matmul(q, k.transpose(2, 3))
+    return torch.cat([torch.matmul(q, k.past.transpose(2, 3)), torch.matmul(q, k.new.transpose(2, 3))], dim=-1)
+
+
+def _value_products(probs: torch.Tensor, v: torch.Tensor | CachedKV) -> torch.Tensor:
+    """``probs @ v`` in ``v``'s dtype; a :class:`CachedKV` as the sum of each part's product."""
+    if isinstance(v, torch.Tensor):
+        return torch.matmul(probs.to(v.dtype), v)
+    p = probs.to(v.past.dtype)
+    s0 = v.past.shape[2]
+    return torch.matmul(p[..., :s0], v.past) + torch.matmul(p[..., s0:], v.new)
+
+
 def attend(
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    k: torch.Tensor | CachedKV,
+    v: torch.Tensor | CachedKV,
     allowed: torch.Tensor | KeyMask,
     scaling: float,
     q_index: torch.Tensor,
@@ -157,9 +178,14 @@ def attend(
     reads this block's signal), eager PyTorch runs fused SDPA, causal when the caller says
     ``allowed`` is exactly the lower triangle (no padding, no window, no past).
     ``bias``: :func:`mask_bias` of ``allowed`` when the caller has it already. ``allowed`` may be a
-    :class:`KeyMask` (eager callers): the tensor is then formed only where a schedule needs it."""
+    :class:`KeyMask` (eager callers): the tensor is then formed only where a schedule needs it.
+    ``k``/``v`` may be :class:`~ftp_export.routed.cache.CachedKV` pairs (the ``append`` cache
+    layout): the one-shot schedule (graphs, decode) reads the parts, the others join them."""
     g, n_heads, nq, dh = q.shape
-    if tracing() or own or nq <= 1:  # tracing first: a decode block's query count is data dependent
+    one_shot = tracing() or own or nq <= 1  # tracing first: a decode block's query count is data dependent
+    if not one_shot and isinstance(k, CachedKV):  # only the one-shot products read the parts
+        k, v = k.joined(), v.joined()
+    if one_shot:
         out, colsum, own_w = _one_shot(q * scaling, k, v, _formed(bias, allowed, q), col_weight, q_index if own else None)
     elif col_weight is None and q.device.type in ("cpu", "cuda") and q.dtype != torch.float16:  # float16: see score_dtype
         out, colsum, own_w = _fused(q, k, v, None if causal else _formed(bias, allowed, q), scaling, causal), None, None

@@ -27,26 +27,6 @@ from ftp_export.schedule import ALL_DROPPED, Schedule, all_dropped
 Mode = Literal["prefill", "decode", "soft"]
 
 
-class TensorCache:
-    """A minimal KV cache over flat tensors (the ONNX wrapper's past/present), with the
-    ``update``/``get_seq_length`` interface of Hugging Face's DynamicCache."""
-
-    def __init__(self, past: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
-        self.past = past
-        self.present: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0 if not self.past else self.past[0][0].shape[2]
-
-    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.past:
-            pk, pv = self.past[layer_idx]
-            k = torch.cat([pk, k], dim=2)
-            v = torch.cat([pv, v], dim=2)
-        self.present.append((k, v))
-        return k, v
-
-
 @dataclass
 class BlockRouting:
     """What one routed block selected: prefill ``indices``/``active`` [B, K], decode ``rows`` [N]."""

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ftp_export.graph_io import GraphSignature
+from ftp_export.runtimes.kv_buffer import AppendBuffer
 
 
 @dataclass
@@ -68,12 +69,15 @@ class Runtime:
     def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, new_tokens: int) -> StepTrace:
         """Greedy decoding: the runtime's own argmax feeds its next step (sequences run past EOS).
         The next token comes from the last position of the returned logits: with left padding (as
-        here) that is each row's last valid token whether the prefill returns all positions or only it."""
+        here) that is each row's last valid token whether the prefill returns all positions or only it.
+        Graphs of the ``append`` cache layout decode against an :class:`AppendBuffer` sized for the run."""
         trace = StepTrace()
         mask = attention_mask.astype(np.int64)
         pos = np.clip(np.cumsum(mask, -1) - 1, 0, None).astype(np.int64)
         feeds = {"input_ids": input_ids.astype(np.int64), "attention_mask": mask, "position_ids": pos}
         logits, past, routing = self._step("prefill", {k: self.feed(v) for k, v in feeds.items()})
+        # the append layout: the app's cache buffer, sized for the whole run
+        buffer = AppendBuffer(past, mask, mask.shape[1] + new_tokens) if self.signatures["decode"].kv_cache == "append" else None
         tokens = np.zeros((input_ids.shape[0], 0), dtype=np.int64)
         for step in range(new_tokens):
             trace.logits.append(logits)
@@ -85,6 +89,11 @@ class Runtime:
             pos = mask.sum(-1, keepdims=True).astype(np.int64)
             mask = np.concatenate([mask, np.ones_like(nxt)], axis=1)
             feeds = {"input_ids": nxt, "attention_mask": mask, "position_ids": pos}
-            logits, past, routing = self._step("decode", {**{k: self.feed(v) for k, v in feeds.items()}, **past})
+            if buffer is not None:  # the buffer's past and its mask (the unused tail masked)
+                feeds.update(buffer.feeds(np.ones_like(nxt)))
+            native = past if buffer is None else {}  # the previous step's present, as returned
+            logits, past, routing = self._step("decode", {**{k: self.feed(v) for k, v in feeds.items()}, **native})
+            if buffer is not None:
+                buffer.append(past, np.ones_like(nxt))
         trace.tokens = tokens
         return trace

@@ -102,7 +102,7 @@ def test_stopping_after_a_block_gives_that_blocks_scores(tiny_model):
     mask = torch.ones_like(ids)
 
     def decode(stop):
-        from ftp_export.routed.model import TensorCache
+        from ftp_export.routed.cache import TensorCache
 
         cache = TensorCache()
         routed(ids[:, :6], mask[:, :6], past_key_values=cache, mode="prefill")

@@ -12,7 +12,8 @@ import torch
 from ftp_export.calibration.thresholds import measure_decode_skip_rates
 from ftp_export.errors import ScheduleError
 from ftp_export.export.job import DEFAULT_SCHEDULE
-from ftp_export.routed.model import RoutedCausalLM, TensorCache
+from ftp_export.routed.cache import TensorCache
+from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.routing.decode_thresholds import DecodeThresholds
 from ftp_export.routing.selection import DITHER
 from ftp_export.schedule import load_schedule, new_schedule, save_schedule, uniform_sparsity

@@ -83,6 +83,23 @@ def test_onnxruntime_bench_times_the_exported_graphs(tmp_path, capsys):
     assert (tmp_path / "bench.png").stat().st_size > 1000
 
 
+def test_onnxruntime_bench_append_layout_routes_as_concat(tmp_path, capsys):
+    """``--kv-cache append``: both sides exported in that layout, decoded against a buffer; the decode
+    graph routes the same tokens as in the concat layout (the realised skip rates are equal)."""
+    docs = {}
+    for layout in ("concat", "append"):
+        args = ["bench", "--runtime", "onnxruntime", "--shape", "tiny", "--layers", "2", "--seq", "16", "--decode-context", "16",
+                "--decode-batch", "2", "--decode-steps", "3", "--warmup", "0", "--iters", "1", "--kv-cache", layout,
+                "-o", str(tmp_path / layout)]
+        assert main(args) == 0
+        docs[layout] = json.loads((tmp_path / layout / "bench.json").read_text())
+        assert f"kv cache: {layout}" in capsys.readouterr().out
+    assert docs["append"]["kv_cache"] == "append"
+    (a,), (c,) = docs["append"]["decode"], docs["concat"]["decode"]
+    assert a["steps"] == 3 and a["dense_ms"] > 0 and a["routed_ms"] > 0
+    assert a["skip_rate_per_block"] == c["skip_rate_per_block"] and list(a["skip_rate_per_block"]) == ["1"]
+
+
 def _row(speedup: float, **extra) -> dict:
     return {"batch": 1, "sparsity": 0.4, "dense_ms": 2.0, "routed_ms": 2.0 / speedup, "dense_range_ms": [2.0, 2.0],
             "routed_range_ms": [1.0, 1.0], "speedup": speedup, "ideal": 1.4, "ideal_matmul": 1.5,
@@ -122,6 +139,7 @@ def test_report_flags_a_speedup_above_the_ideal(tmp_path):
     (["--threads", "0"], "--threads 0: must be at least 1"),
     (["--runtime", "onnxruntime", "--device", "cuda"], "CPU provider"),
     (["--runtime", "compile", "--memory"], "--memory with --runtime compile"),
+    (["--kv-cache", "append"], "--kv-cache append applies to --runtime onnxruntime only"),
     (["--memory", "-1"], "--memory -1: the number of fresh processes per side must be at least 1"),
     (["--memory", "0"], "--memory 0: the number of fresh processes per side must be at least 1"),
 ])

@@ -117,7 +117,7 @@ def test_decode_graph_takes_several_new_tokens_as_one_token_steps(static_export)
     import numpy as np
 
     from ftp_export.export.parity import routing_to_dict
-    from ftp_export.routed.model import TensorCache
+    from ftp_export.routed.cache import TensorCache
 
     routed, graphs = static_export
     gen = OrtRuntime(graphs.files, graphs.signatures)

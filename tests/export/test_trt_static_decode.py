@@ -18,8 +18,9 @@ from ftp_export.errors import FTPError
 from ftp_export.export.parity import drop_skipped_rows, run_parity
 from ftp_export.export.request import ExportRequest
 from ftp_export.export.targets import get_target
+from ftp_export.routed.cache import TensorCache
 from ftp_export.routed.lowering import TorchLowering
-from ftp_export.routed.model import RoutedCausalLM, TensorCache
+from ftp_export.routed.model import RoutedCausalLM
 from ftp_export.runtimes.base import StepTrace
 from ftp_export.schedule import new_schedule, uniform_sparsity
 from tests.helpers import ATOL, assert_parity, parity_cases

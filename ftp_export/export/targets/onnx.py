@@ -37,7 +37,7 @@ class OnnxTarget(Target):
     def export(self, model: RoutedCausalLM, out: Path, req: ExportRequest, log: Log) -> TargetResult:
         from ftp_export.runtimes.ort import OrtRuntime
 
-        graphs = export_onnx(model, out, logits=req.logits, merged=True)
+        graphs = export_onnx(model, out, logits=req.logits, merged=True, kv_cache=req.kv_cache)
         manifest: dict[str, Any] = {"opset": OPSET, "graphs": graphs.manifest(out)}
         if req.quantize == "int8":  # routers, factors and selection stay float32 (export/quantize.py)
             info = quantize_int8(graphs.files[MERGED], graphs.files[MERGED])
@@ -47,7 +47,9 @@ class OnnxTarget(Target):
                 "bytes_before": info["bytes_before"], "bytes_after": info["bytes_after"],
             }
         note = ""
-        if req.logits == "all":
+        if req.kv_cache != "concat":  # onnxruntime-genai feeds each present back as the next past
+            note = f"no {GENAI_CONFIG}: onnxruntime-genai needs --kv-cache concat (present = the whole cache)"
+        elif req.logits == "all":
             write_genai_config(out, model.hf.config, getattr(model.hf, "generation_config", None), graphs.signatures[MERGED],
                                graphs.files[MERGED].name)
         else:  # onnxruntime-genai preallocates [batch, tokens, vocab] logits for a prompt
