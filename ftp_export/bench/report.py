@@ -21,10 +21,10 @@ FLAG_NOTE = (f"{FLAG} speedup above the ideal (all-matmul where given, else line
 def title(doc: dict[str, Any]) -> str:
     # bench.json files written before the ``logits`` key computed every position's logits
     text = f"{doc['shape']} x{doc['layers']} blocks, {doc['dtype']}, {doc['runtime']}, {doc['device']}, logits: {doc.get('logits', 'all')}"
-    if doc.get("threads") is not None:
-        text += f", {doc['threads']} thread(s)"
     if doc.get("kv_cache"):
         text += f", kv cache: {doc['kv_cache']}"
+    if doc.get("threads") is not None:
+        text += f", {doc['threads']} thread(s)"
     load = doc.get("load_average")
     if load:
         text += f", load 1m {load['before'][0]:.2f} -> {load['after'][0]:.2f}"
