@@ -87,13 +87,14 @@ class Runtime:
             if step == new_tokens - 1:
                 break
             pos = mask.sum(-1, keepdims=True).astype(np.int64)
-            mask = np.concatenate([mask, np.ones_like(nxt)], axis=1)
+            one = np.ones_like(nxt)
+            mask = np.concatenate([mask, one], axis=1)
             feeds = {"input_ids": nxt, "attention_mask": mask, "position_ids": pos}
             if buffer is not None:  # the buffer's past and its mask (the unused tail masked)
-                feeds.update(buffer.feeds(np.ones_like(nxt)))
+                feeds.update(buffer.feeds(one))
             native = past if buffer is None else {}  # the previous step's present, as returned
             logits, past, routing = self._step("decode", {**{k: self.feed(v) for k, v in feeds.items()}, **native})
             if buffer is not None:
-                buffer.append(past, np.ones_like(nxt))
+                buffer.append(past, one)
         trace.tokens = tokens
         return trace

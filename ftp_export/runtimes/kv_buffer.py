@@ -35,11 +35,8 @@ class AppendBuffer:
             arr = np.asarray(value)
             if arr.ndim != 4 or arr.shape[2] != self.length:
                 raise ValueError(f"{name}: expected [batch, kv_heads, {self.length}, head_dim], got {list(arr.shape)}")
-            buf = np.zeros((*arr.shape[:2], self.capacity, arr.shape[3]), dtype=arr.dtype)
-            buf[:, :, : self.length] = arr
-            self.buffers[name] = buf
-        self.mask = np.zeros((mask.shape[0], self.capacity), dtype=np.int64)
-        self.mask[:, : self.length] = mask
+            self.buffers[name] = _widened(arr, 2, self.length, self.capacity)
+        self.mask = _widened(mask.astype(np.int64), 1, self.length, self.capacity)
 
     def feeds(self, new_mask: np.ndarray) -> dict[str, np.ndarray]:
         """A call's ``past_key_values.*`` (the whole buffers) and ``attention_mask`` [B, capacity + T]
@@ -71,10 +68,15 @@ class AppendBuffer:
         if self.length + tokens <= self.capacity:
             return
         capacity = max(2 * self.capacity, self.length + tokens)
-        for name, buf in self.buffers.items():
-            grown = np.zeros((*buf.shape[:2], capacity, buf.shape[3]), dtype=buf.dtype)
-            grown[:, :, : self.length] = buf[:, :, : self.length]
-            self.buffers[name] = grown
-        mask = np.zeros((self.mask.shape[0], capacity), dtype=np.int64)
-        mask[:, : self.length] = self.mask[:, : self.length]
-        self.mask, self.capacity = mask, capacity
+        self.buffers = {name: _widened(buf, 2, self.length, capacity) for name, buf in self.buffers.items()}
+        self.mask, self.capacity = _widened(self.mask, 1, self.length, capacity), capacity
+
+
+def _widened(arr: np.ndarray, axis: int, filled: int, capacity: int) -> np.ndarray:
+    """Zeros like ``arr`` with ``capacity`` positions along ``axis``, its first ``filled`` copied in."""
+    shape = list(arr.shape)
+    shape[axis] = capacity
+    out = np.zeros(shape, dtype=arr.dtype)
+    keep = (slice(None),) * axis + (slice(0, filled),)
+    out[keep] = arr[keep]
+    return out
