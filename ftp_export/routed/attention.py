@@ -111,29 +111,37 @@ def _one_shot(
     bias: torch.Tensor,
     col_weight: torch.Tensor | None,
     own_index: torch.Tensor | None,
+    decode: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``q`` [G, H, Q, Dh] already scaled, ``k``/``v`` [G, Hkv, S, Dh], ``bias`` [G, Q, S]
     (:func:`mask_bias`); ``k``/``v`` may be a :class:`~ftp_export.routed.cache.CachedKV` (past and
     new parts, the ``append`` cache layout). Returns output [G, H, Q, Dh], column sums [G, S] and
-    own weights [G, Q]."""
+    own weights [G, Q]. ``decode``: a decode step's few queries, whose mask is repeated per query
+    head (a copy of Q x S floats) where a prefill's is viewed."""
     g, n_heads, nq, dh = q.shape
     hkv = k.shape[1] if isinstance(k, torch.Tensor) else k.past.shape[1]
     r = n_heads // hkv
-    # head h = kv * r + j reads K/V head kv (Hugging Face's repeat_kv order)
-    scores = _key_products(q.reshape(g, hkv, r * nq, dh), k)
+    # head h = kv * r + j reads K/V head kv (Hugging Face's repeat_kv order). The query count is
+    # -1 in every reshape: in a graph it is data dependent, and each size computed from it costs a
+    # chain of shape nodes per block (a decode step runs one per routed block: docs/performance.md)
+    scores = _key_products(q.reshape(g, hkv, -1, dh), k)
     if scores.dtype == torch.float16:
         scores = scores.to(torch.float32)  # float16 would overflow to -inf below (NaN rows)
-    s = scores.shape[-1]
-    scores.view(g, hkv, r, nq, s).add_(bias[:, None, None])
+    if decode:  # the repeat's shape is a constant; the 5-D view's sizes are shape nodes per block
+        scores.add_(bias.repeat(1, r, 1).unsqueeze(1))
+    else:
+        scores.view(g, hkv, r, nq, scores.shape[-1]).add_(bias[:, None, None])
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
-    out = _value_products(probs, v).view(g, n_heads, nq, dh)
+    out = _value_products(probs, v).view(g, n_heads, -1, dh)
     colsum = own = None
     if col_weight is not None:
         w = (col_weight.to(torch.float32) / n_heads).view(g, 1, 1, nq).expand(g, hkv, r, nq).reshape(g, hkv, 1, r * nq)
         colsum = torch.matmul(w, probs).sum(dim=1).squeeze(1)
     if own_index is not None:
-        idx = own_index.view(g, 1, 1, nq, 1).expand(g, hkv, r, nq, 1)
-        own = probs.view(g, hkv, r, nq, s).gather(-1, idx).squeeze(-1).mean(dim=(1, 2))
+        # the index [G, Hkv, R*Q, 1] made by repeats: constants in a graph, where an expand to the
+        # data-dependent sizes is a chain of shape nodes
+        idx = own_index.repeat(1, r)[:, None, :, None].repeat(1, hkv, 1, 1)
+        own = probs.gather(-1, idx).view(g, n_heads, -1).mean(dim=1)
     return out, colsum, own
 
 
@@ -165,6 +173,7 @@ def attend(
     own: bool = False,
     causal: bool = False,
     bias: torch.Tensor | None = None,
+    decode: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Softmax attention as Hugging Face's eager attention computes it (masked scores at the
     dtype's minimum, softmax in float32), for queries ``q`` [G, H, Q, Dh] at cache indices
@@ -180,13 +189,14 @@ def attend(
     ``bias``: :func:`mask_bias` of ``allowed`` when the caller has it already. ``allowed`` may be a
     :class:`KeyMask` (eager callers): the tensor is then formed only where a schedule needs it.
     ``k``/``v`` may be :class:`~ftp_export.routed.cache.CachedKV` pairs (the ``append`` cache
-    layout): the one-shot schedule (graphs, decode) reads the parts, the others join them."""
+    layout): the one-shot schedule (graphs, decode) reads the parts, the others join them.
+    ``decode``: the queries are a decode step's (:func:`_one_shot`'s mask repeat)."""
     g, n_heads, nq, dh = q.shape
     one_shot = tracing() or own or nq <= 1  # tracing first: a decode block's query count is data dependent
     if not one_shot and isinstance(k, CachedKV):  # only the one-shot products read the parts
         k, v = k.joined(), v.joined()
     if one_shot:
-        out, colsum, own_w = _one_shot(q * scaling, k, v, _formed(bias, allowed, q), col_weight, q_index if own else None)
+        out, colsum, own_w = _one_shot(q * scaling, k, v, _formed(bias, allowed, q), col_weight, q_index if own else None, decode)
     elif col_weight is None and q.device.type in ("cpu", "cuda") and q.dtype != torch.float16:  # float16: see score_dtype
         out, colsum, own_w = _fused(q, k, v, None if causal else _formed(bias, allowed, q), scaling, causal), None, None
     elif q.device.type == "cuda" and _triton_ok(q, k):
@@ -203,7 +213,7 @@ def attend(
     else:
         spans = _data_spans(q_index, nq, k.shape[2])
         out, colsum, own_w = _in_chunks(q * scaling, k, v, _formed(bias, allowed, q), col_weight, spans)
-    out = out.transpose(1, 2).reshape(g, nq, n_heads * dh)
+    out = out.transpose(1, 2).reshape(g, -1, n_heads * dh)  # -1: see _one_shot
     return out, colsum, own_w
 
 

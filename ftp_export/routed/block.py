@@ -59,9 +59,9 @@ def query_mask(key_valid: torch.Tensor, q_index: torch.Tensor, window: int | Non
 def query_states(layer: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> torch.Tensor:
     """Rotated queries [G, H, Q, Dh] of normed rows ``x`` [G, Q, D] at ``cos``/``sin`` [G, Q, Dh]."""
     attn = layer.self_attn
-    g, nq, _ = x.shape
+    g = x.shape[0]
     n_heads = attn.q_proj.out_features // head_dim
-    q = attn.q_proj(x).view(g, nq, n_heads, head_dim).transpose(1, 2)
+    q = attn.q_proj(x).view(g, -1, n_heads, head_dim).transpose(1, 2)  # -1: a graph's row count is data dependent
     return apply_rope(q, cos, sin)
 
 
@@ -88,6 +88,7 @@ def compute_rows(
     causal: bool = False,
     normed: torch.Tensor | None = None,
     op: bool = False,
+    decode: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run the block (attention + MLP, residuals) for ``rows`` [G, Q, D] at cache indices
     ``q_index`` [G, Q] against ``keys``/``values`` [G, Hkv, S, Dh]. Returns new rows [G, Q, D] and
@@ -96,11 +97,12 @@ def compute_rows(
     ``causal``: ``allowed`` is exactly the lower triangle (attend's fast path). ``normed``: the
     rows after the input norm when the caller has them already (the norm is per row, so rows
     gathered from the normed call equal the gathered rows normed). ``op``: traced attention is the
-    ``ftp_export::attention`` custom op (the lowering's ``attention_op``)."""
+    ``ftp_export::attention`` custom op (the lowering's ``attention_op``). ``decode``: the rows are
+    a decode step's (:func:`~ftp_export.routed.attention.attend`)."""
     x = layer.input_layernorm(rows) if normed is None else normed
     q = query_states(layer, x, cos, sin, head_dim)
     if op and not own and tracing():
         out, colsum, own_w = attend_traced(q, keys, values, allowed, scaling, q_index, col_weight, causal)
     else:
-        out, colsum, own_w = attend(q, keys, values, allowed, scaling, q_index, col_weight, own, causal)
+        out, colsum, own_w = attend(q, keys, values, allowed, scaling, q_index, col_weight, own, causal, decode=decode)
     return finish_rows(layer, rows, out), colsum, own_w

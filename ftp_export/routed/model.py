@@ -280,7 +280,7 @@ class RoutedCausalLM(nn.Module):
         full, colsum, own = compute_rows(
             layer, h, call.cos, call.sin, keys, values, allowed, q_index, self.head_dim, self.scaling,
             col_weight=q_weight if call.signal and not decode else None, own=call.signal and decode, causal=causal, normed=x,
-            op=self.lowering.attention_op and not decode,
+            op=self.lowering.attention_op and not decode, decode=decode,
         )
         if gate is None:
             h, routed = full, None
@@ -347,7 +347,7 @@ class RoutedCausalLM(nn.Module):
         keep = call.valid & (margin >= 0)  # threshold_select's test (the threshold is already subtracted)
         full, _, own = compute_rows(
             layer, h, call.cos, call.sin, keys, values, call.allowed(self.windows[b]), call.all_tok + call.past, self.head_dim,
-            self.scaling, own=call.signal, normed=x,
+            self.scaling, own=call.signal, normed=x, decode=True,
         )
         h = torch.where(keep.unsqueeze(-1), full, skip_to)
         flat = torch.arange(bsz * seq, device=h.device)
