@@ -19,6 +19,21 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (README's test command): a worker per core, at most four; each holds torch,
+    transformers and the models and graphs of its test file."""
+    return max(1, min(4, _cores()))
+
+
+# An xdist worker shares the cores with the others: its torch ops get its share of them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, _cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("FTP_SLOW") == "1":
         return
