@@ -23,6 +23,7 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest without xdist (the GPU check's Python) must still run
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto`` (README's test command): a worker per core, at most four; each holds torch,
     transformers and the models and graphs of its test file."""

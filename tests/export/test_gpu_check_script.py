@@ -28,3 +28,11 @@ def test_cpu_stages_pass_and_summarise(tmp_path):
     assert rows.get("install") == "PASS" and rows.get("export-onnx-cpu") == "PASS" and rows.get("bench-tiny-cpu") == "PASS", summary
     assert (tmp_path / "logs.tar.gz").stat().st_size > 0 and (tmp_path / "bench-cpu.json").is_file()
     assert "dense ms" in proc.stdout  # the bench table is printed after the summary
+
+
+def test_suite_collects_without_xdist():
+    """The GPU machine's Python has no pytest-xdist (the script installs with --no-deps): the
+    suite's conftest must load there, so README's `-n auto` hook is optional."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+                           "tests/core/test_flops.py"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
