@@ -121,9 +121,9 @@ def _one_shot(
     g, n_heads, nq, dh = q.shape
     hkv = k.shape[1] if isinstance(k, torch.Tensor) else k.past.shape[1]
     r = n_heads // hkv
-    # head h = kv * r + j reads K/V head kv (Hugging Face's repeat_kv order). The query count is
-    # -1 in every reshape: in a graph it is data dependent, and each size computed from it costs a
-    # chain of shape nodes per block (a decode step runs one per routed block: docs/performance.md)
+    # head h = kv * r + j reads K/V head kv (Hugging Face's repeat_kv order). The reshapes leave the
+    # query count to -1 where they can: in a graph it is data dependent, and sizes the exporter
+    # builds from it are shape nodes in every block of every decode step (docs/performance.md (6))
     scores = _key_products(q.reshape(g, hkv, -1, dh), k)
     if scores.dtype == torch.float16:
         scores = scores.to(torch.float32)  # float16 would overflow to -inf below (NaN rows)
