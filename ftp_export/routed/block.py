@@ -58,10 +58,12 @@ def query_mask(key_valid: torch.Tensor, q_index: torch.Tensor, window: int | Non
 
 def query_states(layer: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> torch.Tensor:
     """Rotated queries [G, H, Q, Dh] of normed rows ``x`` [G, Q, D] at ``cos``/``sin`` [G, Q, Dh]."""
-    attn = layer.self_attn
-    g = x.shape[0]
-    n_heads = attn.q_proj.out_features // head_dim
-    q = attn.q_proj(x).view(g, -1, n_heads, head_dim).transpose(1, 2)  # -1: a graph's row count is data dependent
+    return rotated_heads(layer.self_attn.q_proj(x), cos, sin, head_dim)
+
+
+def rotated_heads(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Projected queries ``q`` [G, Q, H*Dh] as rotated heads [G, H, Q, Dh]."""
+    q = q.view(q.shape[0], -1, q.shape[-1] // head_dim, head_dim).transpose(1, 2)  # -1: a graph's row count is data dependent
     return apply_rope(q, cos, sin)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ftp_export.routed.attention import attend
-from ftp_export.routed.block import apply_rope, query_states
+from ftp_export.routed.block import query_states, rotated_heads
 from ftp_export.routed.lowering import Lowering
 
 
@@ -55,8 +55,7 @@ def attend_kept_rows(
         q = query_states(layer, x, cos, sin, head_dim)
     else:
         q_rows = layer.self_attn.q_proj(_row_view(x).index_select(0, flat)).squeeze(1)
-        q = lowering.row_scatter(q_rows.new_zeros(bsz, seq, q_rows.shape[-1]), q_rows, flat)
-        q = apply_rope(q.view(bsz, seq, -1, head_dim).transpose(1, 2), cos, sin)
+        q = rotated_heads(lowering.row_scatter(q_rows.new_zeros(bsz, seq, q_rows.shape[-1]), q_rows, flat), cos, sin, head_dim)
     out, _, own_w = attend(q, keys, values, allowed, scaling, q_index, own=own, bias=bias, decode=True)
     if empty and own_w is not None:
         own_w = torch.nn.functional.pad(own_w, (0, seq - end))
