@@ -16,7 +16,8 @@ How. Sessions use the CPU provider with ``threads`` intra-op threads (default 1:
 a shared machine). Dense and routed run **interleaved**, alternating which goes first, so a load
 change on the machine hits both; median, min and max over ``iters`` iterations after ``warmup``.
 Prefill: one call on ``seq`` random tokens per row. Decode: ``steps`` consecutive one-token
-decode calls (each step's ``present`` fed back as the next ``past_key_values``; with
+decode calls, dense and routed interleaved step by step (:func:`~.timing.time_steps_interleaved`;
+each step's ``present`` fed back as the next ``past_key_values``; with
 ``kv_cache='append'``, both sides' graphs exported in that layout, written into a buffer of
 ``context + steps`` positions, :class:`~ftp_export.runtimes.kv_buffer.AppendBuffer`) after a prefill
 of ``context`` random tokens, reported per step. Decode thresholds are calibrated on those very
@@ -46,7 +47,7 @@ from ftp_export.bench.artefacts import ExportedPair, export_model, ort_runtime
 from ftp_export.bench.decode_calibration import calibrated_routed, decode_prompts
 from ftp_export.bench.ideals import decode_ideals, prefill_ideals
 from ftp_export.bench.memory import MemoryRow, measure, ort_args
-from ftp_export.bench.timing import time_interleaved
+from ftp_export.bench.timing import time_interleaved, time_steps_interleaved
 from ftp_export.graph_io import DEFAULT_LOGITS
 from ftp_export.routed.cache import DEFAULT_KV_CACHE
 from ftp_export.routed.model import RoutedCausalLM
@@ -117,28 +118,43 @@ def prefill_feeds(ids: np.ndarray) -> dict[str, np.ndarray]:
     return {"input_ids": ids.astype(np.int64), "attention_mask": np.ones_like(ids, dtype=np.int64), "position_ids": pos}
 
 
-def decode_steps(rt: OrtRuntime, past: dict[str, Any] | AppendBuffer, tokens: np.ndarray, context: int) -> list[dict[str, np.ndarray]]:
-    """``tokens.shape[1]`` one-token decode calls after ``context`` tokens; each call's routing
-    outputs. ``past``: the prompt's ``past_key_values`` (concat layout: each step's present is the
-    next past), or the ``append`` layout's buffer, rewound to the prompt first (each step writes
-    its present into it: the app's work, timed with the step)."""
-    batch, steps = tokens.shape
-    sig = rt.signatures["decode"]
-    buffer = past if isinstance(past, AppendBuffer) else None
-    if buffer is not None:
-        buffer.rewind(context)
-    one = np.ones((batch, 1), dtype=np.int64)
-    routing = []
-    for i in range(steps):
-        feeds = {"input_ids": tokens[:, i : i + 1], "position_ids": np.full((batch, 1), context + i, dtype=np.int64)}
-        if buffer is None:
-            outs = rt.run("decode", {**feeds, "attention_mask": np.ones((batch, context + i + 1), dtype=np.int64), **past})
-            past = sig.past_feeds(outs)
+class DecodeRun:
+    """``tokens.shape[1]`` one-token decode calls of ``rt`` after ``context`` tokens, one per
+    :meth:`step` (a :class:`~.timing.Stepper`). ``past``: the prompt's ``past_key_values`` (concat
+    layout: each step's present is the next past), or the ``append`` layout's buffer, rewound to the
+    prompt by :meth:`reset` (each step writes its present into it: the app's work, timed with the step)."""
+
+    def __init__(self, rt: OrtRuntime, past: dict[str, Any] | AppendBuffer, tokens: np.ndarray, context: int) -> None:
+        self.rt, self.tokens, self.context = rt, tokens, context
+        self.sig = rt.signatures["decode"]
+        self.buffer = past if isinstance(past, AppendBuffer) else None
+        self.prompt_past = None if self.buffer is not None else past
+        self.past = self.prompt_past
+        self.one = np.ones((tokens.shape[0], 1), dtype=np.int64)
+
+    def reset(self) -> None:
+        if self.buffer is not None:
+            self.buffer.rewind(self.context)
+        self.past = self.prompt_past
+
+    def step(self, i: int) -> dict[str, np.ndarray]:
+        """Decode call ``i`` (after calls 0..i-1 since :meth:`reset`); its routing outputs."""
+        batch, pos = self.tokens.shape[0], self.context + i
+        feeds = {"input_ids": self.tokens[:, i : i + 1], "position_ids": np.full((batch, 1), pos, dtype=np.int64)}
+        if self.buffer is None:
+            outs = self.rt.run("decode", {**feeds, "attention_mask": np.ones((batch, pos + 1), dtype=np.int64), **self.past})
+            self.past = self.sig.past_feeds(outs)
         else:
-            outs = rt.run("decode", {**feeds, **buffer.feeds(one)})
-            buffer.append(sig.past_feeds(outs), one)
-        routing.append({k: v for k, v in outs.items() if k.startswith("routing.")})
-    return routing
+            outs = self.rt.run("decode", {**feeds, **self.buffer.feeds(self.one)})
+            self.buffer.append(self.sig.past_feeds(outs), self.one)
+        return {k: v for k, v in outs.items() if k.startswith("routing.")}
+
+
+def decode_steps(rt: OrtRuntime, past: dict[str, Any] | AppendBuffer, tokens: np.ndarray, context: int) -> list[dict[str, np.ndarray]]:
+    """Every step of a :class:`DecodeRun` from the prompt; each call's routing outputs."""
+    run = DecodeRun(rt, past, tokens, context)
+    run.reset()
+    return [run.step(i) for i in range(tokens.shape[1])]
 
 
 def realised_skip_rates(routing: list[dict[str, np.ndarray]], tokens: int) -> dict[int, float]:
@@ -175,13 +191,12 @@ def bench_decode_ort(dense: OrtRuntime, routed: OrtRuntime, config: Any, block_s
     if dense.signatures["decode"].kv_cache == "append":  # a buffer the size of the run, as an app sizes it
         pasts = {name: AppendBuffer(p, prompt["attention_mask"], context + steps) for name, p in pasts.items()}
     per_block = realised_skip_rates(decode_steps(routed, pasts["routed"], tokens, context), batch)
-    (d, d_lo, d_hi), (r, r_lo, r_hi) = time_interleaved(
-        lambda: decode_steps(dense, pasts["dense"], tokens, context), lambda: decode_steps(routed, pasts["routed"], tokens, context),
-        warmup, iters)
+    (d, d_lo, d_hi), (r, r_lo, r_hi) = time_steps_interleaved(
+        DecodeRun(dense, pasts["dense"], tokens, context), DecodeRun(routed, pasts["routed"], tokens, context), steps, warmup, iters)
     linear, matmul = decode_ideals(config, block_sparsity, per_block, context, steps)
     speed = d / r
     skip = sum(per_block.values()) / len(per_block) if per_block else None
-    return OrtDecodeRow(batch, context, sparsity, steps, d / steps, r / steps, (d_lo / steps, d_hi / steps), (r_lo / steps, r_hi / steps),
+    return OrtDecodeRow(batch, context, sparsity, steps, d, r, (d_lo, d_hi), (r_lo, r_hi),
                         speed, linear, matmul, speed / linear, speed / matmul, speed > matmul, skip, per_block, load)
 
 

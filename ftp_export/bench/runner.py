@@ -18,7 +18,7 @@ import torch
 
 from ftp_export.bench.ideals import decode_ideals, prefill_ideals
 from ftp_export.bench.models import bench_schedule
-from ftp_export.bench.timing import time_interleaved, time_ms
+from ftp_export.bench.timing import time_interleaved, time_steps_interleaved
 from ftp_export.routed.model import RoutedCausalLM
 
 
@@ -129,37 +129,47 @@ def bench_decode(
     model(input_ids=prompt, past_key_values=dense_cache, use_cache=True)
     routed(prompt, past_key_values=routed_cache, mode="prefill")
 
-    def run_steps(step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], Any], cache: Any) -> list[Any]:
-        cache, outs = _clone(cache), []
-        for i in range(steps):
-            mask = torch.ones(batch, context + i + 1, dtype=torch.long, device=device)
-            pos = torch.full((batch, 1), context + i, device=device)
-            outs.append(step(tokens[:, i : i + 1], mask, pos, cache))
-        return outs
-
     def dense_step(tok, mask, pos, cache):
         return model(input_ids=tok, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).logits
 
     def routed_step(tok, mask, pos, cache):
         return routed(tok, mask, pos, past_key_values=cache, mode="decode")
 
+    routed_run = _TorchDecode(routed_step, routed_cache, tokens, context)
+    routed_run.reset()
     kept: dict[int, int] = {}
-    for out in run_steps(routed_step, routed_cache):
-        for b, r in enumerate(out.routing):
+    for i in range(steps):
+        for b, r in enumerate(routed_run.step(i).routing):
             if r is not None and r.rows is not None:
                 kept[b] = kept.get(b, 0) + r.rows.numel()
     per_block = {b: round(1 - k / (batch * steps), 4) for b, k in kept.items()}
     skip = sum(per_block.values()) / len(per_block) if per_block else None
 
-    clone_ms = time_ms(lambda: _clone(dense_cache), device, warmup, iters)[0]
-    dense_stats, routed_stats = time_interleaved(lambda: run_steps(dense_step, dense_cache), lambda: run_steps(routed_step, routed_cache),
-                                                 warmup, iters, device)
-    dense, d_lo, d_hi = ((t - clone_ms) / steps for t in dense_stats)
-    rout, r_lo, r_hi = ((t - clone_ms) / steps for t in routed_stats)
+    (dense, d_lo, d_hi), (rout, r_lo, r_hi) = time_steps_interleaved(
+        _TorchDecode(dense_step, dense_cache, tokens, context), routed_run, steps, warmup, iters, device)
     speed = dense / rout
     linear, matmul = decode_ideals(cfg, routed.schedule.block_sparsity, per_block, context, steps)
     return DecodeRow(batch, context, sparsity, dense, rout, (d_lo, d_hi), (r_lo, r_hi), speed, skip, per_block,
                      linear, matmul, speed / linear, speed / matmul, speed > matmul, load)
+
+
+class _TorchDecode:
+    """One-token decode steps of ``step_fn`` on a copy of the prompt's cache (a
+    :class:`~.timing.Stepper`): :meth:`reset` copies the cache, untimed."""
+
+    def __init__(self, step_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], Any], prompt_cache: Any,
+                 tokens: torch.Tensor, context: int) -> None:
+        self.step_fn, self.prompt_cache, self.tokens, self.context = step_fn, prompt_cache, tokens, context
+        self.cache = None
+
+    def reset(self) -> None:
+        self.cache = _clone(self.prompt_cache)
+
+    def step(self, i: int) -> Any:
+        batch, device = self.tokens.shape[0], self.tokens.device
+        mask = torch.ones(batch, self.context + i + 1, dtype=torch.long, device=device)
+        pos = torch.full((batch, 1), self.context + i, device=device)
+        return self.step_fn(self.tokens[:, i : i + 1], mask, pos, self.cache)
 
 
 def _clone(cache: Any) -> Any:

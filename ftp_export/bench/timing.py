@@ -1,12 +1,18 @@
 """Wall-clock timing of a dense and a routed callable in one process: alternating, so a change of
-the machine's load falls on both sides (a 2-core CPU's dense step moved by 35% within one run)."""
+the machine's load falls on both sides (a 2-core CPU's dense step moved by 35% within one run).
+
+Decode is interleaved step by step (:func:`time_steps_interleaved`), not run by run: on the shared
+2-core machine a slow phase lasts about as long as one side's run of 16 steps (0.5-1 s), so
+alternating whole runs left the median to chance (a routed 512-token decode run of 20 iterations
+took 33-43 ms a step while the dense one beside it took 44-55 ms)."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 import torch
 
@@ -32,13 +38,6 @@ def time_once(fn: Callable[[], Any], device: str = "cpu") -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def time_ms(fn: Callable[[], Any], device: str, warmup: int, iters: int) -> Stats:
-    """Median, min and max milliseconds of ``fn`` alone after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    return stats([time_once(fn, device) for _ in range(iters)])
-
-
 def time_interleaved(dense: Callable[[], Any], routed: Callable[[], Any], warmup: int, iters: int, device: str = "cpu") -> tuple[Stats, Stats]:
     """Milliseconds of ``dense`` and ``routed``, alternating (and alternating which goes first)."""
     for _ in range(warmup):
@@ -50,3 +49,37 @@ def time_interleaved(dense: Callable[[], Any], routed: Callable[[], Any], warmup
         for name, fn in order if i % 2 == 0 else order[::-1]:
             samples[name].append(time_once(fn, device))
     return stats(samples["dense"]), stats(samples["routed"])
+
+
+class Stepper(Protocol):
+    """A run of consecutive steps with state (a decode: its KV cache); ``reset`` restores the start."""
+
+    def reset(self) -> None: ...
+
+    def step(self, i: int) -> Any: ...
+
+
+def time_steps_interleaved(dense: Stepper, routed: Stepper, steps: int, warmup: int, iters: int, device: str = "cpu") -> tuple[Stats, Stats]:
+    """Milliseconds per step of two step-wise runs, interleaved step by step: each iteration resets
+    both sides (untimed), then runs step i of one side right after step i of the other, alternating
+    which goes first by step and iteration, so a load change falls on the same steps of both. A
+    side's figure for an iteration is the sum of its steps' times / ``steps``; median, min and max
+    over ``iters`` iterations after ``warmup`` untimed ones."""
+    sides = {"dense": dense, "routed": routed}
+    for _ in range(warmup):
+        for side in sides.values():
+            side.reset()
+            for i in range(steps):
+                side.step(i)
+    per_step: dict[str, list[float]] = {"dense": [], "routed": []}
+    for it in range(iters):
+        for side in sides.values():
+            side.reset()
+        total = dict.fromkeys(sides, 0.0)
+        for i in range(steps):
+            order = list(sides.items())
+            for name, side in order if (i + it) % 2 == 0 else order[::-1]:
+                total[name] += time_once(partial(side.step, i), device)
+        for name, t in total.items():
+            per_step[name].append(t / steps)
+    return stats(per_step["dense"]), stats(per_step["routed"])
