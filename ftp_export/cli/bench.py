@@ -122,17 +122,23 @@ def _check(a: argparse.Namespace) -> None:
                        "use --runtime eager or onnxruntime")
 
 
-def _git_revision() -> str | None:
-    """``git rev-parse --short HEAD`` of the code that ran, or ``$FTP_EXPORT_REVISION`` when set (a
-    copy outside git, e.g. ``git archive HEAD`` plus uncommitted bench files, says what it is)."""
+def git_revision(root: Path | None = None) -> str | None:
+    """``git rev-parse --short HEAD`` of the code that ran, with ``+dirty`` when files under
+    ``root`` (default: the ftp_export package) differ from it, or ``$FTP_EXPORT_REVISION`` when set
+    (a copy outside git, e.g. ``git archive HEAD`` plus uncommitted bench files, says what it is)."""
     if os.environ.get("FTP_EXPORT_REVISION"):
         return os.environ["FTP_EXPORT_REVISION"]
+    root = root or Path(__file__).resolve().parents[1]
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
+        rev = _git(root, "rev-parse", "--short", "HEAD")
+        changed = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".")
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return None if not rev else rev + ("+dirty" if changed else "")
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=cwd).stdout.strip()
 
 
 def cmd_bench(argv: list[str]) -> int:
@@ -197,7 +203,7 @@ def cmd_bench(argv: list[str]) -> int:
         "logits": a.logits,  # prefill logits of both sides: 'last' position or 'all'
         "torch": torch.__version__,
         **extra,
-        "git": _git_revision(),
+        "git": git_revision(),
         "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu_count": os.cpu_count(),
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},  # 1, 5, 15 minutes
