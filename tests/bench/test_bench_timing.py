@@ -65,3 +65,27 @@ def test_each_iteration_resets_both_then_pairs_their_steps(clock):
     # step i of one side right after step i of the other, the first side alternating by step and iteration
     assert timed == resets + [("dense", 0), ("routed", 0), ("routed", 1), ("dense", 1), ("dense", 2), ("routed", 2)] + resets + [
         ("routed", 0), ("dense", 0), ("dense", 1), ("routed", 1), ("routed", 2), ("dense", 2)]
+
+
+def test_cuda_steps_are_timed_by_events_with_one_sync_per_iteration(clock, monkeypatch):
+    """On CUDA a sync per step would stall the dense side (whose steps do not sync by themselves);
+    the events of an iteration are read after one sync."""
+
+    class FakeEvent:
+        def __init__(self, enable_timing: bool = False) -> None:
+            self.t = None
+
+        def record(self) -> None:
+            self.t = clock.now
+
+        def elapsed_time(self, end: FakeEvent) -> float:
+            return end.t - self.t
+
+    syncs = []
+    monkeypatch.setattr(timing.torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(timing.torch.cuda, "synchronize", lambda *a: syncs.append(clock.calls))
+    log: list = []
+    (d, _, _), (r, _, _) = timing.time_steps_interleaved(Side("dense", 2.0, clock, log), Side("routed", 1.0, clock, log), steps=8,
+                                                         warmup=1, iters=5, device="cuda")
+    assert d / r == pytest.approx(2.0)
+    assert syncs == [16 + 16 * (k + 1) for k in range(5)]  # after each iteration's 16 steps (warmup: 16 more)
