@@ -192,6 +192,16 @@ def supports(q: torch.Tensor, k: torch.Tensor) -> bool:
             and q.shape[1] % k.shape[1] == 0 and small)
 
 
+def launch_flags(dtype: torch.dtype, dh: int, emulate: bool, dense: bool, window: bool,
+                 block_m: int | None = None, block_n: int | None = None) -> dict:
+    """Both kernels' compile-time arguments and launch options (tests/kernels compiles them for a
+    GPU target from these, without one)."""
+    dt = _DTYPES[dtype]
+    return dict(D=dh, BM=block_m or (32 if emulate else 64), BN=block_n or (32 if emulate else 64), DT=dt,
+                EMULATE=emulate, F32_DOT=emulate or dt == 0, DENSE=dense, WINDOW=window,
+                num_warps=4, num_stages=2 if dt == 0 else 3)
+
+
 def _bytes(mask: torch.Tensor) -> torch.Tensor:
     """A boolean mask as uint8 for the kernels, without a copy where it is contiguous."""
     mask = mask.contiguous()
@@ -250,8 +260,8 @@ def attention_with_signal(
     g, n_heads, nq, dh = q.shape
     hkv, s = k.shape[1], k.shape[2]
     emulate = q.device.type != "cuda"  # CPU tensors: Triton's interpreter
-    bm = block_m or (32 if emulate else 64)
-    bn = block_n or (32 if emulate else 64)
+    flags = launch_flags(q.dtype, dh, emulate, allowed is not None, window is not None, block_m, block_n)
+    bm, bn = flags["BM"], flags["BN"]
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     q_index = q_index.to(torch.int32).contiguous()
     dense = allowed is not None
@@ -261,6 +271,8 @@ def attention_with_signal(
     else:
         if key_valid is None:
             key_valid = torch.ones(g, s, dtype=torch.bool, device=q.device)
+        elif tuple(key_valid.shape) != (g, s):  # the kernels index it as [G, S]
+            raise ValueError(f"key_valid has shape {tuple(key_valid.shape)}, expected {(g, s)}")
         key_valid = _bytes(key_valid)
         sa_g = sa_q = 0
     lo, hi = _row_extents(q_index.long(), key_valid, window, allowed, s)
@@ -272,9 +284,6 @@ def attention_with_signal(
     dummy = q_index  # an unused pointer argument (the other mask form)
     mask_args = (q_index, dummy if dense else key_valid, allowed if dense else dummy, blo, bhi,
                  float(scaling), int(window or 0))
-    dt = _DTYPES[q.dtype]
-    flags = dict(D=dh, BM=bm, BN=bn, DT=dt, EMULATE=emulate, F32_DOT=emulate or dt == 0, DENSE=dense,
-                 WINDOW=window is not None, num_warps=4, num_stages=2 if dt == 0 else 3)
     _fwd[(nb, g * n_heads)](
         q, k, v, out, m, l_sum, own_h, *mask_args,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),

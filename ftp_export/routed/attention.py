@@ -200,8 +200,7 @@ def attend(
     elif col_weight is None and q.device.type in ("cpu", "cuda") and q.dtype != torch.float16:  # float16: see score_dtype
         out, colsum, own_w = _fused(q, k, v, None if causal else _formed(bias, allowed, q), scaling, causal), None, None
     elif q.device.type == "cuda" and _triton_ok(q, k):
-        out, colsum, own_w = kernels.attention_with_signal(q, k, v, q_index, scaling, allowed=_dense(allowed), col_weight=col_weight)
-        out = out.view(g, nq, n_heads, dh).transpose(1, 2)  # the layout the reshape below undoes
+        out, colsum, own_w = _triton(q, k, v, q_index, scaling, allowed, col_weight)
     elif q.device.type != "cpu":
         # no host reads: CUDA (a sync per chunk would stall it) and meta (no data)
         out, colsum, own_w = _in_chunks(q * scaling, k, v, _formed(bias, allowed, q), col_weight, _shape_spans(nq, k.shape[2]))
@@ -230,6 +229,24 @@ def _triton_ok(q: torch.Tensor, k: torch.Tensor) -> bool:
     from ftp_export.kernels.attention_signal import supports
 
     return supports(q, k)
+
+
+def _triton(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_index: torch.Tensor, scaling: float,
+    allowed: torch.Tensor | KeyMask, col_weight: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+    """The Triton kernel; output [G, H, Q, Dh] as :func:`_one_shot`'s. A :class:`KeyMask` goes in
+    as its parts: no [G, Q, S] tensor is formed or scanned for the key extents, and the kernels'
+    structured-mask variant has no register spills at head size 128 where the dense one spills
+    (Triton 3.9 for sm_90: ``python scripts/triton_compile_check.py``)."""
+    g, n_heads, nq, dh = q.shape
+    if isinstance(allowed, KeyMask):
+        mask = dict(key_valid=allowed.key_valid, window=allowed.window)
+        q_index = allowed.q_index
+    else:
+        mask = dict(allowed=allowed)
+    out, colsum, _ = kernels.attention_with_signal(q, k, v, q_index, scaling, col_weight=col_weight, **mask)
+    return out.view(g, nq, n_heads, dh).transpose(1, 2), colsum, None  # the layout attend's reshape undoes
 
 
 def _fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scaling: float, causal: bool) -> torch.Tensor:

@@ -182,6 +182,35 @@ def test_strided_queries(sig):
         assert (a - b).abs().max() <= 2 * tol
 
 
+@pytest.mark.parametrize("name", ["sliding-window", "topk-subset-past", "left-padding-mha"])
+def test_eager_key_mask_goes_in_as_its_parts(sig, monkeypatch, name):
+    """attend()'s Triton call (attention._triton) hands an eager KeyMask to the kernels as key
+    validity, query indices and window, never forming the [G, Q, S] tensor, and gets what the
+    reference gets from that tensor; a traced graph's tensor mask goes in as it is."""
+    c = _case(3, **CASES[name])
+    scaling = c["q"].shape[-1] ** -0.5
+    mask = attention_mod.KeyMask(c["key_valid"], c["q_index"], c["window"])
+    calls = []
+    real = sig.attention_with_signal
+    monkeypatch.setattr(attention_mod.kernels, "attention_with_signal",
+                        lambda *a, **kw: calls.append(sorted(kw)) or real(*a, **kw))
+    monkeypatch.setattr(attention_mod.KeyMask, "dense", lambda self: pytest.fail("the [G, Q, S] mask was formed"))
+    out, colsum, _ = attention_mod._triton(c["q"], c["k"], c["v"], c["q_index"], scaling, mask, c["weight"])
+    ref_out, ref_col, _ = _reference(c, scaling)
+    g, h, nq, dh = c["q"].shape
+    assert (out.transpose(1, 2).reshape(g, nq, h * dh) - ref_out).abs().max() <= TOL[torch.float32][0] * 4
+    assert (colsum - ref_col).abs().max() <= TOL[torch.float32][1] * 2
+    dense = attention_mask_for(c["key_valid"], c["q_index"], c["window"])
+    attention_mod._triton(c["q"], c["k"], c["v"], c["q_index"], scaling, dense, c["weight"])
+    assert calls == [["col_weight", "key_valid", "window"], ["allowed", "col_weight"]]
+
+
+def test_key_validity_of_the_wrong_length_is_refused(sig):
+    c = _case(4, **CASES["left-padding-mha"])
+    with pytest.raises(ValueError, match="key_valid has shape"):
+        sig.attention_with_signal(c["q"], c["k"], c["v"], c["q_index"], 0.125, key_valid=c["key_valid"][:, 1:])
+
+
 def test_attend_dispatch_switch(monkeypatch):
     """attend() picks the kernel only for eager CUDA calls; FTP_EXPORT_TRITON=0 turns it off."""
     q, k = torch.zeros(1, 4, 3, 64, device=DEVICE), torch.zeros(1, 2, 3, 64, device=DEVICE)
