@@ -15,6 +15,7 @@ own helpers are built for one mode when triton is imported. Exit status 1 when a
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -62,7 +63,8 @@ def ptxas_report(ptx: str, arch: int) -> dict[str, int]:
     """Registers, spill bytes and stack of a PTX text, from Triton's bundled ptxas (-v)."""
     from triton.backends.nvidia.compiler import get_ptxas
 
-    tool = get_ptxas(arch) if "arch" in get_ptxas.__code__.co_varnames else get_ptxas()
+    # 3.6 and 3.9 take the target (a newer ptxas for Blackwell); older releases take nothing
+    tool = get_ptxas(arch) if "arch" in inspect.signature(get_ptxas).parameters else get_ptxas()
     suffix = "a" if arch >= 90 else ""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "k.ptx"
