@@ -66,7 +66,7 @@ SUMMARY="$LOGS/summary.tsv"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 START=$(date +%s)
-DEADLINE=$((START + BUDGET - 15))  # 15 s for the archive and the tables at the end
+DEADLINE=$((START + BUDGET - 30))  # 30 s: a stage cut at the deadline gets 10 s to die, then the archive and tables
 # shellcheck source=scripts/gpu_check_stages.sh
 . scripts/gpu_check_stages.sh
 
