@@ -1,8 +1,9 @@
 # Sourced by scripts/gpu_check.sh (and by its tests): the stage runner.
 #
-# Needs LOGS (a folder), SUMMARY (a file), START and DEADLINE (epoch seconds) and BUDGET (seconds,
-# for messages), KNOWN (the plan's stage names, in order); ONLY, when set, is a comma-separated list of the stages to run ("" runs all);
-# DRY_RUN=1 records each stage's command (status DRY) and runs nothing.
+# Needs LOGS (a folder), SUMMARY (a file), START and DEADLINE (epoch seconds), BUDGET (seconds, for
+# messages) and KNOWN (the plan's stage names, in order). ONLY, when set, is a comma-separated list
+# of the stages to run ("" runs all); DRY_RUN=1 records each stage's command (status DRY) and runs
+# nothing.
 # A stage gets min(its own limit, the time left before DEADLINE), so the whole check ends by itself
 # inside its budget however slow a stage is: a lease runs the script twice within 15 minutes only if
 # each run stops in time to print its summary. A stage that finds less than MIN_STAGE_S left is not

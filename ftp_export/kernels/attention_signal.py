@@ -194,8 +194,8 @@ def supports(q: torch.Tensor, k: torch.Tensor) -> bool:
 
 def launch_flags(dtype: torch.dtype, dh: int, emulate: bool, dense: bool, window: bool,
                  block_m: int | None = None, block_n: int | None = None) -> dict:
-    """Both kernels' compile-time arguments and launch options (tests/kernels compiles them for a
-    GPU target from these, without one)."""
+    """Both kernels' compile-time arguments and launch options (scripts/triton_compile_check.py
+    compiles them for a GPU target from these, without one)."""
     dt = _DTYPES[dtype]
     return dict(D=dh, BM=block_m or (32 if emulate else 64), BN=block_n or (32 if emulate else 64), DT=dt,
                 EMULATE=emulate, F32_DOT=emulate or dt == 0, DENSE=dense, WINDOW=window,

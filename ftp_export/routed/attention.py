@@ -238,7 +238,7 @@ def _triton(
     """The Triton kernel; output [G, H, Q, Dh] as :func:`_one_shot`'s. A :class:`KeyMask` goes in
     as its parts: no [G, Q, S] tensor is formed or scanned for the key extents, and the kernels'
     structured-mask variant has no register spills at head size 128 where the dense one spills
-    (Triton 3.9 for sm_90: ``python scripts/triton_compile_check.py``)."""
+    (Triton 3.6 and 3.9 for sm_90: ``python scripts/triton_compile_check.py``)."""
     g, n_heads, nq, dh = q.shape
     if isinstance(allowed, KeyMask):
         mask = dict(key_valid=allowed.key_valid, window=allowed.window)
