@@ -141,43 +141,43 @@ export -f needs_tensorrt install export_target kernels sanitizer exception_probe
   attention_kernel_tests attention_kernel_bench llama_bench
 if [ "$MODE" = gpu ] && [ -d .whl ]; then export PYTHONPATH="/tmp/ftp-site${PYTHONPATH:+:$PYTHONPATH}"; fi
 
-if [ "$MODE" = gpu ]; then
-  stage install 240 install
-  stage cuda-visible 30 "$PY" -c "import torch, sys; print('cuda available:', torch.cuda.is_available()); sys.exit(0 if torch.cuda.is_available() else 1)"
-fi
-if [ "$MODE" = gpu ] && ! stage_passed cuda-visible; then
-  echo "no CUDA device visible: the GPU stages were not started" >&2
-elif [ "$MODE" = gpu ]; then
-  # correctness, in parallel: nothing here is timed
-  (
-    stage kernel-tests 200 kernels  # builds the extension the stages after it load
-    stage exception-probe 60 exception_probe &
-    stage memcheck 150 sanitizer memcheck &
-    stage racecheck 150 sanitizer racecheck &
-    stage synccheck 150 sanitizer synccheck &
-    wait
-  ) &
-  (
-    stage export-trt-cuda 150 export_target trt cuda
-    stage trt-engines 200 needs_tensorrt bash build/gpu_check/export-trt-cuda/build_engines.sh
-    stage plugin-engines 200 needs_tensorrt "$PY" -m ftp_export.trt.plugin_engines \
-      --lib build/gpu_check/export-trt-cuda/build/libftp_plugins.so --out "$DEST/plugin_engines"
-    stage trt-decode-lowerings 300 needs_tensorrt trt_decode_lowerings
-  ) &
-  stage export-onnx-cuda 150 export_target onnx cuda &
-  stage export-compile-cuda 240 export_target compile cuda &
-  stage attention-kernel-tests 240 attention_kernel_tests &
-  wait
-  # timing, one stage at a time, the cheapest first
-  stage bench-plugins 90 "$PY" benchmarks/bench_plugins.py --quick --out "$DEST/bench_plugins.json"
-  stage attention-kernel-bench 90 attention_kernel_bench
-  stage bench-eager 150 llama_bench eager 512,2048,4096
-  stage bench-compile 240 llama_bench compile 2048
-else
+if [ "$MODE" = cpu ]; then
   stage install 300 install
   stage export-onnx-cpu 300 export_target onnx cpu
   stage bench-tiny-cpu 120 "$PY" -m ftp_export.cli bench --shape tiny --device cpu --seq 32 --sparsity 0.4 \
     --decode-batch 1 --decode-context 16 --warmup 0 --iters 2 -o "$DEST/bench-cpu"
+else
+  stage install 240 install
+  stage cuda-visible 30 "$PY" -c "import torch, sys; print('cuda available:', torch.cuda.is_available()); sys.exit(0 if torch.cuda.is_available() else 1)"
+  if ! stage_passed cuda-visible; then
+    echo "no CUDA device visible: the GPU stages were not started" >&2
+  else
+    # correctness, in parallel: nothing here is timed
+    (
+      stage kernel-tests 200 kernels  # builds the extension the stages after it load
+      stage exception-probe 60 exception_probe &
+      stage memcheck 150 sanitizer memcheck &
+      stage racecheck 150 sanitizer racecheck &
+      stage synccheck 150 sanitizer synccheck &
+      wait
+    ) &
+    (
+      stage export-trt-cuda 150 export_target trt cuda
+      stage trt-engines 200 needs_tensorrt bash build/gpu_check/export-trt-cuda/build_engines.sh
+      stage plugin-engines 200 needs_tensorrt "$PY" -m ftp_export.trt.plugin_engines \
+        --lib build/gpu_check/export-trt-cuda/build/libftp_plugins.so --out "$DEST/plugin_engines"
+      stage trt-decode-lowerings 300 needs_tensorrt trt_decode_lowerings
+    ) &
+    stage export-onnx-cuda 150 export_target onnx cuda &
+    stage export-compile-cuda 240 export_target compile cuda &
+    stage attention-kernel-tests 240 attention_kernel_tests &
+    wait
+    # timing, one stage at a time, the cheapest first
+    stage bench-plugins 90 "$PY" benchmarks/bench_plugins.py --quick --out "$DEST/bench_plugins.json"
+    stage attention-kernel-bench 90 attention_kernel_bench
+    stage bench-eager 150 llama_bench eager 512,2048,4096
+    stage bench-compile 240 llama_bench compile 2048
+  fi
 fi
 
 # results: every log in one archive (the device tool returns at most 8 files), bench JSON beside it
